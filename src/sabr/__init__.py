@@ -1,0 +1,27 @@
+"""sabr: Sparsity-Accuracy Balanced Regularization for PyTorch vision models.
+
+Drop the regulariser into any training loop::
+
+    from sabr import SABR, prune
+    reg = SABR(model)                                   # lambda_t = teta1 * std(w_t)
+    loss = criterion(model(x), y) + reg.penalty()       # every step
+    reg.step(val_accuracy)                              # once per epoch; stop when reg.all_frozen
+    prune(model)                                        # exact zeros at the end
+"""
+
+from .checkpoint import load_checkpoint, load_run, save_checkpoint
+from .config import RunConfig
+from .data import Preprocess, load_dataset, split_dataset
+from .errors import CheckpointError, ConfigError, DataError, SabrError
+from .metrics import count_macs, sparsity_report
+from .models import create_model, list_models, register_model
+from .pruning import prune, prune_threshold
+from .regularizer import SABR
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SABR", "prune", "prune_threshold", "sparsity_report", "count_macs", "load_run", "load_checkpoint",
+    "save_checkpoint", "create_model", "list_models", "register_model", "Preprocess", "load_dataset",
+    "split_dataset", "RunConfig", "SabrError", "DataError", "ConfigError", "CheckpointError", "__version__",
+]

@@ -1,0 +1,148 @@
+"""Checkpoints: safetensors weights beside a JSON metadata file. Never pickles.
+
+A checkpoint ``<dir>/<phase>.safetensors`` has its metadata in ``<dir>/<phase>.json``: the model's
+name and constructor arguments, the class names, the preprocessing, and the phase's figures. That is
+enough to rebuild the model without the code that trained it: :func:`load_checkpoint`, :func:`load_run`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import Preprocess
+from .errors import CheckpointError
+from .models import create_model
+
+PHASES = ("base", "sabr", "pruned")
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON atomically (temporary file, then rename): a crash never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, metadata: dict) -> Path:
+    """Save ``model``'s weights to ``path`` (``.safetensors``) and ``metadata`` beside it (``.json``).
+
+    ``metadata`` must hold ``model`` (``{"name", "num_classes", "in_chans", "image_size"}``), and
+    should hold ``classes`` and ``preprocess`` so that :func:`load_checkpoint` returns a usable model.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path).with_suffix(".safetensors")
+    state = {k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt", "sabr": "1"})
+    os.replace(tmp, path)
+    write_json(path.with_suffix(".json"), metadata)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The JSON metadata of a checkpoint (``x.safetensors`` -> ``x.json``)."""
+    meta_path = Path(path).with_suffix(".json")
+    if not meta_path.is_file():
+        raise CheckpointError(f"{meta_path} is missing: a sabr checkpoint is a .safetensors file with its .json beside it.")
+    try:
+        return json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{meta_path} is not valid JSON ({exc}); the checkpoint metadata is damaged.") from exc
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; anything else (a pickle, a damaged file) raises ``CheckpointError``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist.")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{path} is not a valid safetensors file ({exc}). sabr only loads safetensors (pickles are never "
+            "executed); re-export the weights with safetensors.torch.save_file."
+        ) from exc
+
+
+def build_model(meta: dict) -> nn.Module:
+    """Construct the (untrained) model that a checkpoint's metadata describes."""
+    m = meta.get("model") or {}
+    try:
+        return create_model(m["name"], num_classes=int(m["num_classes"]), in_chans=int(m["in_chans"]),
+                            image_size=int(m["image_size"]))
+    except KeyError as exc:
+        raise CheckpointError(f"checkpoint metadata lacks model.{exc.args[0]}; it was not written by sabr.") from exc
+
+
+def load_weights_into(model: nn.Module, weights: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Copy ``weights`` into ``model``, refusing (with a clear message) any name or shape mismatch."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    wrong = [k for k in own if k in weights and tuple(own[k].shape) != tuple(weights[k].shape)]
+    if missing or unexpected or wrong:
+        detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
+                  else f"shape of {wrong[0]}: {tuple(weights[wrong[0]].shape)} in the file, {tuple(own[wrong[0]].shape)} in the model")
+        raise CheckpointError(
+            f"{source} does not fit this model ({detail}). It was saved from another architecture or number of "
+            "classes: use the same --model, --image-size and dataset, or start a new run."
+        )
+    model.load_state_dict(weights)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild a model from ``x.safetensors`` + ``x.json``; returns ``(model in eval mode, metadata)``.
+
+    ``metadata["preprocess"]`` is turned into a :class:`~sabr.data.Preprocess` under ``metadata["transform"]``.
+    """
+    path = Path(path)
+    meta = read_metadata(path)
+    model = build_model(meta)
+    load_weights_into(model, read_weights(path), source=str(path))
+    model.to(device).eval()
+    if "preprocess" in meta:
+        meta["transform"] = Preprocess.from_dict(meta["preprocess"])
+    return model, meta
+
+
+def load_run(run_dir: str | Path, phase: str = "pruned", device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Load one phase of a finished ``sabr run``.
+
+    Args:
+        run_dir: the run folder.
+        phase: ``"base"``, ``"sabr"`` or ``"pruned"``.
+        device: where to put the model.
+
+    Returns:
+        ``(model, metadata)``: the model in eval mode with that phase's weights; the metadata holds
+        ``classes`` (names in label order), ``model`` (name, input size, channels), ``preprocess`` and
+        ``transform`` (the :class:`~sabr.data.Preprocess` used in training: call it on a PIL image).
+    """
+    if phase not in PHASES:
+        raise CheckpointError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}.")
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run folder {run_dir} does not exist; pass the folder `sabr run` wrote (--out).")
+    path = run_dir / f"{phase}.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} has no {phase} checkpoint ({path.name}); did that phase finish?")
+    return load_checkpoint(path, device)

@@ -1,0 +1,112 @@
+"""One flat set of named values for a run, with defaults; overridable from YAML and the command line.
+
+The command-line flags of ``sabr run`` are generated from :class:`RunConfig`'s fields (``epochs_base``
+becomes ``--epochs-base``), so a YAML file uses exactly the same keys as the flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+def _f(default: Any, help: str, **kw) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a ``sabr run``. Fractions are in [0, 1]."""
+
+    # data and model
+    data: str = _f("digits", "dataset: 'digits' (embedded), an image folder (one sub-folder per class) or an IDX folder")
+    model: str = _f("compact_cnn", "model name (see `sabr models`)")
+    image_size: int | None = _f(None, "input side in pixels (default: 8 for digits, 28 for IDX, 64 for folders)")
+    channels: int | None = _f(None, "input channels, 1 or 3 (default: 1 for digits/IDX, 3 for image folders)")
+    max_per_class: int | None = _f(None, "use at most this many images per class (quick runs)")
+    on_bad_image: str = _f("skip", "unreadable image files: 'skip' (listed in the run folder) or 'error'",
+                           choices=["skip", "error"])
+    pretrained: bool = _f(False, "start from torchvision's ImageNet weights (downloads them)")
+    # training
+    epochs_base: int = _f(30, "phase 1 (base training) epochs")
+    epochs_sabr: int = _f(40, "phase 2 (SABR) epoch limit; it stops earlier once every tensor is frozen")
+    batch_size: int = _f(64, "mini-batch size")
+    lr: float = _f(1e-3, "Adam learning rate of phase 1")
+    lr_sabr: float | None = _f(None, "Adam learning rate of phase 2 (default: --lr)")
+    # SABR (phase 2)
+    teta1: float = _f(5e-4, "lambda initialisation factor: lambda = teta1 * std(w)")
+    growth_rate: float = _f(1.15, "lambda growth factor after an epoch without a significant drop")
+    decrease_rate: float = _f(1.2, "lambda divisor after an epoch whose accuracy drop exceeds the threshold")
+    accuracy_threshold: float = _f(0.007, "tolerated drop from the best validation accuracy (fraction)")
+    k_epoch: int = _f(2, "epochs without growth before one tensor freezes")
+    zero_eps: float = _f(1e-5, "|w| below this counts as near zero during phase 2")
+    params: list[str] | None = _f(None, "names of the tensors to regularise (default: every Conv/Linear weight)",
+                                  nargs="+")
+    # pruning (phase 3)
+    prune_teta1: float = _f(0.2, "pruning threshold factor: teta1 * std(w[|w| >= gamma*std(w)])")
+    gamma: float = _f(0.1, "pruning: weights below gamma*std(w) are left out of the threshold's std")
+    epsilon: float | None = _f(None, "pruning: one fixed threshold for every tensor instead (plain mode)")
+    sweep: list[float] = _f([0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0],
+                            "pruning factors evaluated for the accuracy-vs-sparsity chart", nargs="+")
+    # run
+    seed: int = _f(0, "random seed (splits, initialisation, batch order)")
+    device: str = _f("auto", "'cpu', 'cuda', 'cuda:N' or 'auto'")
+    out: str | None = _f(None, "run folder (default: runs/<dataset>-<model>-<time>)")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for values out of range."""
+        positive = ["epochs_base", "batch_size", "k_epoch"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.epochs_sabr < 0:
+            raise ConfigError(f"epochs_sabr must be >= 0, got {self.epochs_sabr}.")
+        for name in ["lr", "growth_rate", "decrease_rate", "zero_eps"]:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}.")
+        for name in ["teta1", "prune_teta1", "gamma"]:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if not 0 <= self.accuracy_threshold <= 1:
+            raise ConfigError(f"accuracy_threshold is a fraction in [0, 1], got {self.accuracy_threshold}.")
+        if self.channels not in (None, 1, 3):
+            raise ConfigError(f"channels must be 1 or 3, got {self.channels}.")
+        if self.image_size is not None and self.image_size < 4:
+            raise ConfigError(f"image_size must be >= 4 pixels, got {self.image_size}.")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RunConfig":
+        """Build from a mapping; unknown keys raise :class:`ConfigError` naming the valid ones."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {', '.join(sorted(names))}.")
+        return cls(**values)
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML config file (keys as in :class:`RunConfig`, dashes or underscores)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist.")
+    try:
+        values = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of keys to values.")
+    return {str(k).replace("-", "_"): v for k, v in values.items()}

@@ -1,0 +1,356 @@
+"""Datasets, splits and the one preprocessing path shared by training and the applications.
+
+Three kinds of source are read:
+
+* ``"digits"``: scikit-learn's embedded 8x8 handwritten digits (1,797 real images, no download);
+* an IDX folder (e.g. Fashion-MNIST's ``train-images-idx3-ubyte.gz`` ...);
+* an image folder with one sub-folder per class (e.g. HG14's ``Gesture_0 .. Gesture_13``), classes in
+  natural order (``Gesture_2`` before ``Gesture_10``), ``jpg/jpeg/png`` in any letter case, EXIF
+  orientation applied.
+
+:class:`Preprocess` turns any image (PIL, or a numpy array) into the model's input tensor. Training
+caches its first half (:meth:`Preprocess.to_uint8`: channels and size) and applies the second
+(:meth:`Preprocess.normalize`) per batch, so the applications run exactly the code training ran.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import re
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot"]
+
+
+# --------------------------------------------------------------------------- preprocessing
+@dataclass
+class Preprocess:
+    """Image -> normalised ``float32`` tensor ``(channels, image_size, image_size)``.
+
+    Args:
+        image_size: side of the square model input, in pixels.
+        channels: 1 (grayscale) or 3 (RGB).
+        mean, std: per-channel normalisation of values scaled to [0, 1].
+    """
+
+    image_size: int
+    channels: int
+    mean: Sequence[float] = (0.5,)
+    std: Sequence[float] = (0.5,)
+
+    def to_uint8(self, image: Image.Image | np.ndarray) -> torch.Tensor:
+        """Convert channels and resize (bilinear, antialiased): ``uint8`` tensor ``(C, H, W)``.
+
+        ``image`` is a PIL image or an RGB / grayscale ``uint8`` array ``(H, W[, C])``.
+        """
+        if isinstance(image, np.ndarray):
+            image = Image.fromarray(_as_uint8(image))
+        mode = "L" if self.channels == 1 else "RGB"
+        if image.mode != mode:
+            if image.mode in ("RGBA", "LA", "P", "PA") and mode == "RGB":
+                image = image.convert("RGBA")
+                background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+                image = Image.alpha_composite(background, image)
+            image = image.convert(mode)
+        if image.size != (self.image_size, self.image_size):
+            image = image.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
+        array = np.asarray(image, dtype=np.uint8)
+        if array.ndim == 2:
+            array = array[:, :, None]
+        return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        """``uint8`` batch ``(N, C, H, W)`` (or one image) -> normalised ``float32``, on its device."""
+        x = batch.float().div_(255.0)
+        mean = torch.tensor(self.mean, device=x.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(-1, 1, 1)
+        return (x - mean) / std
+
+    def __call__(self, image: Image.Image | np.ndarray) -> torch.Tensor:
+        """Full preprocessing of one image: ``float32`` tensor ``(C, H, W)``."""
+        return self.normalize(self.to_uint8(image))
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        return cls(int(d["image_size"]), int(d["channels"]), tuple(d["mean"]), tuple(d["std"]))
+
+
+def _as_uint8(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if np.issubdtype(array.dtype, np.floating) and array.max() <= 1.0:
+        array = array * 255.0
+    return np.clip(np.rint(array), 0, 255).astype(np.uint8)
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open an image file fully (EXIF orientation applied). Raises ``DataError`` if unreadable."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            if im.mode == "CMYK":
+                im = im.convert("RGB")
+            return im.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- datasets
+@dataclass
+class ImageDataset:
+    """Images in memory, already converted by :meth:`Preprocess.to_uint8`.
+
+    Attributes:
+        name: short dataset name (used in run folder names).
+        images: ``uint8`` tensor ``(N, C, H, W)``.
+        labels: ``int64`` tensor ``(N,)``.
+        classes: class names in label order.
+        test_index: indices of a test split the dataset ships with (e.g. IDX ``t10k``), else ``None``.
+        skipped: files that could not be read and were left out.
+    """
+
+    name: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    test_index: np.ndarray | None = None
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def natural_key(text: str) -> list:
+    """Sort key that orders embedded numbers numerically: ``Gesture_2`` < ``Gesture_10``."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
+
+
+def default_image_size(source: str | Path) -> int:
+    """The native size of the built-in sources; 64 for image folders."""
+    if str(source) == "digits":
+        return 8
+    if _find_idx(Path(source)):
+        return 28
+    return 64
+
+
+def default_channels(source: str | Path) -> int:
+    """1 for the grayscale sources (digits, IDX), 3 for image folders."""
+    return 1 if str(source) == "digits" or _find_idx(Path(source)) else 3
+
+
+def load_dataset(
+    source: str | Path,
+    preprocess: Preprocess,
+    max_per_class: int | None = None,
+    on_bad_image: str = "skip",
+    seed: int = 0,
+    progress: bool = True,
+) -> ImageDataset:
+    """Read a dataset into memory, converting every image with ``preprocess.to_uint8``.
+
+    Args:
+        source: ``"digits"``, an IDX folder, or an image folder with one sub-folder per class.
+        preprocess: fixes the image size and channels.
+        max_per_class: keep at most this many images per class (a random, seeded choice), for quick runs.
+        on_bad_image: ``"skip"`` unreadable files (they are listed in ``dataset.skipped``) or ``"error"``.
+        seed: seed for the ``max_per_class`` choice.
+    """
+    if on_bad_image not in ("skip", "error"):
+        raise DataError(f"on_bad_image must be 'skip' or 'error', got {on_bad_image!r}.")
+    if str(source) == "digits":
+        ds = _load_digits(preprocess)
+    else:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise DataError(f"data path {path} does not exist; pass --data with an image folder, an IDX folder, "
+                            "or leave it out for the embedded digits.")
+        if not path.is_dir():
+            raise DataError(f"data path {path} is not a folder; --data expects a folder with one sub-folder per class "
+                            "(or IDX files).")
+        idx = _find_idx(path)
+        ds = _load_idx(path, idx, preprocess) if idx else _load_folder(path, preprocess, on_bad_image, progress)
+    if max_per_class:
+        ds = _limit_per_class(ds, max_per_class, seed)
+    if len(ds.classes) < 2:
+        raise DataError(f"dataset {source} has {len(ds.classes)} class; classification needs at least 2 "
+                        "class folders with images.")
+    return ds
+
+
+def _load_digits(pre: Preprocess) -> ImageDataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    raw = np.rint(bunch.images / 16.0 * 255.0).astype(np.uint8)  # values 0..16 -> 0..255
+    images = _convert_arrays(raw, pre)
+    return ImageDataset("digits", images, torch.as_tensor(bunch.target, dtype=torch.int64),
+                        [str(c) for c in bunch.target_names])
+
+
+def _convert_arrays(raw: np.ndarray, pre: Preprocess) -> torch.Tensor:
+    """``(N, H, W)`` uint8 grayscale arrays -> ``(N, C, S, S)``; identical to ``to_uint8`` per image."""
+    if raw.shape[1:] == (pre.image_size, pre.image_size) and pre.channels == 1:
+        return torch.from_numpy(raw.copy()).unsqueeze(1)  # what to_uint8 returns for each, without the loop
+    return torch.stack([pre.to_uint8(a) for a in raw])
+
+
+def _find_idx(path: Path) -> dict[str, tuple[Path, Path]]:
+    """``{"train": (images, labels), "t10k": ...}`` for the IDX files in a folder."""
+    if not path.is_dir():
+        return {}
+    found = {}
+    for images in sorted(path.glob("*-images-idx3-ubyte*")):
+        prefix = images.name.split("-images-")[0]
+        labels = sorted(path.glob(f"{prefix}-labels-idx1-ubyte*"))
+        if labels:
+            found[prefix] = (images, labels[0])
+    return found
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+        zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+        if zero != 0 or dtype_code != 0x08:
+            raise ValueError("not an unsigned-byte IDX file")
+        shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+        return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    except (OSError, ValueError, struct.error, EOFError) as exc:
+        raise DataError(f"cannot read IDX file {path}: {exc}") from exc
+
+
+def _load_idx(path: Path, idx: dict[str, tuple[Path, Path]], pre: Preprocess) -> ImageDataset:
+    parts = sorted(idx, key=lambda k: k != "train")  # train first, then t10k/test
+    images, labels, test_index, start = [], [], None, 0
+    for part in parts:
+        x, y = _read_idx(idx[part][0]), _read_idx(idx[part][1])
+        if len(x) != len(y):
+            raise DataError(f"{idx[part][0]} has {len(x)} images but {idx[part][1]} has {len(y)} labels.")
+        if part in ("t10k", "test"):
+            test_index = np.arange(start, start + len(x))
+        images.append(_convert_arrays(x, pre))
+        labels.append(torch.as_tensor(y.astype(np.int64)))
+        start += len(x)
+    y = torch.cat(labels)
+    n = int(y.max()) + 1
+    names_file = path / "classes.txt"
+    if names_file.exists():
+        classes = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+    elif "fashion" in path.name.lower() and n == 10:
+        classes = list(FASHION_MNIST_CLASSES)
+    else:
+        classes = [str(i) for i in range(n)]
+    name = re.sub(r"[^A-Za-z0-9]+", "-", path.name).strip("-").lower() or "idx"
+    return ImageDataset(name, torch.cat(images), y, classes, test_index)
+
+
+def list_image_folder(path: Path) -> tuple[list[str], list[list[Path]]]:
+    """Class names (natural order) and each class's image files (natural order)."""
+    class_dirs = sorted((d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")),
+                        key=lambda d: natural_key(d.name))
+    if not class_dirs:
+        raise DataError(f"{path} has no class sub-folders; arrange images as {path}/<class name>/<image>.jpg.")
+    files = [sorted((f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES),
+                    key=lambda f: natural_key(f.name)) for d in class_dirs]
+    empty = [d.name for d, fs in zip(class_dirs, files) if not fs]
+    if empty:
+        raise DataError(f"class folder(s) {', '.join(empty)} in {path} hold no .jpg/.jpeg/.png image; "
+                        "add images or remove the folder(s).")
+    return [d.name for d in class_dirs], files
+
+
+def _load_folder(path: Path, pre: Preprocess, on_bad_image: str, progress: bool) -> ImageDataset:
+    from tqdm.auto import tqdm
+
+    classes, files = list_image_folder(path)
+    images, labels, skipped = [], [], []
+    flat = [(label, f) for label, fs in enumerate(files) for f in fs]
+    for label, f in tqdm(flat, desc=f"reading {path.name}", unit="img", disable=None if progress else True, leave=False):
+        try:
+            images.append(pre.to_uint8(open_image(f)))
+        except DataError:
+            if on_bad_image == "error":
+                raise
+            skipped.append(str(f))
+            continue
+        labels.append(label)
+    if skipped:
+        log.warning("skipped %d unreadable image file(s) in %s (first: %s)", len(skipped), path, skipped[0])
+    missing = sorted(set(range(len(classes))) - set(labels))
+    if missing:
+        raise DataError(f"class folder(s) {', '.join(classes[i] for i in missing)} in {path} hold no readable image.")
+    name = re.sub(r"[^A-Za-z0-9]+", "-", path.name).strip("-").lower() or "images"
+    return ImageDataset(name, torch.stack(images), torch.as_tensor(labels, dtype=torch.int64), classes,
+                        skipped=skipped)
+
+
+def _limit_per_class(ds: ImageDataset, n: int, seed: int) -> ImageDataset:
+    rng = np.random.default_rng(seed)
+    y = ds.labels.numpy()
+    keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[:n] for c in range(len(ds.classes))]))
+    test_index = None
+    if ds.test_index is not None:
+        test_index = np.flatnonzero(np.isin(keep, ds.test_index))
+    return ImageDataset(ds.name, ds.images[keep], ds.labels[keep], ds.classes, test_index, ds.skipped)
+
+
+# --------------------------------------------------------------------------- splits
+@dataclass
+class Splits:
+    """Index arrays of the three splits (stratified, fixed seed, shared by all phases)."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def split_dataset(ds: ImageDataset, seed: int = 0, test_fraction: float = 0.1, val_fraction: float = 0.2) -> Splits:
+    """Stratified split: ``test_fraction`` for test, then ``val_fraction`` of the rest for validation.
+
+    With the defaults that is 72/18/10. A dataset that ships its own test split (IDX ``t10k``) keeps it.
+    """
+    from sklearn.model_selection import train_test_split
+
+    y = ds.labels.numpy()
+    index = np.arange(len(y))
+    counts = np.bincount(y, minlength=len(ds.classes))
+    if counts.min() < 3:
+        raise DataError(f"class {ds.classes[int(counts.argmin())]!r} has {counts.min()} image(s); "
+                        "each class needs at least 3 (one each for training, validation and test).")
+    if ds.test_index is not None:
+        test = np.asarray(ds.test_index)
+        rest = np.setdiff1d(index, test)
+    else:
+        rest, test = train_test_split(index, test_size=test_fraction, stratify=y, random_state=seed)
+    train, val = train_test_split(rest, test_size=val_fraction, stratify=y[rest], random_state=seed)
+    return Splits(np.sort(train), np.sort(val), np.sort(test))
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of ``uint8`` images scaled to [0, 1] (for :class:`Preprocess`)."""
+    x = images.float().div_(255.0).transpose(0, 1).reshape(images.shape[1], -1)
+    std = x.std(dim=1).clamp_min(1e-3)
+    return tuple(round(float(v), 6) for v in x.mean(dim=1)), tuple(round(float(v), 6) for v in std)

@@ -1,0 +1,311 @@
+"""The three phases, end to end: base training, SABR regularisation, pruning; then the report.
+
+:func:`run` is what ``sabr run`` calls; every step is also a function of its own (:func:`prepare`,
+:func:`train_base`, :func:`train_sabr`, :func:`prune_and_evaluate`, :func:`reprune`) so that a user or
+a benchmark can run or replace one phase from Python.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import report
+from .checkpoint import load_run, save_checkpoint, write_json
+from .config import RunConfig
+from .data import (IMAGENET_MEAN, IMAGENET_STD, Preprocess, channel_stats, default_channels,
+                   default_image_size, load_dataset, split_dataset)
+from .errors import SabrError
+from .metrics import count_macs, sparsity_report
+from .models import create_model, set_dropout
+from .pruning import prune
+from .regularizer import SABR
+from .train import Split, evaluate, resolve_device, train_epoch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Experiment:
+    """Data, splits, preprocessing and model description shared by all phases."""
+
+    config: RunConfig
+    dataset_name: str
+    classes: list[str]
+    train: Split
+    val: Split
+    test: Split
+    preprocess: Preprocess
+    device: torch.device
+    model_meta: dict
+    skipped: list[str] = field(default_factory=list)
+
+    def new_model(self) -> nn.Module:
+        """A fresh model as configured, on the experiment's device."""
+        m = self.model_meta
+        return create_model(m["name"], m["num_classes"], m["in_chans"], m["image_size"],
+                            pretrained=self.config.pretrained).to(self.device)
+
+    def metadata(self, phase: str, **figures) -> dict:
+        """Checkpoint metadata: everything :func:`sabr.load_run` needs to rebuild and use the model."""
+        return {"phase": phase, "model": dict(self.model_meta), "classes": list(self.classes),
+                "dataset": self.dataset_name, "preprocess": self.preprocess.to_dict(), **figures}
+
+    def example_input(self) -> torch.Tensor:
+        p = self.preprocess
+        return torch.zeros(1, p.channels, p.image_size, p.image_size, device=self.device)
+
+
+def _progress(enabled: bool) -> Callable | None:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return lambda it, total, desc="batches": tqdm(it, total=total, desc=desc, unit="batch", leave=False, disable=None)
+
+
+def prepare(config: RunConfig, progress: bool = True) -> Experiment:
+    """Read the dataset, split it (72/18/10, stratified, seeded) and fix the preprocessing."""
+    size = config.image_size or default_image_size(config.data)
+    channels = config.channels or default_channels(config.data)
+    probe = Preprocess(size, channels)
+    ds = load_dataset(config.data, probe, config.max_per_class, config.on_bad_image, config.seed, progress)
+    splits = split_dataset(ds, seed=config.seed)
+    if config.pretrained and channels == 3:
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        mean, std = channel_stats(ds.images[splits.train])
+    pre = Preprocess(size, channels, mean, std)
+    device = resolve_device(config.device)
+    model_meta = {"name": config.model, "num_classes": len(ds.classes), "in_chans": channels, "image_size": size}
+    create_model(**model_meta)  # fail early, with a clear message, on a size the model cannot take
+
+    def part(index):
+        return Split(ds.images[index], ds.labels[index])
+
+    log.info("dataset %s: %d classes, %d train / %d val / %d test images of %dx%dx%d",
+             ds.name, len(ds.classes), len(splits.train), len(splits.val), len(splits.test), channels, size, size)
+    return Experiment(config, ds.name, ds.classes, part(splits.train), part(splits.val), part(splits.test),
+                      pre, device, model_meta, ds.skipped)
+
+
+def _plateau(optimizer, factor: float, min_lr: float = 0.0):
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=3, min_lr=min_lr)
+
+
+def train_base(exp: Experiment, model: nn.Module, progress: bool = True) -> tuple[nn.Module, list[dict]]:
+    """Phase 1: Adam, ReduceLROnPlateau(val loss, factor 0.1, patience 3); keeps the best-val-accuracy weights."""
+    cfg = exp.config
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = _plateau(opt, 0.1)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    best_acc, best_state, rows = -1.0, None, []
+    bar = _progress(progress)
+    for epoch in range(1, cfg.epochs_base + 1):
+        stats = train_epoch(model, opt, exp.train, exp.preprocess, exp.device, cfg.batch_size, gen,
+                            progress=bar and (lambda it, total: bar(it, total, f"base {epoch}/{cfg.epochs_base}")))
+        val_loss, val_acc = evaluate(model, exp.val, exp.preprocess, exp.device)
+        sched.step(val_loss)
+        rows.append({"epoch": epoch, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
+                     "val_loss": val_loss, "val_accuracy": val_acc, "lr": opt.param_groups[0]["lr"],
+                     "seconds": stats.seconds})
+        log.info("base  %3d/%d  loss %.4f  train %.2f%%  val %.2f%%", epoch, cfg.epochs_base, stats.loss,
+                 100 * stats.accuracy, 100 * val_acc)
+        if val_acc > best_acc:
+            best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    return model, rows
+
+
+def train_sabr(exp: Experiment, model: nn.Module, progress: bool = True) -> tuple[nn.Module, SABR, list[dict]]:
+    """Phase 2: L1 with SABR's adaptive per-tensor lambdas, dropout off, until all tensors freeze or the limit."""
+    cfg = exp.config
+    set_dropout(model, 0.0)
+    reg = SABR(model, teta1=cfg.teta1, growth_rate=cfg.growth_rate, decrease_rate=cfg.decrease_rate,
+               accuracy_threshold=cfg.accuracy_threshold, k_epoch=cfg.k_epoch, zero_eps=cfg.zero_eps,
+               params=cfg.params)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr_sabr or cfg.lr)
+    sched = _plateau(opt, 0.51, min_lr=1e-5)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    rows = []
+    bar = _progress(progress)
+    for epoch in range(1, cfg.epochs_sabr + 1):
+        stats = train_epoch(model, opt, exp.train, exp.preprocess, exp.device, cfg.batch_size, gen,
+                            penalty=reg.penalty,
+                            progress=bar and (lambda it, total: bar(it, total, f"sabr {epoch}/{cfg.epochs_sabr}")))
+        val_loss, val_acc = evaluate(model, exp.val, exp.preprocess, exp.device)
+        sched.step(val_loss)
+        result = reg.step(val_acc)
+        rows.append({"epoch": epoch, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
+                     "val_loss": val_loss, "val_accuracy": val_acc, "lr": opt.param_groups[0]["lr"],
+                     "seconds": stats.seconds, "action": result.action, "drop": result.drop,
+                     "mean_lambda": reg.mean_lambda(), "near_zero_sparsity": reg.near_zero_sparsity(),
+                     "frozen": len(reg.frozen), "froze": result.frozen or ""})
+        log.info("sabr  %3d/%d  loss %.4f  val %.2f%%  %s  near-zero %.1f%%  frozen %d/%d%s", epoch, cfg.epochs_sabr,
+                 stats.loss, 100 * val_acc, result.action, 100 * rows[-1]["near_zero_sparsity"], len(reg.frozen),
+                 len(reg.params), f" (froze {result.frozen})" if result.frozen else "")
+        if reg.all_frozen:
+            log.info("every regularised tensor is frozen: phase 2 stops after %d epochs", epoch)
+            break
+    return model, reg, rows
+
+
+def prune_and_evaluate(exp: Experiment, model: nn.Module, teta1: float, gamma: float,
+                       epsilon: float | None = None, params=None) -> tuple[nn.Module, list, float]:
+    """Prune a copy of ``model`` and return ``(pruned copy, per-layer stats, test accuracy)``."""
+    pruned = copy.deepcopy(model)
+    stats = prune(pruned, teta1=teta1, gamma=gamma, epsilon=epsilon, params=params)
+    _, acc = evaluate(pruned, exp.test, exp.preprocess, exp.device)
+    return pruned, stats, acc
+
+
+def sweep(exp: Experiment, model: nn.Module, teta1_values, gamma: float, params=None) -> list[dict]:
+    """Accuracy vs sparsity: prune copies of ``model`` at each factor and evaluate on the test split."""
+    curve = []
+    for t in sorted(teta1_values):
+        pruned, _, acc = prune_and_evaluate(exp, model, t, gamma, params=params)
+        rep = sparsity_report(pruned, params)
+        curve.append({"teta1": t, "sparsity": rep.sparsity, "test_accuracy": acc})
+    return curve
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def default_run_dir(config: RunConfig, dataset_name: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{dataset_name}-{config.model}-{stamp}"
+
+
+def _open_run_dir(path: Path, overwrite: bool) -> Path:
+    if path.exists() and not path.is_dir():
+        raise SabrError(f"--out {path} is a file, not a folder; choose another --out.")
+    if path.is_dir() and (path / "config.yaml").exists() and not overwrite:
+        raise SabrError(f"{path} already holds a run; choose another --out, or pass --overwrite to replace it.")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run(config: RunConfig, progress: bool = True, overwrite: bool = False) -> dict:
+    """Run the three phases and write the run folder; returns the summary (``summary.json``'s content)."""
+    import yaml
+
+    torch.manual_seed(config.seed)
+    started = time.perf_counter()
+    exp = prepare(config, progress)
+    run_dir = _open_run_dir(Path(config.out) if config.out else default_run_dir(config, exp.dataset_name), overwrite)
+    resolved = config.to_dict() | {"out": str(run_dir), "image_size": exp.preprocess.image_size,
+                                   "channels": exp.preprocess.channels}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    if exp.skipped:
+        (run_dir / "skipped_images.txt").write_text("\n".join(exp.skipped) + "\n")
+    log.info("run folder: %s (device %s)", run_dir, exp.device)
+
+    # phase 1
+    torch.manual_seed(config.seed)
+    model = exp.new_model()
+    model, base_rows = train_base(exp, model, progress)
+    _, base_val = evaluate(model, exp.val, exp.preprocess, exp.device)
+    _, base_test = evaluate(model, exp.test, exp.preprocess, exp.device)
+    _write_csv(run_dir / "history_base.csv", base_rows)
+    save_checkpoint(model, run_dir / "base", exp.metadata("base", val_accuracy=base_val, test_accuracy=base_test))
+
+    # phase 2
+    model, reg, sabr_rows = train_sabr(exp, model, progress)
+    _, sabr_val = evaluate(model, exp.val, exp.preprocess, exp.device)
+    _, sabr_test = evaluate(model, exp.test, exp.preprocess, exp.device)
+    _write_csv(run_dir / "history_sabr.csv", sabr_rows)
+    write_json(run_dir / "sabr_state.json", reg.state_dict())
+    save_checkpoint(model, run_dir / "sabr", exp.metadata("sabr", val_accuracy=sabr_val, test_accuracy=sabr_test))
+
+    # phase 3
+    pruned, layer_stats, pruned_test = prune_and_evaluate(exp, model, config.prune_teta1, config.gamma,
+                                                          config.epsilon, config.params)
+    curve = sweep(exp, model, config.sweep, config.gamma, config.params)
+    save_checkpoint(pruned, run_dir / "pruned", exp.metadata("pruned", test_accuracy=pruned_test))
+
+    summary = build_summary(exp, model, pruned, reg, layer_stats, {
+        "base": {"val_accuracy": base_val, "test_accuracy": base_test, "epochs": len(base_rows)},
+        "sabr": {"val_accuracy": sabr_val, "test_accuracy": sabr_test, "epochs": len(sabr_rows)},
+        "pruned": {"test_accuracy": pruned_test},
+    }, curve, resolved)
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    report.write_run_report(run_dir, summary, base_rows, sabr_rows, reg.history)
+    return summary
+
+
+def build_summary(exp: Experiment, sabr_model: nn.Module, pruned: nn.Module, reg: SABR, layer_stats: list,
+                  figures: dict, curve: list[dict], config: dict) -> dict:
+    """The ``summary.json`` contract (fractions in [0, 1], counts as integers)."""
+    params = list(reg.params)
+    sabr_exact = sparsity_report(sabr_model, params)
+    sabr_near = sparsity_report(sabr_model, params, eps=reg.zero_eps)
+    pruned_rep = sparsity_report(pruned, params)
+    macs = count_macs(pruned, exp.example_input())
+    macs_by_weight = {m.weight: m for m in macs.layers}
+    layers = []
+    for s in layer_stats:
+        m = macs_by_weight.get(s.name)
+        layers.append({"name": s.name, "total": s.total, "nonzero": s.nonzero, "sparsity": s.sparsity,
+                       "threshold": s.threshold, "macs_dense": m.macs_dense if m else 0,
+                       "macs_pruned": int(round(m.macs_pruned)) if m else 0})
+    n_params = sum(p.numel() for p in pruned.parameters())
+    return {
+        "dataset": {"name": exp.dataset_name, "classes": list(exp.classes), "num_classes": len(exp.classes),
+                    "train": len(exp.train), "val": len(exp.val), "test": len(exp.test),
+                    "image_size": exp.preprocess.image_size, "channels": exp.preprocess.channels,
+                    "skipped_images": len(exp.skipped)},
+        "model": {"name": exp.model_meta["name"], "params": n_params, "regularised_weights": pruned_rep.total},
+        "base": figures["base"],
+        "sabr": {**figures["sabr"], "sparsity": sabr_near.sparsity, "sparsity_exact": sabr_exact.sparsity,
+                 "zero_eps": reg.zero_eps, "frozen": len(reg.frozen), "tensors": len(params),
+                 "stopped": "all_frozen" if reg.all_frozen else "epoch_limit"},
+        "pruned": {**figures["pruned"], "sparsity": pruned_rep.sparsity, "nonzero": pruned_rep.nonzero,
+                   "total": pruned_rep.total, "sparsity_all_params": pruned_rep.all_sparsity,
+                   "macs_dense": int(macs.macs_dense), "macs_pruned": int(round(macs.macs_pruned)),
+                   "macs_reduction": macs.reduction},
+        "layers": layers,
+        "curve": curve,
+        "config": config,
+    }
+
+
+def reprune(run_dir: str | Path, teta1_values, gamma: float = 0.1, progress: bool = True) -> list[dict]:
+    """Re-prune a finished run's SABR checkpoint at several factors; writes ``tradeoff.json`` and its chart.
+
+    The run's own data split is rebuilt from its saved config, so accuracies are on the same test split.
+    """
+    import yaml
+
+    run_dir = Path(run_dir)
+    model, meta = load_run(run_dir, "sabr")
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise SabrError(f"{cfg_path} is missing; `sabr prune` needs a run folder written by `sabr run`.")
+    cfg = RunConfig.from_dict({**yaml.safe_load(cfg_path.read_text()), "device": "cpu"})
+    exp = prepare(cfg, progress)
+    exp.preprocess = meta["transform"]
+    model.to(exp.device)
+    base = (run_dir / "base.json")
+    base_acc = __import__("json").loads(base.read_text()).get("test_accuracy") if base.exists() else None
+    curve = sweep(exp, model, teta1_values, gamma, cfg.params)
+    write_json(run_dir / "tradeoff.json", {"gamma": gamma, "base_test_accuracy": base_acc, "curve": curve})
+    report.plot_accuracy_vs_sparsity(run_dir / "tradeoff.png", curve, base_acc, title=f"{meta['model']['name']} "
+                                     f"on {meta['dataset']}: re-pruned at {len(curve)} thresholds")
+    return curve

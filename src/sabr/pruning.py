@@ -1,0 +1,86 @@
+"""Phase 3: post-training pruning to exact zeros.
+
+For each regularised tensor ``w`` (spec, phase 3)::
+
+    s = std(w)
+    kept = w[|w| >= gamma * s]          # all of w if that is empty
+    threshold = teta1 * std(kept)
+    w[|w| < threshold] = 0
+
+A plain mode with one fixed ``epsilon`` threshold for every tensor exists too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+from .regularizer import resolve_params
+
+
+@dataclass
+class LayerPruning:
+    """What pruning did to one tensor. ``sparsity`` is zeros / elements, a fraction."""
+
+    name: str
+    threshold: float
+    total: int
+    nonzero: int
+    sparsity: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def prune_threshold(weight: torch.Tensor, teta1: float = 0.2, gamma: float = 0.1) -> float:
+    """The SABR pruning threshold of one tensor: ``teta1 * std(w[|w| >= gamma * std(w)])``.
+
+    ``std`` is the unbiased (Bessel-corrected) standard deviation, as ``torch.std``. A tensor with a
+    single element has threshold 0.
+    """
+    w = weight.detach().float().flatten()
+    if w.numel() < 2:
+        return 0.0
+    s = w.std()
+    kept = w[w.abs() >= gamma * s]
+    if kept.numel() == 0:
+        kept = w
+    if kept.numel() < 2:
+        return 0.0
+    return float(teta1 * kept.std())
+
+
+@torch.no_grad()
+def prune(
+    model: nn.Module,
+    teta1: float = 0.2,
+    gamma: float = 0.1,
+    epsilon: float | None = None,
+    params: Iterable[str] | None = None,
+) -> list[LayerPruning]:
+    """Set every weight below its layer's threshold to exactly 0, in place.
+
+    Args:
+        model: the trained (usually SABR-regularised) network.
+        teta1: threshold factor on the std of the kept weights (default 0.2).
+        gamma: weights with ``|w| < gamma * std(w)`` are left out of that std (default 0.1).
+        epsilon: if given, a fixed threshold used for every tensor instead (plain mode).
+        params: names of the tensors to prune; default: weights of every Conv and Linear module.
+
+    Returns:
+        One :class:`LayerPruning` per tensor, in ``named_parameters()`` order.
+    """
+    if teta1 < 0 or gamma < 0 or (epsilon is not None and epsilon < 0):
+        raise ConfigError(f"pruning thresholds must be >= 0 (teta1={teta1}, gamma={gamma}, epsilon={epsilon}).")
+    stats = []
+    for name, p in resolve_params(model, params).items():
+        threshold = float(epsilon) if epsilon is not None else prune_threshold(p, teta1, gamma)
+        p.masked_fill_(p.abs() < threshold, 0.0)
+        total = p.numel()
+        nonzero = int(torch.count_nonzero(p))
+        stats.append(LayerPruning(name, threshold, total, nonzero, 1.0 - nonzero / total))
+    return stats

@@ -1,0 +1,256 @@
+"""The SABR regulariser: layer-specific, adaptive L1 strengths with progressive freezing.
+
+The rules follow ``spec/SABR.md`` exactly:
+
+* initialisation, once: ``lambda_t = teta1 * std(w_t)`` for every regularised tensor ``t``;
+* :meth:`SABR.penalty` returns ``sum_t lambda_t * sum(|w_t|)`` over the *unfrozen* tensors;
+* :meth:`SABR.step` runs once per epoch with the validation accuracy ``acc`` (a fraction):
+  ``drop = best - acc``; if ``drop > accuracy_threshold`` every unfrozen lambda is divided by
+  ``decrease_rate`` and every unfrozen counter goes up by one, and if any unfrozen counter has
+  reached ``k_epoch`` ONE tensor is frozen (the unfrozen tensor with the fewest weights
+  ``|w| >= zero_eps``, ties broken by ``named_parameters()`` order). Otherwise every unfrozen lambda
+  is multiplied by ``growth_rate`` and the counters reset to 0. Then ``best = max(best, acc)`` and
+  every lambda is appended to its history.
+
+Counters are not reset by a freeze: while the accuracy stays below ``best - accuracy_threshold`` the
+remaining tensors keep a counter ``>= k_epoch``, so one more tensor freezes each such epoch.
+
+Example::
+
+    reg = SABR(model)
+    for epoch in range(epochs):
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y) + reg.penalty()
+            opt.zero_grad(); loss.backward(); opt.step()
+        reg.step(evaluate(model, val_loader))
+        if reg.all_frozen:
+            break
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def default_param_names(model: nn.Module) -> list[str]:
+    """Names of the ``weight`` of every ``Conv*d`` and ``Linear`` module, in ``named_parameters()`` order."""
+    wanted = set()
+    for mod_name, module in model.named_modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and module.weight is not None:
+            wanted.add(f"{mod_name}.weight" if mod_name else "weight")
+    return [name for name, _ in model.named_parameters() if name in wanted]
+
+
+def resolve_params(model: nn.Module, params: Iterable[str] | None = None) -> dict[str, nn.Parameter]:
+    """Map the regularised tensor names to the model's parameters.
+
+    Args:
+        model: the network.
+        params: parameter names (as in ``model.named_parameters()``); ``None`` selects the weights of
+            every Conv and Linear module.
+
+    Raises:
+        ConfigError: a name is not a parameter of the model, or nothing is selected.
+    """
+    named = dict(model.named_parameters())
+    names = default_param_names(model) if params is None else list(params)
+    missing = [n for n in names if n not in named]
+    if missing:
+        raise ConfigError(
+            f"these names are not parameters of the model: {missing[:5]}. "
+            "Use names from model.named_parameters(), e.g. 'features.0.weight'."
+        )
+    if not names:
+        raise ConfigError("no tensor to regularise: the model has no Conv or Linear weight; pass params=[...].")
+    order = {n: i for i, n in enumerate(named)}
+    return {n: named[n] for n in sorted(names, key=order.__getitem__)}
+
+
+@dataclass
+class StepResult:
+    """What one :meth:`SABR.step` decided (for logs and history files)."""
+
+    action: str  # "grow" or "shrink"
+    drop: float
+    best: float
+    frozen: str | None  # the tensor frozen this epoch, if any
+
+
+class SABR:
+    """Sparsity-Accuracy Balanced Regularization controller.
+
+    Args:
+        model: the network whose weights are regularised.
+        teta1: lambda initialisation factor, ``lambda_t = teta1 * std(w_t)`` (default 5e-4).
+        growth_rate: factor applied to every unfrozen lambda after an epoch without a significant
+            accuracy drop (default 1.1).
+        decrease_rate: divisor applied after an epoch whose drop exceeds ``accuracy_threshold`` (1.2).
+        accuracy_threshold: tolerated drop from the best validation accuracy, as a fraction (0.005).
+        k_epoch: number of consecutive no-growth epochs after which one tensor freezes (3).
+        zero_eps: a weight counts as near zero when ``|w| < zero_eps`` (1e-5).
+        params: names of the tensors to regularise; default: weights of every Conv and Linear module.
+
+    Attributes:
+        lambdas: name -> current lambda (float).
+        frozen: the names of frozen tensors (they no longer train; their lambda is kept).
+        history: name -> list of lambdas, the initial value then one per :meth:`step`.
+        best: the best validation accuracy seen so far (``None`` before the first step).
+        counters: name -> epochs without growth.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        teta1: float = 5e-4,
+        growth_rate: float = 1.1,
+        decrease_rate: float = 1.2,
+        accuracy_threshold: float = 0.005,
+        k_epoch: int = 3,
+        zero_eps: float = 1e-5,
+        params: Iterable[str] | None = None,
+    ) -> None:
+        if teta1 < 0:
+            raise ConfigError(f"teta1 must be >= 0, got {teta1}.")
+        if growth_rate <= 0 or decrease_rate <= 0:
+            raise ConfigError(f"growth_rate and decrease_rate must be > 0, got {growth_rate}, {decrease_rate}.")
+        if k_epoch < 1:
+            raise ConfigError(f"k_epoch must be >= 1, got {k_epoch}.")
+        if not 0 <= accuracy_threshold <= 1:
+            raise ConfigError(f"accuracy_threshold is a fraction in [0, 1], got {accuracy_threshold}.")
+        self.model = model
+        self.teta1 = float(teta1)
+        self.growth_rate = float(growth_rate)
+        self.decrease_rate = float(decrease_rate)
+        self.accuracy_threshold = float(accuracy_threshold)
+        self.k_epoch = int(k_epoch)
+        self.zero_eps = float(zero_eps)
+        self.params = resolve_params(model, params)
+        with torch.no_grad():
+            self.lambdas: dict[str, float] = {
+                n: self.teta1 * float(p.detach().float().std()) if p.numel() > 1 else 0.0
+                for n, p in self.params.items()
+            }
+        self.counters: dict[str, int] = {n: 0 for n in self.params}
+        self.frozen: set[str] = set()
+        self.history: dict[str, list[float]] = {n: [lam] for n, lam in self.lambdas.items()}
+        self.best: float | None = None
+        self.epochs = 0
+
+    # ----------------------------------------------------------------- training-time term
+    def penalty(self) -> torch.Tensor:
+        """The L1 term ``sum_t lambda_t * sum(|w_t|)`` over unfrozen tensors, as a scalar tensor.
+
+        Runs entirely on the parameters' device: lambdas are Python floats, so no host sync happens.
+        """
+        terms = [self.lambdas[n] * p.abs().sum() for n, p in self.params.items() if n not in self.frozen]
+        if not terms:
+            first = next(iter(self.params.values()))
+            return first.new_zeros(())
+        return torch.stack(terms).sum()
+
+    # ----------------------------------------------------------------- once per epoch
+    def step(self, val_accuracy: float) -> StepResult:
+        """Update lambdas, counters and frozen set from one epoch's validation accuracy (a fraction)."""
+        acc = float(val_accuracy)
+        if not 0.0 <= acc <= 1.0:
+            raise ConfigError(f"val_accuracy is a fraction in [0, 1], got {acc} (did you pass a percentage?).")
+        if self.best is None:
+            self.best = acc
+        drop = self.best - acc
+        unfrozen = [n for n in self.params if n not in self.frozen]
+        froze = None
+        if drop > self.accuracy_threshold:
+            action = "shrink"
+            for n in unfrozen:
+                self.lambdas[n] /= self.decrease_rate
+                self.counters[n] += 1
+            if any(self.counters[n] >= self.k_epoch for n in unfrozen):
+                froze = self._freeze_sparsest(unfrozen)
+        else:
+            action = "grow"
+            for n in unfrozen:
+                self.lambdas[n] *= self.growth_rate
+                self.counters[n] = 0
+        self.best = max(self.best, acc)
+        for n, lam in self.lambdas.items():
+            self.history[n].append(lam)
+        self.epochs += 1
+        log.debug("SABR step %d: acc=%.4f best=%.4f drop=%.4f %s%s", self.epochs, acc, self.best, drop,
+                  action, f", froze {froze}" if froze else "")
+        return StepResult(action=action, drop=drop, best=self.best, frozen=froze)
+
+    def _freeze_sparsest(self, unfrozen: list[str]) -> str:
+        counts = {n: int((self.params[n].detach().abs() >= self.zero_eps).sum()) for n in unfrozen}
+        name = min(unfrozen, key=lambda n: counts[n])  # min() keeps the first of equal counts
+        self.freeze(name)
+        return name
+
+    def freeze(self, name: str) -> None:
+        """Freeze one tensor: it stops training (``requires_grad=False``) and its lambda stays as it is."""
+        self.frozen.add(name)
+        self.params[name].requires_grad_(False)
+        self.params[name].grad = None
+
+    @property
+    def all_frozen(self) -> bool:
+        """True once every regularised tensor is frozen: phase 2 is over."""
+        return len(self.frozen) == len(self.params)
+
+    def mean_lambda(self) -> float:
+        """Average lambda over all regularised tensors."""
+        return sum(self.lambdas.values()) / len(self.lambdas)
+
+    def near_zero_sparsity(self) -> float:
+        """Fraction of regularised weights with ``|w| < zero_eps`` (the training-time sparsity)."""
+        with torch.no_grad():
+            small = sum(int((p.detach().abs() < self.zero_eps).sum()) for p in self.params.values())
+        return small / sum(p.numel() for p in self.params.values())
+
+    # ----------------------------------------------------------------- persistence
+    def state_dict(self) -> dict:
+        """Everything the controller owns, as plain JSON-serialisable values."""
+        return {
+            "teta1": self.teta1,
+            "growth_rate": self.growth_rate,
+            "decrease_rate": self.decrease_rate,
+            "accuracy_threshold": self.accuracy_threshold,
+            "k_epoch": self.k_epoch,
+            "zero_eps": self.zero_eps,
+            "params": list(self.params),
+            "lambdas": dict(self.lambdas),
+            "counters": dict(self.counters),
+            "frozen": [n for n in self.params if n in self.frozen],
+            "history": {n: list(h) for n, h in self.history.items()},
+            "best": self.best,
+            "epochs": self.epochs,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict`; frozen tensors get ``requires_grad=False`` again."""
+        if list(state["params"]) != list(self.params):
+            raise ConfigError(
+                "this SABR state was saved for other tensors "
+                f"({len(state['params'])} saved, {len(self.params)} here); load it into the same model."
+            )
+        for key in ("teta1", "growth_rate", "decrease_rate", "accuracy_threshold", "zero_eps"):
+            setattr(self, key, float(state[key]))
+        self.k_epoch = int(state["k_epoch"])
+        self.lambdas = {n: float(state["lambdas"][n]) for n in self.params}
+        self.counters = {n: int(state["counters"][n]) for n in self.params}
+        self.history = {n: [float(v) for v in state["history"][n]] for n in self.params}
+        self.best = None if state["best"] is None else float(state["best"])
+        self.epochs = int(state["epochs"])
+        self.frozen = set()
+        for p in self.params.values():
+            p.requires_grad_(True)
+        for n in state["frozen"]:
+            self.freeze(n)

@@ -1,0 +1,226 @@
+"""Everything a run writes for people: ``summary.json`` (the contract), ``summary.md``, plots, the table.
+
+All of it is rendered from one summary dict (see :func:`sabr.pipeline.build_summary`), so the JSON,
+the Markdown, the terminal table and the charts can never disagree.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+from .checkpoint import write_json
+
+log = logging.getLogger(__name__)
+
+PLOTS = ("training_curves.png", "lambda_history.png", "layer_sparsity.png", "accuracy_vs_sparsity.png",
+         "savings_overall.png", "savings_per_layer.png")
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def _count(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{int(n)}"
+
+
+def summary_rows(summary: dict) -> list[tuple[str, str, str, str]]:
+    """(phase, accuracy, sparsity, note) rows shared by the terminal table and summary.md."""
+    b, s, p = summary["base"], summary["sabr"], summary["pruned"]
+    return [
+        ("base", f"{_pct(b['test_accuracy'])} test", "0.00%", f"{b['epochs']} epochs"),
+        ("SABR", f"{_pct(s['val_accuracy'])} val / {_pct(s['test_accuracy'])} test", _pct(s["sparsity"]),
+         f"{s['epochs']} epochs, {s['frozen']}/{s['tensors']} frozen ({s['stopped'].replace('_', ' ')}), "
+         f"|w|<{s['zero_eps']:g}"),
+        ("pruned", f"{_pct(p['test_accuracy'])} test", _pct(p["sparsity"]),
+         f"{p['nonzero']:,} of {p['total']:,} weights non-zero, {_pct(p['macs_reduction'])} fewer MACs"),
+    ]
+
+
+def format_table(summary: dict) -> str:
+    """A plain-text table of the run for the terminal."""
+    rows = [("phase", "accuracy", "sparsity", "")] + summary_rows(summary)
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3] for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    d, m, p = summary["dataset"], summary["model"], summary["pruned"]
+    drop = summary["base"]["test_accuracy"] - p["test_accuracy"]
+    lines += ["", f"{m['name']} on {d['name']} ({d['num_classes']} classes, {d['train']}/{d['val']}/{d['test']} "
+              f"train/val/test): accuracy drop {100 * drop:.2f} points, MACs {_count(p['macs_dense'])} -> "
+              f"{_count(p['macs_pruned'])} per image"]
+    return "\n".join(lines)
+
+
+def render_markdown(summary: dict) -> str:
+    """``summary.md``: the headline table, per-layer figures and the plots."""
+    d, m, p = summary["dataset"], summary["model"], summary["pruned"]
+    out = [f"# SABR run: {m['name']} on {d['name']}", "",
+           f"{d['num_classes']} classes; {d['train']} train / {d['val']} val / {d['test']} test images "
+           f"({d['image_size']}x{d['image_size']}, {d['channels']} channel(s)). {m['params']:,} parameters, "
+           f"{m['regularised_weights']:,} of them in regularised Conv/Linear weights.", "",
+           "| phase | accuracy | sparsity | note |", "|---|---|---|---|"]
+    out += [f"| {a} | {b} | {c} | {n} |" for a, b, c, n in summary_rows(summary)]
+    out += ["", f"Sparsity is over the regularised weights; over all parameters the pruned model is "
+            f"{_pct(p['sparsity_all_params'])} zeros. MACs per image: {p['macs_dense']:,} dense, "
+            f"{p['macs_pruned']:,} after pruning ({_pct(p['macs_reduction'])} fewer).", "",
+            "| layer | weights | non-zero | sparsity | threshold | MACs dense | MACs pruned |",
+            "|---|---|---|---|---|---|---|"]
+    out += [f"| {l['name']} | {l['total']:,} | {l['nonzero']:,} | {_pct(l['sparsity'])} | {l['threshold']:.3g} | "
+            f"{l['macs_dense']:,} | {l['macs_pruned']:,} |" for l in summary["layers"]]
+    if summary.get("curve"):
+        out += ["", "Accuracy vs sparsity (SABR weights pruned at several factors):", "",
+                "| teta1 | sparsity | test accuracy |", "|---|---|---|"]
+        out += [f"| {c['teta1']:g} | {_pct(c['sparsity'])} | {_pct(c['test_accuracy'])} |" for c in summary["curve"]]
+    out += [""] + [f"![{name[:-4]}]({name})" for name in PLOTS] + [""]
+    return "\n".join(out)
+
+
+def write_run_report(run_dir: Path, summary: dict, base_rows: list[dict], sabr_rows: list[dict],
+                     lambda_history: dict[str, list[float]]) -> None:
+    """Write ``summary.json``, ``summary.md``, ``lambdas.csv`` and every plot into ``run_dir``."""
+    run_dir = Path(run_dir)
+    write_json(run_dir / "summary.json", summary)
+    (run_dir / "summary.md").write_text(render_markdown(summary))
+    names = list(lambda_history)
+    with open(run_dir / "lambdas.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["epoch", *names])
+        for i in range(len(lambda_history[names[0]]) if names else 0):
+            w.writerow([i, *(lambda_history[n][i] for n in names)])
+    plot_training_curves(run_dir / PLOTS[0], base_rows, sabr_rows)
+    plot_lambda_history(run_dir / PLOTS[1], lambda_history)
+    plot_layer_sparsity(run_dir / PLOTS[2], summary["layers"])
+    plot_accuracy_vs_sparsity(run_dir / PLOTS[3], summary.get("curve", []), summary["base"]["test_accuracy"],
+                              points={"SABR (before pruning)": (summary["sabr"]["sparsity_exact"],
+                                                                summary["sabr"]["test_accuracy"]),
+                                      "pruned": (summary["pruned"]["sparsity"], summary["pruned"]["test_accuracy"])},
+                              title=f"{summary['model']['name']} on {summary['dataset']['name']}")
+    plot_savings(run_dir / PLOTS[4], run_dir / PLOTS[5], summary)
+
+
+# --------------------------------------------------------------------------- plots
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+
+
+def plot_training_curves(path: Path, base_rows: list[dict], sabr_rows: list[dict]) -> None:
+    """Loss and accuracy per epoch, phase 1 then phase 2, with the phase boundary marked."""
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    rows = [("base", r) for r in base_rows] + [("sabr", r) for r in sabr_rows]
+    x = list(range(1, len(rows) + 1))
+    ax1.plot(x, [r["train_loss"] for _, r in rows], label="train loss (+ L1 in phase 2)")
+    ax1.plot(x, [r["val_loss"] for _, r in rows], label="val loss")
+    ax2.plot(x, [100 * r["train_accuracy"] for _, r in rows], label="train accuracy")
+    ax2.plot(x, [100 * r["val_accuracy"] for _, r in rows], label="val accuracy")
+    for ax, label in ((ax1, "loss"), (ax2, "accuracy (%)")):
+        if base_rows and sabr_rows:
+            ax.axvline(len(base_rows) + 0.5, color="grey", ls="--", lw=1)
+            ax.text(len(base_rows) + 0.7, ax.get_ylim()[1], "SABR", va="top", color="grey")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    ax1.set_yscale("log")
+    fig.suptitle("Training curves: base (phase 1) and SABR (phase 2)")
+    _save(fig, path)
+
+
+def plot_lambda_history(path: Path, history: dict[str, list[float]]) -> None:
+    """Every tensor's lambda per epoch (log scale), and their average."""
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, values in history.items():
+        ax1.plot(range(len(values)), values, lw=1, label=name if len(history) <= 12 else None)
+    n = max((len(v) for v in history.values()), default=0)
+    mean = [sum(v[i] for v in history.values()) / len(history) for i in range(n)]
+    ax2.plot(range(n), mean, color="C3", marker="o", ms=3)
+    ax1.set_title("lambda per regularised tensor")
+    ax2.set_title("average lambda")
+    for ax in (ax1, ax2):
+        ax.set_xlabel("epoch of phase 2 (0 = initial)")
+        ax.set_ylabel("lambda")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    if len(history) <= 12:
+        ax1.legend(fontsize=6)
+    _save(fig, path)
+
+
+def _short(name: str) -> str:
+    return name[:-len(".weight")] if name.endswith(".weight") else name
+
+
+def plot_layer_sparsity(path: Path, layers: list[dict]) -> None:
+    """Per-layer sparsity after pruning (bars) with each layer's size."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(layers) + 2), 4.5))
+    x = range(len(layers))
+    ax.bar(x, [100 * l["sparsity"] for l in layers], color="C2")
+    ax.set_xticks(list(x), [f"{_short(l['name'])}\n({_count(l['total'])})" for l in layers], rotation=90, fontsize=7)
+    ax.set_ylabel("sparsity after pruning (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Per-layer sparsity (weights per layer in brackets)")
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
+
+
+def plot_accuracy_vs_sparsity(path: Path, curve: list[dict], base_accuracy: float | None,
+                              points: dict[str, tuple[float, float]] | None = None, title: str = "") -> None:
+    """Test accuracy against sparsity for several pruning thresholds (the project description's chart)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if curve:
+        ax.plot([100 * c["sparsity"] for c in curve], [100 * c["test_accuracy"] for c in curve], marker="o",
+                label="SABR + pruning at teta1 in " + ", ".join(f"{c['teta1']:g}" for c in curve))
+    if base_accuracy is not None:
+        ax.axhline(100 * base_accuracy, color="grey", ls="--", label=f"base model ({100 * base_accuracy:.2f}%)")
+    for i, (label, (s, a)) in enumerate((points or {}).items()):
+        ax.scatter([100 * s], [100 * a], s=60, zorder=3, color=f"C{i + 1}", label=label)
+    ax.set_xlabel("sparsity of regularised weights (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title or "Accuracy vs sparsity")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_savings(overall_path: Path, per_layer_path: Path, summary: dict) -> None:
+    """Dense vs pruned MACs, overall and per layer."""
+    plt = _plt()
+    p = summary["pruned"]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    bars = ax.bar(["dense", "pruned"], [p["macs_dense"], p["macs_pruned"]], color=["C0", "C2"])
+    ax.bar_label(bars, [_count(p["macs_dense"]), _count(p["macs_pruned"])])
+    ax.set_ylabel("MACs per image")
+    ax.set_title(f"Computational savings: {_pct(p['macs_reduction'])} fewer MACs")
+    _save(fig, overall_path)
+
+    layers = [l for l in summary["layers"] if l["macs_dense"]]
+    fig, ax = plt.subplots(figsize=(max(6, 0.4 * len(layers) + 2), 4.5))
+    x = list(range(len(layers)))
+    ax.bar([i - 0.2 for i in x], [l["macs_dense"] for l in layers], 0.4, label="dense")
+    ax.bar([i + 0.2 for i in x], [l["macs_pruned"] for l in layers], 0.4, label="pruned")
+    ax.set_xticks(x, [_short(l["name"]) for l in layers], rotation=90, fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("MACs per image (log)")
+    ax.set_title("Computational savings per layer")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, per_layer_path)
