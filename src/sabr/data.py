@@ -140,6 +140,14 @@ class ImageDataset:
         return len(self.labels)
 
 
+def _folder_name(path: Path) -> str:
+    """A short dataset name from its folder; generic names (``Dataset``, ``train``) take the parent's."""
+    parts = [p for p in (path.resolve().parent.name, path.name) if p]
+    if parts[-1].lower() not in {"dataset", "datasets", "data", "images", "train", "training"}:
+        parts = parts[-1:]
+    return re.sub(r"[^A-Za-z0-9]+", "-", parts[0]).strip("-").lower() or "images"
+
+
 def natural_key(text: str) -> list:
     """Sort key that orders embedded numbers numerically: ``Gesture_2`` < ``Gesture_10``."""
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
@@ -189,8 +197,9 @@ def load_dataset(
             raise DataError(f"data path {path} is not a folder; --data expects a folder with one sub-folder per class "
                             "(or IDX files).")
         idx = _find_idx(path)
-        ds = _load_idx(path, idx, preprocess) if idx else _load_folder(path, preprocess, on_bad_image, progress)
-    if max_per_class:
+        ds = (_load_idx(path, idx, preprocess) if idx
+              else _load_folder(path, preprocess, on_bad_image, progress, max_per_class, seed))
+    if max_per_class and len(ds) > max_per_class * len(ds.classes):
         ds = _limit_per_class(ds, max_per_class, seed)
     if len(ds.classes) < 2:
         raise DataError(f"dataset {source} has {len(ds.classes)} class; classification needs at least 2 "
@@ -263,8 +272,7 @@ def _load_idx(path: Path, idx: dict[str, tuple[Path, Path]], pre: Preprocess) ->
         classes = list(FASHION_MNIST_CLASSES)
     else:
         classes = [str(i) for i in range(n)]
-    name = re.sub(r"[^A-Za-z0-9]+", "-", path.name).strip("-").lower() or "idx"
-    return ImageDataset(name, torch.cat(images), y, classes, test_index)
+    return ImageDataset(_folder_name(path), torch.cat(images), y, classes, test_index)
 
 
 def list_image_folder(path: Path) -> tuple[list[str], list[list[Path]]]:
@@ -282,10 +290,15 @@ def list_image_folder(path: Path) -> tuple[list[str], list[list[Path]]]:
     return [d.name for d in class_dirs], files
 
 
-def _load_folder(path: Path, pre: Preprocess, on_bad_image: str, progress: bool) -> ImageDataset:
+def _load_folder(path: Path, pre: Preprocess, on_bad_image: str, progress: bool,
+                 max_per_class: int | None = None, seed: int = 0) -> ImageDataset:
     from tqdm.auto import tqdm
 
     classes, files = list_image_folder(path)
+    if max_per_class:  # choose before reading: a quick run reads only what it uses
+        rng = np.random.default_rng(seed)
+        files = [sorted((fs[i] for i in rng.permutation(len(fs))[:max_per_class]), key=lambda f: natural_key(f.name))
+                 for fs in files]
     images, labels, skipped = [], [], []
     flat = [(label, f) for label, fs in enumerate(files) for f in fs]
     for label, f in tqdm(flat, desc=f"reading {path.name}", unit="img", disable=None if progress else True, leave=False):
@@ -302,8 +315,7 @@ def _load_folder(path: Path, pre: Preprocess, on_bad_image: str, progress: bool)
     missing = sorted(set(range(len(classes))) - set(labels))
     if missing:
         raise DataError(f"class folder(s) {', '.join(classes[i] for i in missing)} in {path} hold no readable image.")
-    name = re.sub(r"[^A-Za-z0-9]+", "-", path.name).strip("-").lower() or "images"
-    return ImageDataset(name, torch.stack(images), torch.as_tensor(labels, dtype=torch.int64), classes,
+    return ImageDataset(_folder_name(path), torch.stack(images), torch.as_tensor(labels, dtype=torch.int64), classes,
                         skipped=skipped)
 
 

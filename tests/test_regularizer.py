@@ -1,0 +1,166 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from sabr import SABR, ConfigError
+
+
+def tiny():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 8), nn.ReLU(),
+                         nn.Linear(8, 3))
+
+
+NAMES = ["0.weight", "3.weight", "5.weight"]
+
+
+def test_default_params_are_conv_and_linear_weights_in_order():
+    reg = SABR(tiny())
+    assert list(reg.params) == NAMES
+
+
+def test_lambda_is_teta1_times_std():
+    model = tiny()
+    reg = SABR(model, teta1=0.01)
+    for name, p in model.named_parameters():
+        if name in NAMES:
+            assert reg.lambdas[name] == pytest.approx(0.01 * float(p.detach().std()), rel=1e-6)
+            assert reg.history[name] == [reg.lambdas[name]]
+
+
+def test_growth_when_no_significant_drop():
+    reg = SABR(tiny(), growth_rate=1.1, accuracy_threshold=0.25)
+    before = dict(reg.lambdas)
+    r = reg.step(1.0)  # first epoch sets best; drop 0
+    assert r.action == "grow"
+    assert all(reg.lambdas[n] == pytest.approx(before[n] * 1.1) for n in NAMES)
+    r = reg.step(0.75)  # drop 0.25 (exact in binary) is not > threshold: still growth
+    assert r.action == "grow" and reg.best == 1.0
+    assert all(reg.lambdas[n] == pytest.approx(before[n] * 1.1 ** 2) for n in NAMES)
+
+
+def test_shrink_and_counter_on_drop_then_reset_on_growth():
+    reg = SABR(tiny(), decrease_rate=1.2, accuracy_threshold=0.005, k_epoch=3)
+    reg.step(0.90)
+    grown = dict(reg.lambdas)
+    r = reg.step(0.80)
+    assert r.action == "shrink" and r.drop == pytest.approx(0.10)
+    assert all(reg.lambdas[n] == pytest.approx(grown[n] / 1.2) for n in NAMES)
+    assert all(reg.counters[n] == 1 for n in NAMES)
+    reg.step(0.95)  # new best, growth resets counters
+    assert all(reg.counters[n] == 0 for n in NAMES)
+    assert reg.best == 0.95
+
+
+def test_best_is_running_maximum_and_drop_measured_from_it():
+    reg = SABR(tiny(), accuracy_threshold=0.01)
+    reg.step(0.5)
+    reg.step(0.7)
+    r = reg.step(0.65)
+    assert r.best == 0.7 and r.drop == pytest.approx(0.05) and r.action == "shrink"
+
+
+def test_freezes_sparsest_tensor_after_k_epoch_drops():
+    model = tiny()
+    with torch.no_grad():
+        model[3].weight[:, :100] = 0.0  # 3.weight: 8*144 - 800 = 352 non-zero
+        model[5].weight[:, :4] = 0.0    # 5.weight: 24 - 12 = 12 non-zero -> fewest
+    reg = SABR(model, k_epoch=2, accuracy_threshold=0.005)
+    reg.step(0.9)
+    assert reg.step(0.8).frozen is None  # counter 1
+    r = reg.step(0.8)  # counter 2 == k_epoch
+    assert r.frozen == "5.weight"
+    assert reg.frozen == {"5.weight"}
+    assert not model[5].weight.requires_grad and model[3].weight.requires_grad
+    frozen_lambda = reg.lambdas["5.weight"]
+    r = reg.step(0.8)  # counters still >= k: one more tensor freezes (the next sparsest)
+    assert r.frozen == "0.weight" or r.frozen == "3.weight"
+    assert reg.lambdas["5.weight"] == frozen_lambda  # a frozen lambda stays as it is
+    assert len(reg.history["5.weight"]) == 5  # history still recorded every epoch
+    reg.step(0.8)
+    assert reg.all_frozen
+
+
+def test_freeze_ties_broken_by_parameter_order():
+    model = nn.Sequential(nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[1].weight.fill_(2.0)
+    reg = SABR(model, k_epoch=1)
+    reg.step(1.0)
+    assert reg.step(0.5).frozen == "0.weight"
+
+
+def test_near_zero_count_uses_zero_eps():
+    model = nn.Sequential(nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False))
+    with torch.no_grad():
+        model[0].weight.fill_(1e-6)   # all below zero_eps=1e-5 -> 0 "non-zero"
+        model[1].weight.fill_(1.0)
+        model[1].weight[0, 0] = 0.0   # 15 non-zero
+    reg = SABR(model, k_epoch=1, zero_eps=1e-5)
+    reg.step(1.0)
+    assert reg.step(0.0).frozen == "0.weight"
+    assert reg.near_zero_sparsity() == pytest.approx(17 / 32)
+
+
+def test_penalty_is_weighted_l1_over_unfrozen_tensors():
+    model = tiny()
+    reg = SABR(model, teta1=0.1)
+    expected = sum(reg.lambdas[n] * float(p.abs().sum()) for n, p in reg.params.items())
+    assert float(reg.penalty()) == pytest.approx(expected, rel=1e-5)
+    reg.freeze("3.weight")
+    expected -= reg.lambdas["3.weight"] * float(reg.params["3.weight"].abs().sum())
+    assert float(reg.penalty()) == pytest.approx(expected, rel=1e-5)
+    reg.penalty().backward()
+    g = model[0].weight.grad
+    assert torch.allclose(g, reg.lambdas["0.weight"] * model[0].weight.sign())
+    assert model[3].weight.grad is None
+
+
+def test_training_stops_when_all_frozen_in_a_loop():
+    model = tiny()
+    reg = SABR(model, k_epoch=1)
+    accs = [0.9] + [0.5] * 10
+    epochs = 0
+    for acc in accs:
+        reg.step(acc)
+        epochs += 1
+        if reg.all_frozen:
+            break
+    assert reg.all_frozen and epochs == 4  # 1 best-setting epoch, then one freeze per drop epoch
+    assert float(reg.penalty()) == 0.0
+
+
+def test_state_dict_round_trip_is_exact():
+    model = tiny()
+    reg = SABR(model, k_epoch=1, growth_rate=1.3)
+    for acc in (0.8, 0.85, 0.7, 0.6):
+        reg.step(acc)
+    state = reg.state_dict()
+    import json
+    state = json.loads(json.dumps(state))  # survives JSON
+    model2 = tiny()
+    reg2 = SABR(model2)
+    reg2.load_state_dict(state)
+    assert reg2.state_dict() == reg.state_dict()
+    assert {n for n, p in reg2.params.items() if not p.requires_grad} == reg.frozen
+    # both continue identically
+    for acc in (0.9, 0.5):
+        a, b = reg.step(acc), reg2.step(acc)
+        assert a == b
+    assert reg2.state_dict() == reg.state_dict()
+
+
+def test_custom_params_and_errors():
+    model = tiny()
+    reg = SABR(model, params=["3.weight", "0.weight"])
+    assert list(reg.params) == ["0.weight", "3.weight"]  # model order
+    with pytest.raises(ConfigError, match="not parameters"):
+        SABR(model, params=["nope.weight"])
+    with pytest.raises(ConfigError, match="fraction"):
+        reg.step(95.0)
+    with pytest.raises(ConfigError):
+        SABR(model, k_epoch=0)
+    assert math.isclose(reg.mean_lambda(), sum(reg.lambdas.values()) / 2)
