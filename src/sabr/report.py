@@ -96,8 +96,8 @@ def write_run_report(run_dir: Path, summary: dict, base_rows: list[dict], sabr_r
     plot_lambda_history(run_dir / PLOTS[1], lambda_history)
     plot_layer_sparsity(run_dir / PLOTS[2], summary["layers"])
     plot_accuracy_vs_sparsity(run_dir / PLOTS[3], summary.get("curve", []), summary["base"]["test_accuracy"],
-                              points={"SABR (before pruning)": (summary["sabr"]["sparsity_exact"],
-                                                                summary["sabr"]["test_accuracy"]),
+                              points={f"SABR before pruning (|w| < {summary['sabr']['zero_eps']:g})":
+                                      (summary["sabr"]["sparsity"], summary["sabr"]["test_accuracy"]),
                                       "pruned": (summary["pruned"]["sparsity"], summary["pruned"]["test_accuracy"])},
                               title=f"{summary['model']['name']} on {summary['dataset']['name']}")
     plot_savings(run_dir / PLOTS[4], run_dir / PLOTS[5], summary)
