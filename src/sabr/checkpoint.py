@@ -117,17 +117,18 @@ def read_weights(path: str | Path, sha256: str | None = None) -> dict[str, torch
         raise CheckpointError(f"checkpoint {path} does not exist.")
     try:
         data = path.read_bytes()
-        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-            raise CheckpointError(
-                f"{path} was modified after sabr wrote it (its SHA-256 differs from the one in "
-                f"{path.with_suffix('.json').name}); it is refused. Restore the file or retrain that phase."
-            )
-        return load(data)
+        weights = load(data)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(
             f"{path} is not a valid safetensors file ({exc}). sabr only loads safetensors (pickles are never "
             "executed); re-export the weights with safetensors.torch.save_file."
         ) from exc
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise CheckpointError(
+            f"{path} was modified after sabr wrote it (its SHA-256 differs from the one in "
+            f"{path.with_suffix('.json').name}); it is refused. Restore the file or retrain that phase."
+        )
+    return weights
 
 
 def build_model(meta: dict) -> nn.Module:
