@@ -86,6 +86,8 @@ def test_sigkill_in_phase_2_then_resume_matches_uninterrupted_run(tmp_path):
     assert main(["run", "--quiet", "--resume", str(killed)]) == 0
     assert _figures(killed) == _figures(whole)
     assert not state_file.exists()  # the run is complete
+    assert main(["run", "--quiet", "--resume", str(killed)]) == 2  # nothing left to resume; nothing rewritten
+    assert _figures(killed) == _figures(whole)
 
 
 def test_resume_refuses_changed_settings_and_missing_runs(tmp_path, capsys):

@@ -311,6 +311,9 @@ def _open_run_dir(path: Path, overwrite: bool, resume: bool = False, create: boo
         if not (path / "config.yaml").is_file():
             raise CheckpointError(f"{path} holds no run to resume (no config.yaml); pass the --out folder of a "
                                   "`sabr run`, or start a new run without --resume.")
+        if (path / "summary.json").is_file() and not (path / STATE_FILE).exists():
+            raise SabrError(f"the run in {path} has already finished (summary.json is written); nothing to resume. "
+                            "Use `sabr prune --run` to re-prune it, or --overwrite to train it again.")
         return path
     if holds_run and not overwrite:
         raise SabrError(f"{path} already holds a run; choose another --out, pass --resume {path} to continue it, "
