@@ -87,6 +87,26 @@ def test_odd_image_modes_and_sizes_are_converted(tmp_path):
         assert ds.images.float().std() > 10  # real content, not blank
 
 
+def test_real_photos_in_odd_modes_are_converted(tmp_path):
+    source = Path(__file__).resolve().parents[2] / "shared" / "data" / "sign-language-digits" / "Dataset"
+    if not source.is_dir():
+        pytest.skip(f"sign-language photos not found at {source}")
+    root = tmp_path / "signs"
+    for c in ("0", "1"):
+        photos = sorted((source / c).iterdir())[:4]
+        (root / c).mkdir(parents=True)
+        with Image.open(photos[0]) as im:
+            im.convert("CMYK").save(root / c / "cmyk.jpg")
+        with Image.open(photos[1]) as im:
+            im.convert("L").resize((50, 70)).save(root / c / "gray.png")
+        with Image.open(photos[2]) as im:
+            im.convert("RGBA").save(root / c / "rgba.png")
+        with Image.open(photos[3]) as im:
+            im.convert("P").save(root / c / "palette.png")
+    ds = load_dataset(root, Preprocess(32, 3), progress=False)
+    assert ds.images.shape == (8, 3, 32, 32) and ds.skipped == []
+
+
 def _bad_files(root: Path) -> list[Path]:
     good = root / "digit_0" / "0.png"
     corrupt = root / "digit_0" / "corrupt.jpg"

@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sabr {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"sabr {args.command}: interrupted; files already written in the run folder are complete.",
-              file=sys.stderr)
+        print(f"sabr {args.command}: interrupted; files already written in the run folder are complete "
+              "(continue a `sabr run` with --resume <run folder>).", file=sys.stderr)
         return 130
 
 
