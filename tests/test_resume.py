@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from sabr.cli import main
-from sabr.config import RunConfig
 from sabr.errors import CheckpointError
 from sabr.resume import STATE_FILE, load_state, optimizer_state, rng_state, save_state, set_rng_state
 
