@@ -7,6 +7,8 @@ enough to rebuild the model without the code that trained it: :func:`load_checkp
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -16,18 +18,52 @@ import torch
 from torch import nn
 
 from .data import Preprocess
-from .errors import CheckpointError
+from .errors import CheckpointError, StorageError
 from .models import create_model
 
 PHASES = ("base", "sabr", "pruned")
 
 
+def _write_bytes(path: Path, data: bytes) -> None:
+    """The one place where run files reach the disk (flushed and fsync'ed)."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _storage_error(path: Path, exc: OSError) -> StorageError:
+    why = ("the disk is full: free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+           else "check that the folder is writable and has space")
+    return StorageError(
+        f"could not write {path} ({exc.strerror or exc}); {why}. The previous version of {path.name} is untouched "
+        f"and still loads; once fixed, continue with `sabr run --resume {path.parent}`."
+    )
+
+
+def atomic_write(files: dict[Path, bytes]) -> None:
+    """Write several files all-or-nothing per file: each goes to ``<name>.tmp`` first, then every one is renamed.
+
+    If any write fails (e.g. ``ENOSPC``), the temporary files are removed, the existing files are left as
+    they were, and :class:`~sabr.errors.StorageError` is raised.
+    """
+    tmps = {Path(p): Path(p).with_name(Path(p).name + ".tmp") for p in files}
+    current = next(iter(tmps), None)
+    try:
+        for path, data in files.items():
+            current = Path(path)
+            _write_bytes(tmps[current], data)
+        for current, tmp in tmps.items():
+            os.replace(tmp, current)
+    except OSError as exc:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+        raise _storage_error(current, exc) from exc
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Write JSON atomically (temporary file, then rename): a crash never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
-    os.replace(tmp, path)
+    atomic_write({Path(path): (json.dumps(data, indent=2, default=_jsonable) + "\n").encode()})
 
 
 def _jsonable(obj: Any) -> Any:
@@ -44,14 +80,14 @@ def save_checkpoint(model: nn.Module, path: str | Path, metadata: dict) -> Path:
     ``metadata`` must hold ``model`` (``{"name", "num_classes", "in_chans", "image_size"}``), and
     should hold ``classes`` and ``preprocess`` so that :func:`load_checkpoint` returns a usable model.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path).with_suffix(".safetensors")
     state = {k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "sabr": "1"})
-    os.replace(tmp, path)
-    write_json(path.with_suffix(".json"), metadata)
+    data = save(state, metadata={"format": "pt", "sabr": "1"})
+    metadata = {**metadata, "weights_sha256": hashlib.sha256(data).hexdigest()}
+    meta = (json.dumps(metadata, indent=2, default=_jsonable) + "\n").encode()
+    atomic_write({path: data, path.with_suffix(".json"): meta})
     return path
 
 
@@ -66,21 +102,33 @@ def read_metadata(path: str | Path) -> dict:
         raise CheckpointError(f"{meta_path} is not valid JSON ({exc}); the checkpoint metadata is damaged.") from exc
 
 
-def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a safetensors file; anything else (a pickle, a damaged file) raises ``CheckpointError``."""
+def read_weights(path: str | Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; anything else (a pickle, a damaged file) raises ``CheckpointError``.
+
+    The file is parsed as safetensors only: a pickle is never unpickled, so it can run no code. With
+    ``sha256`` (as written by :func:`save_checkpoint` into the metadata) a file changed after it was
+    written is refused too.
+    """
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist.")
     try:
-        return load_file(str(path))
+        data = path.read_bytes()
+        weights = load(data)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(
             f"{path} is not a valid safetensors file ({exc}). sabr only loads safetensors (pickles are never "
             "executed); re-export the weights with safetensors.torch.save_file."
         ) from exc
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise CheckpointError(
+            f"{path} was modified after sabr wrote it (its SHA-256 differs from the one in "
+            f"{path.with_suffix('.json').name}); it is refused. Restore the file or retrain that phase."
+        )
+    return weights
 
 
 def build_model(meta: dict) -> nn.Module:
@@ -117,7 +165,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     path = Path(path)
     meta = read_metadata(path)
     model = build_model(meta)
-    load_weights_into(model, read_weights(path), source=str(path))
+    load_weights_into(model, read_weights(path, meta.get("weights_sha256")), source=str(path))
     model.to(device).eval()
     if "preprocess" in meta:
         meta["transform"] = Preprocess.from_dict(meta["preprocess"])

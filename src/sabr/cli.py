@@ -13,7 +13,7 @@ from dataclasses import MISSING, fields
 from typing import Callable
 
 from .config import RunConfig, load_yaml
-from .errors import SabrError
+from .errors import ConfigError, SabrError
 
 log = logging.getLogger("sabr")
 
@@ -54,10 +54,22 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 # --------------------------------------------------------------------------- commands
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .pipeline import run
+    import os
+
+    from .pipeline import resume, run
     from .report import format_table
 
-    summary = run(config_from_args(args), progress=not args.quiet, overwrite=args.overwrite)
+    if args.resume:
+        given = sorted(k for k in vars(args) if k in {f.name for f in fields(RunConfig)} and k != "device")
+        if given or args.config or args.overwrite:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given) or ("--config" if args.config else "--overwrite")
+            raise ConfigError(f"--resume continues {args.resume} with the settings saved in its config.yaml; "
+                              f"leave out {flags} (only --device may change).")
+        summary = resume(args.resume, progress=not args.quiet, device=getattr(args, "device", None))
+    else:
+        summary = run(config_from_args(args), progress=not args.quiet, overwrite=args.overwrite)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return 0
     print(format_table(summary))
     print(f"\nrun folder: {summary['config']['out']} (summary.md, summary.json, plots, checkpoints)")
     return 0
@@ -66,6 +78,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _setup_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file with the same keys as these flags (flags given here win)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last finished epoch "
+                   "(its saved settings are used)")
     add_config_arguments(p)
 
 
@@ -120,8 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    if os.environ.get("RANK", "0") != "0" and not args.debug:
+        level = logging.WARNING  # under torchrun the other ranks stay quiet
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     try:
         return args.handler(args)
@@ -131,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sabr {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"sabr {args.command}: interrupted; files already written in the run folder are complete.",
-              file=sys.stderr)
+        print(f"sabr {args.command}: interrupted; files already written in the run folder are complete "
+              "(continue a `sabr run` with --resume <run folder>).", file=sys.stderr)
         return 130
 
 

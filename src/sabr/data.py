@@ -304,9 +304,11 @@ def _load_folder(path: Path, pre: Preprocess, on_bad_image: str, progress: bool,
     for label, f in tqdm(flat, desc=f"reading {path.name}", unit="img", disable=None if progress else True, leave=False):
         try:
             images.append(pre.to_uint8(open_image(f)))
-        except DataError:
+        except DataError as exc:
             if on_bad_image == "error":
-                raise
+                raise DataError(f"{exc}. The file is corrupt, truncated or not an image: delete or replace it, or "
+                                "pass --on-bad-image skip to leave such files out (they are listed in the run "
+                                "folder's skipped_images.txt).") from exc
             skipped.append(str(f))
             continue
         labels.append(label)
@@ -352,12 +354,17 @@ def split_dataset(ds: ImageDataset, seed: int = 0, test_fraction: float = 0.1, v
     if counts.min() < 3:
         raise DataError(f"class {ds.classes[int(counts.argmin())]!r} has {counts.min()} image(s); "
                         "each class needs at least 3 (one each for training, validation and test).")
-    if ds.test_index is not None:
-        test = np.asarray(ds.test_index)
-        rest = np.setdiff1d(index, test)
-    else:
-        rest, test = train_test_split(index, test_size=test_fraction, stratify=y, random_state=seed)
-    train, val = train_test_split(rest, test_size=val_fraction, stratify=y[rest], random_state=seed)
+    try:
+        if ds.test_index is not None:
+            test = np.asarray(ds.test_index)
+            rest = np.setdiff1d(index, test)
+        else:
+            rest, test = train_test_split(index, test_size=test_fraction, stratify=y, random_state=seed)
+        train, val = train_test_split(rest, test_size=val_fraction, stratify=y[rest], random_state=seed)
+    except ValueError as exc:  # a split too small to hold one image of every class
+        raise DataError(f"{len(y)} images are too few to split {len(ds.classes)} classes into training, validation "
+                        f"and test sets with every class in each ({exc}); add images, or raise --max-per-class."
+                        ) from exc
     return Splits(np.sort(train), np.sort(val), np.sort(test))
 
 

@@ -22,3 +22,11 @@ class CheckpointError(SabrError):
 
 class ConfigError(SabrError):
     """A configuration value is out of range or unknown."""
+
+
+class StorageError(SabrError):
+    """A file of the run folder could not be written (full disk, permissions); the previous version is intact."""
+
+
+class TrainingError(SabrError):
+    """Training cannot go on as configured (e.g. the loss became NaN or infinite)."""

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Preprocess
-from .errors import SabrError
+from .errors import TrainingError
 
 
-class NonFiniteLossError(SabrError):
+class NonFiniteLossError(TrainingError):
     """The training loss became NaN or infinite."""
 
 
@@ -84,7 +84,8 @@ def train_epoch(
     """One pass over ``split``: cross-entropy (+ ``penalty()`` when given), Adam step per batch.
 
     Raises:
-        NonFiniteLossError: the loss became NaN or infinite (the weights of that step are not applied).
+        NonFiniteLossError: the epoch's mean loss is NaN or infinite (checked once, at the end of the
+            epoch, so no GPU sync happens per batch; the model's weights are then not to be trusted).
     """
     model.train()
     start = time.perf_counter()

@@ -1,0 +1,96 @@
+"""Exact resume: a run killed with SIGKILL in phase 2 and resumed ends with the uninterrupted run's figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sabr.cli import main
+from sabr.errors import CheckpointError
+from sabr.resume import STATE_FILE, load_state, optimizer_state, rng_state, save_state, set_rng_state
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+FLAGS = ["--model", "lenet5", "--image-size", "16", "--max-per-class", "20", "--epochs-base", "2",
+         "--epochs-sabr", "4", "--batch-size", "32", "--sweep", "0.2", "--device", "cpu"]
+
+
+def test_state_round_trip_restores_optimizer_and_rng(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    save_state(tmp_path / "s.safetensors", {"optimizer": opt.state_dict(), "rng": rng_state(), "x": float("inf")})
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    state = load_state(tmp_path / "s.safetensors")
+    set_rng_state(state["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1)) == expected
+    opt2 = torch.optim.Adam(torch.nn.Linear(3, 2).parameters(), lr=0.5)
+    opt2.load_state_dict(optimizer_state(state["optimizer"]))
+    assert opt2.param_groups[0]["lr"] == 0.01 and opt2.param_groups[0]["betas"] == (0.9, 0.999)
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    assert state["x"] == float("inf")
+
+
+def test_damaged_state_is_refused(tmp_path):
+    bad = tmp_path / STATE_FILE
+    bad.write_bytes(b"\x80\x04not a safetensors file")
+    with pytest.raises(CheckpointError, match="not a readable sabr resume state"):
+        load_state(bad)
+
+
+def _figures(run_dir: Path) -> dict:
+    s = json.loads((run_dir / "summary.json").read_text())
+    sabr = json.loads((run_dir / "sabr_state.json").read_text())
+    return {"base": s["base"], "sabr": s["sabr"], "pruned": s["pruned"], "curve": s["curve"], "layers": s["layers"],
+            "lambdas": sabr["lambdas"], "history": sabr["history"], "frozen": sabr["frozen"]}
+
+
+@pytest.mark.slow
+def test_sigkill_in_phase_2_then_resume_matches_uninterrupted_run(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(SRC), "SABR_TEST_EPOCH_PAUSE": "0.4"}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "sabr", "run", "--quiet", "--out", str(killed), *FLAGS],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state_file, seen = killed / STATE_FILE, None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state_file.is_file():
+            try:
+                state = load_state(state_file)
+            except CheckpointError:  # never expected: the file is replaced atomically
+                raise
+            seen = (state["phase"], state["epoch"])
+            if seen[0] == "sabr" and seen[1] >= 1:
+                break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert seen and seen[0] == "sabr", f"the run was not caught in phase 2 (last state {seen})"
+    assert not (killed / "summary.json").exists() and not (killed / "sabr.safetensors").exists()
+
+    # an uninterrupted run with the same settings, in this process, meanwhile
+    whole = tmp_path / "whole"
+    assert main(["run", "--quiet", "--out", str(whole), *FLAGS]) == 0
+
+    assert main(["run", "--quiet", "--resume", str(killed)]) == 0
+    assert _figures(killed) == _figures(whole)
+    assert not state_file.exists()  # the run is complete
+    assert main(["run", "--quiet", "--resume", str(killed)]) == 2  # nothing left to resume; nothing rewritten
+    assert _figures(killed) == _figures(whole)
+
+
+def test_resume_refuses_changed_settings_and_missing_runs(tmp_path, capsys):
+    assert main(["run", "--quiet", "--resume", str(tmp_path), "--epochs-base", "4"]) == 2
+    assert "leave out --epochs-base" in capsys.readouterr().err
+    assert main(["run", "--quiet", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "holds no run to resume" in capsys.readouterr().err
