@@ -29,39 +29,43 @@ def main() -> None:
     p.add_argument("--source", required=True, help="video file or image folder")
     p.add_argument("--phases", nargs="+", default=["base", "pruned"])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch CPU threads to compare")
     p.add_argument("--out", default="apps_latency.json")
     args = p.parse_args()
 
     recognizers = {ph: Recognizer.from_path(args.run, ph) for ph in args.phases}
     infos = {ph: r.info() for ph, r in recognizers.items()}
-    model_ms: dict[str, list[float]] = {ph: [] for ph in args.phases}
-    loop_ms: dict[str, list[float]] = {ph: [] for ph in args.phases}
+    keys = [(ph, n) for n in args.threads for ph in args.phases]
+    model_ms: dict[tuple, list[float]] = {k: [] for k in keys}
+    loop_ms: dict[tuple, list[float]] = {k: [] for k in keys}
     frames = 0
     for _ in range(args.repeats):
-        for ph, rec in recognizers.items():
+        for ph, n in keys:
+            torch.set_num_threads(n)
             with tempfile.TemporaryDirectory() as tmp:
                 start = time.perf_counter()
-                s = recognize(rec, open_source(args.source), out=tmp, headless=True)
+                s = recognize(recognizers[ph], open_source(args.source), out=tmp, headless=True)
                 elapsed = time.perf_counter() - start
             frames = s.frames
-            model_ms[ph].append(s.latency_ms_median)
-            loop_ms[ph].append(1000 * elapsed / s.frames)
+            model_ms[ph, n].append(s.latency_ms_median)
+            loop_ms[ph, n].append(1000 * elapsed / s.frames)
     rows = []
-    for ph in args.phases:
+    for key in keys:
+        ph, n = key
         i = infos[ph]
-        rows.append({"phase": ph, "model": i.name, "input": f"{i.channels}x{i.image_size}x{i.image_size}",
+        rows.append({"phase": ph, "threads": n, "model": i.name, "input": f"{i.channels}x{i.image_size}x{i.image_size}",
                      "sparsity": i.sparsity, "macs_dense": i.macs_dense, "macs_pruned": i.macs_pruned,
-                     "model_ms_median": statistics.median(model_ms[ph]),
-                     "loop_ms_median": statistics.median(loop_ms[ph]),
-                     "fps": 1000 / statistics.median(loop_ms[ph]), "model_ms_runs": model_ms[ph],
-                     "loop_ms_runs": loop_ms[ph]})
-    print(f"{'phase':<7} {'model':<12} {'input':<9} {'sparsity':>8} {'MACs (pruned)':>14} {'model ms':>9} "
+                     "model_ms_median": statistics.median(model_ms[key]),
+                     "loop_ms_median": statistics.median(loop_ms[key]),
+                     "fps": 1000 / statistics.median(loop_ms[key]), "model_ms_runs": model_ms[key],
+                     "loop_ms_runs": loop_ms[key]})
+    print(f"{'phase':<7} {'threads':>7} {'model':<12} {'input':<9} {'sparsity':>8} {'MACs (pruned)':>14} {'model ms':>9} "
           f"{'loop ms':>8} {'FPS':>6}")
     for r in rows:
-        print(f"{r['phase']:<7} {r['model']:<12} {r['input']:<9} {100 * r['sparsity']:>7.2f}% "
+        print(f"{r['phase']:<7} {r['threads']:>7} {r['model']:<12} {r['input']:<9} {100 * r['sparsity']:>7.2f}% "
               f"{r['macs_pruned']:>14,.0f} {r['model_ms_median']:>9.2f} {r['loop_ms_median']:>8.2f} {r['fps']:>6.1f}")
     result = {"run": args.run, "source": args.source, "frames": frames, "repeats": args.repeats,
-              "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+              "machine": platform.processor() or platform.machine(),
               "rows": rows}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)

@@ -116,12 +116,20 @@ def _add_app_arguments(p: argparse.ArgumentParser, model_required: bool = True) 
                    help="confidence (fraction) below which no label is claimed (default: 0.6)")
     p.add_argument("--snapshot", type=int, help="also save this frame (0-based) of the view as OUT/snapshot.png")
     p.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (default: cpu)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for the model (default: 1: one small frame at a time gains nothing from more, "
+                        "and loses a lot on a busy CPU)")
 
 
 def _load_app(args: argparse.Namespace):
     """The recogniser (its sparsity and MACs printed) and the reference images, from the shared options."""
+    import torch
+
     from .apps import Recognizer, load_references, training_data_folder
 
+    if args.threads < 1:
+        raise SabrError(f"--threads must be >= 1, got {args.threads}.")
+    torch.set_num_threads(args.threads)
     recognizer = Recognizer.from_path(args.model, args.phase, args.device)
     print(recognizer.info().describe())
     folder = args.references or training_data_folder(args.model)

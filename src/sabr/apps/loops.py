@@ -290,7 +290,7 @@ def run_elevator(classes: Sequence[str], recognizer: Recognizer | None = None, s
     frames = 0
     frame_iter = _script_frames(script, classes, references, fps) if script is not None else \
         ((f.image, None) for f in source)
-    end_of_script = (max(s.t + s.hold for s in script) if script is not None else None)
+    drain = script is not None or not source.is_live  # a finite input: let the car finish its queue after it
     try:
         for image, scripted in frame_iter:
             if car.t >= max_seconds:
@@ -324,8 +324,8 @@ def run_elevator(classes: Sequence[str], recognizer: Recognizer | None = None, s
                 output.frame(view, f"{frames:06d}")
             if screen is not None and not screen.show(view, max(1, int(1000 * dt))):
                 break
-        # let the car finish its queue after the input ends (script runs only: a camera never "ends")
-        while end_of_script is not None and (car.pending or car.doors_open or car.moving) and car.t < max_seconds:
+        # let the car finish its queue after a script, video or image folder ends (a camera never "ends")
+        while drain and (car.pending or car.doors_open or car.moving) and car.t < max_seconds:
             car.step(dt)
             frames += 1
             view = render_elevator(car, classes, None, "no gesture")
