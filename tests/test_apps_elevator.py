@@ -6,6 +6,8 @@ import pytest
 from sabr.apps import Elevator, ScriptStep, read_script, render_elevator, run_elevator
 from sabr.errors import ConfigError
 
+from _apps_fixtures import sign_photos, tiny_checkpoint  # noqa: F401 (fixture)
+
 
 def _stops(car):
     return [e.floor for e in car.log if e.event == "arrive"]
@@ -108,3 +110,50 @@ def test_render_shows_shaft_and_camera():
     view = render_elevator(car, [str(i) for i in range(10)], camera, "gesture 7 95%", height=480)
     assert view.shape[0] == 480 and view.dtype == np.uint8
     assert (view == 200).all(axis=2).sum() > 100 * 100  # the camera frame is in the view
+
+
+def test_cli_script_without_model(tmp_path, capsys):
+    from sabr.cli import main
+
+    script = tmp_path / "s.txt"
+    script.write_text("0 3 1.5\n2 1 1.5\n")
+    out = tmp_path / "out"
+    assert main(["elevator", "--script", str(script), "--floors", "5", "--headless", "--out", str(out),
+                 "--floors-per-second", "2", "--door-seconds", "1", "--quiet"]) == 0
+    events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
+    assert [e["floor"] for e in events if e["event"] == "arrive"] == [3, 1]
+    assert "arrive" in capsys.readouterr().out
+    assert main(["elevator", "--script", str(script), "--headless", "--out", str(out)]) == 2  # no model, no --floors
+
+
+def test_video_source_with_model_drains_queue(tiny_checkpoint, tmp_path):
+    from sabr.apps import Recognizer, demo_frames, open_source, write_video
+    from sabr.data import open_image
+
+    images = [np.asarray(open_image(f).convert("RGB")) for f in sign_photos(1, [2, 6])]
+    video = tmp_path / "v.mp4"
+    write_video(demo_frames(images, hold=6), video, fps=10)
+    rec = Recognizer.from_path(tiny_checkpoint)
+    summary = run_elevator(rec.classes, rec, source=open_source(video), out=tmp_path / "out", headless=True,
+                           stable_frames=3, min_confidence=0.0, threshold=0.0, window=2)
+    requested = [e["floor"] for e in summary.events if e["event"] == "request"]
+    arrived = [e["floor"] for e in summary.events if e["event"] == "arrive"]
+    assert sorted(requested) == sorted(arrived)  # the video ended, the car still served every request
+    times = [e["t"] for e in summary.events]
+    assert times == sorted(times)
+    assert summary.frames >= 12
+
+
+def test_window_without_gui_says_what_to_do():
+    cv2 = pytest.importorskip("cv2")
+    from sabr.apps.loops import Window
+    from sabr.errors import SabrError
+
+    try:
+        cv2.namedWindow("probe")
+        cv2.destroyWindow("probe")
+        pytest.skip("this OpenCV build has GUI support")
+    except cv2.error:
+        pass
+    with pytest.raises(SabrError, match="install opencv-python for a window, or use --headless"):
+        Window("x")
