@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -85,7 +85,6 @@ class ModelInfo:
     sparsity: float | None = None  # fraction of zero weights over the Conv/Linear weights
     macs_dense: int | None = None
     macs_pruned: float | None = None
-    extra: dict = field(default_factory=dict)
 
     def describe(self) -> str:
         text = (f"model {self.name}: {len(self.classes)} classes, input {self.channels}x{self.image_size}x"
