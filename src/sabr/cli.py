@@ -112,11 +112,121 @@ def _setup_models(p: argparse.ArgumentParser) -> None:
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'vgg*'")
 
 
+def _add_app_arguments(p: argparse.ArgumentParser, model_required: bool = True) -> None:
+    """Options shared by the two applications."""
+    p.add_argument("--model", required=model_required,
+                   help="a `sabr run` folder, or a checkpoint .safetensors (with its .json beside it)")
+    p.add_argument("--phase", default="pruned", choices=["base", "sabr", "pruned"],
+                   help="which model of a run folder (default: pruned)")
+    p.add_argument("--headless", action="store_true", help="no window: write annotated frames and JSONL to --out")
+    p.add_argument("--out", help="output folder (required with --headless)")
+    p.add_argument("--references", help="one example image per class: a folder of class sub-folders or of one "
+                                        "image per class (default: sampled from the run's training folder)")
+    p.add_argument("--roi", help="region of interest x,y,w,h in pixels (default: a centred square)")
+    p.add_argument("--roi-fraction", type=float, default=0.75,
+                   help="side of the default centred square ROI over the frame's shorter side (default: 0.75)")
+    p.add_argument("--window", type=int, default=5, help="temporal smoothing window, frames (default: 5)")
+    p.add_argument("--threshold", type=float, default=0.6,
+                   help="confidence (fraction) below which no label is claimed (default: 0.6)")
+    p.add_argument("--snapshot", type=int, help="also save this frame (0-based) of the view as OUT/snapshot.png")
+    p.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (default: cpu)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for the model (default: 1: one small frame at a time gains nothing from more, "
+                        "and loses a lot on a busy CPU)")
+
+
+def _load_app(args: argparse.Namespace):
+    """The recogniser (its sparsity and MACs printed) and the reference images, from the shared options."""
+    import torch
+
+    from .apps import Recognizer, load_references, training_data_folder
+
+    if args.threads < 1:
+        raise SabrError(f"--threads must be >= 1, got {args.threads}.")
+    torch.set_num_threads(args.threads)
+    recognizer = Recognizer.from_path(args.model, args.phase, args.device)
+    print(recognizer.info().describe())
+    folder = args.references or training_data_folder(args.model)
+    references = load_references(recognizer.classes, folder) if folder else None
+    if references is None:
+        log.info("no reference images (pass --references DIR); the reference panel shows class names only")
+    return recognizer, references
+
+
+def _cmd_recognize(args: argparse.Namespace) -> int:
+    from .apps import Roi, open_source, recognize
+
+    recognizer, references = _load_app(args)
+    source = open_source(args.source)
+    log.info("source: %s", source.description)
+    summary = recognize(recognizer, source, out=args.out, headless=args.headless,
+                        roi=Roi.parse(args.roi) if args.roi else None, roi_fraction=args.roi_fraction,
+                        window=args.window, threshold=args.threshold, references=references,
+                        max_frames=args.max_frames, snapshot=args.snapshot)
+    if summary.frames:
+        print(f"{summary.frames} frames, latency per frame (preprocessing + model): median "
+              f"{summary.latency_ms_median:.2f} ms, p90 {summary.latency_ms_p90:.2f} ms")
+    if summary.out:
+        print(f"wrote {summary.out}/predictions.jsonl and the annotated frames")
+    return 0
+
+
+def _setup_recognize(p: argparse.ArgumentParser) -> None:
+    _add_app_arguments(p)
+    p.add_argument("--source", required=True, help="webcam index (0), a video file, or a folder of images")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+
+
+def _cmd_elevator(args: argparse.Namespace) -> int:
+    from .apps import open_source, read_script, run_elevator
+
+    if (args.source is None) == (args.script is None):
+        raise SabrError("pass exactly one input: --source (webcam, video, image folder) or --script FILE.")
+    if args.model:
+        recognizer, references = _load_app(args)
+        classes = recognizer.classes
+    elif args.script and args.floors:
+        recognizer, references, classes = None, None, [str(i) for i in range(args.floors)]
+    else:
+        raise SabrError("pass --model (a run folder or checkpoint), or --script with --floors N to simulate "
+                        "without a model.")
+    summary = run_elevator(
+        classes, recognizer, source=open_source(args.source) if args.source else None,
+        script=read_script(args.script, classes) if args.script else None, out=args.out, headless=args.headless,
+        references=references, fps=args.fps, floors_per_second=args.floors_per_second,
+        door_seconds=args.door_seconds, stable_frames=args.stable_frames, min_confidence=args.min_confidence,
+        window=args.window, threshold=args.threshold, roi_fraction=args.roi_fraction,
+        max_seconds=args.max_seconds, snapshot=args.snapshot)
+    for e in summary.events:
+        print(f"{e['t']:8.2f}s  {e['event']:<11} floor {e['floor']}")
+    if summary.out:
+        print(f"wrote {summary.out}/events.jsonl and {summary.out}/elevator.mp4 ({summary.frames} frames)")
+    return 0
+
+
+def _setup_elevator(p: argparse.ArgumentParser) -> None:
+    _add_app_arguments(p, model_required=False)
+    p.add_argument("--source", help="webcam index (0), a video file, or a folder of images")
+    p.add_argument("--script", help="timed gestures, one '<time s> <gesture> [<hold s>]' per line")
+    p.add_argument("--floors", type=int, help="number of floors for --script without --model")
+    p.add_argument("--fps", type=float, help="simulation frames per second (default: the source's, 10 for a script)")
+    p.add_argument("--floors-per-second", type=float, default=1.0, help="car speed (default: 1.0)")
+    p.add_argument("--door-seconds", type=float, default=2.0, help="time the doors stay open (default: 2.0)")
+    p.add_argument("--stable-frames", type=int, default=8,
+                   help="frames a gesture must hold to request its floor (default: 8)")
+    p.add_argument("--min-confidence", type=float, default=0.7,
+                   help="smoothed confidence each of those frames needs (default: 0.7)")
+    p.add_argument("--max-seconds", type=float, default=120.0, help="simulated time limit (default: 120)")
+
+
 # name -> (help, set-up, handler). A new command adds one line here and its two functions.
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "run": ("train base, SABR and pruned models and write the report", _setup_run, _cmd_run),
     "prune": ("re-prune a finished run at several thresholds (accuracy vs sparsity)", _setup_prune, _cmd_prune),
     "models": ("list the available models", _setup_models, _cmd_models),
+    "recognize": ("recognise gestures from a webcam, video or image folder (on screen or headless)",
+                  _setup_recognize, _cmd_recognize),
+    "elevator": ("simulate a gesture-driven elevator (one floor per class)", _setup_elevator, _cmd_elevator),
 }
 
 

@@ -1,0 +1,26 @@
+"""The applications: real-time gesture recognition and the gesture-driven elevator.
+
+Library entry points (the ``sabr recognize`` and ``sabr elevator`` commands are thin shells over them)::
+
+    from sabr.apps import Recognizer, open_source, recognize
+    rec = Recognizer.from_path("runs/my-run", phase="pruned")
+    recognize(rec, open_source("demo.mp4"), out="out/", headless=True)
+
+Needs OpenCV (``pip install sabr[apps]``; ``opencv-python`` instead of the headless build for windows).
+"""
+
+from .elevator import Elevator, Event, render_elevator
+from .loops import ElevatorSummary, RecognizeSummary, ScriptStep, read_script, recognize, run_elevator
+from .recognizer import ModelInfo, Prediction, Recognizer, load_any, register_loader, training_data_folder
+from .render import draw_recognition, load_references, reference_panel
+from .roi import Roi, RoiDragger
+from .smoothing import Smoothed, StableGesture, TemporalSmoother
+from .sources import FrameSource, SourceError, demo_frames, open_source, write_video
+
+__all__ = [
+    "Elevator", "Event", "render_elevator", "ElevatorSummary", "RecognizeSummary", "ScriptStep", "read_script",
+    "recognize", "run_elevator", "ModelInfo", "Prediction", "Recognizer", "load_any", "register_loader",
+    "training_data_folder", "draw_recognition", "load_references", "reference_panel", "Roi", "RoiDragger",
+    "Smoothed", "StableGesture", "TemporalSmoother", "FrameSource", "SourceError", "demo_frames", "open_source",
+    "write_video",
+]

@@ -1,0 +1,164 @@
+"""The recogniser: a trained model plus the exact preprocessing it was trained with.
+
+:func:`load_any` is the one place that turns a path into ``(model, metadata)``: a ``sabr run`` folder,
+a checkpoint ``.safetensors`` (with its ``.json``), and, once ``sabr export`` exists, its formats.
+:class:`Recognizer` classifies an RGB crop by calling the training :class:`~sabr.data.Preprocess`
+(``metadata["transform"]``) -- never a copy of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..checkpoint import load_checkpoint, load_run
+from ..errors import CheckpointError, SabrError
+from ..metrics import count_macs, sparsity_report
+
+log = logging.getLogger(__name__)
+
+# Extra loaders by file suffix (e.g. ".onnx" -> the export module's loader). Each takes a path and
+# returns (model, metadata) like load_checkpoint: a callable nn.Module-like object in eval mode, and
+# metadata holding "classes" and "transform". Registered in one place: register_loader().
+_LOADERS: dict[str, Callable[[Path], tuple[Callable, dict]]] = {}
+
+
+def register_loader(suffix: str, loader: Callable[[Path], tuple[Callable, dict]]) -> None:
+    """Teach :func:`load_any` a new model format, e.g. ``register_loader(".onnx", load_onnx)``."""
+    _LOADERS[suffix.lower()] = loader
+
+
+def load_any(path: str | Path, phase: str = "pruned", device: str | torch.device = "cpu") -> tuple[Callable, dict]:
+    """Load a model from a run folder (``phase`` of it), a ``.safetensors``/``.json`` checkpoint, or a
+    registered export format. Returns ``(model, metadata)`` with ``metadata["classes"]`` and
+    ``metadata["transform"]`` (the training preprocessing)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return load_run(path, phase, device)
+    if path.suffix.lower() in (".safetensors", ".json"):
+        return load_checkpoint(path.with_suffix(".safetensors"), device)
+    loader = _LOADERS.get(path.suffix.lower())
+    if loader is not None:
+        return loader(path)
+    if not path.exists():
+        raise CheckpointError(f"model {path} does not exist; pass a `sabr run` folder or a .safetensors checkpoint.")
+    known = ", ".join([".safetensors"] + sorted(_LOADERS))
+    raise CheckpointError(f"cannot load {path}: unknown model format {path.suffix or '(none)'!r}; "
+                          f"pass a `sabr run` folder or one of: {known}.")
+
+
+@dataclass
+class Prediction:
+    """One frame's classification.
+
+    Attributes:
+        probs: softmax probabilities, one per class (``float32``, sums to 1).
+        label: arg-max class index.
+        confidence: ``probs[label]`` (fraction).
+        top3: up to three ``(class index, probability)`` pairs, best first.
+        latency_ms: preprocessing + forward pass time, in milliseconds.
+    """
+
+    probs: np.ndarray
+    label: int
+    confidence: float
+    top3: list[tuple[int, float]]
+    latency_ms: float
+
+
+@dataclass
+class ModelInfo:
+    """What is printed on start: the model's size, sparsity and MACs."""
+
+    name: str
+    classes: list[str]
+    image_size: int
+    channels: int
+    params: int | None = None
+    sparsity: float | None = None  # fraction of zero weights over the Conv/Linear weights
+    macs_dense: int | None = None
+    macs_pruned: float | None = None
+
+    def describe(self) -> str:
+        text = (f"model {self.name}: {len(self.classes)} classes, input {self.channels}x{self.image_size}x"
+                f"{self.image_size}")
+        if self.sparsity is not None:
+            text += (f", {self.params:,} parameters, sparsity {100 * self.sparsity:.2f}%, MACs "
+                     f"{self.macs_dense:,} dense -> {self.macs_pruned:,.0f} after pruning")
+        return text
+
+
+class Recognizer:
+    """Classifies RGB images with a trained model and its training preprocessing.
+
+    Args:
+        model: a module (or any callable) mapping a ``(N, C, H, W)`` float batch to logits.
+        metadata: the checkpoint metadata; needs ``classes`` and ``transform``
+            (a :class:`~sabr.data.Preprocess`, as returned by :func:`sabr.load_run`).
+    """
+
+    def __init__(self, model: Callable, metadata: dict) -> None:
+        if "transform" not in metadata or "classes" not in metadata:
+            raise CheckpointError("the model's metadata has no preprocessing or class names; "
+                                  "use a checkpoint written by `sabr run`.")
+        self.model = model
+        self.metadata = metadata
+        self.transform = metadata["transform"]
+        self.classes: list[str] = list(metadata["classes"])
+        self.device = next(model.parameters()).device if isinstance(model, nn.Module) else torch.device("cpu")
+
+    @classmethod
+    def from_path(cls, path: str | Path, phase: str = "pruned", device: str | torch.device = "cpu") -> "Recognizer":
+        """Load with :func:`load_any`."""
+        model, meta = load_any(path, phase, device)
+        return cls(model, meta)
+
+    @torch.no_grad()
+    def predict(self, rgb: np.ndarray) -> Prediction:
+        """Classify one RGB ``uint8`` image ``(H, W, 3)`` (e.g. the ROI crop)."""
+        start = time.perf_counter()
+        x = self.transform(rgb).unsqueeze(0).to(self.device)
+        logits = self.model(x)
+        probs = torch.softmax(torch.as_tensor(logits).float(), dim=1)[0].cpu().numpy()
+        latency = 1000.0 * (time.perf_counter() - start)
+        order = np.argsort(-probs)[:3]
+        return Prediction(probs, int(order[0]), float(probs[order[0]]),
+                          [(int(k), float(probs[k])) for k in order], latency)
+
+    def check_classes(self, expected: list[str], what: str = "the references") -> None:
+        """Raise :class:`SabrError` when ``expected`` class names differ from the model's."""
+        if list(expected) != self.classes:
+            raise SabrError(f"{what} have classes {list(expected)} but the model was trained on {self.classes}; "
+                            "use references (or a script) made for this model's dataset, or another model.")
+
+    def info(self) -> ModelInfo:
+        """Name, sparsity (:func:`sabr.sparsity_report`) and MACs (:func:`sabr.count_macs`) of the model."""
+        m = self.metadata.get("model", {})
+        t = self.transform
+        info = ModelInfo(m.get("name", type(self.model).__name__), self.classes, t.image_size, t.channels)
+        if isinstance(self.model, nn.Module):
+            sp = sparsity_report(self.model)
+            macs = count_macs(self.model, torch.zeros(1, t.channels, t.image_size, t.image_size, device=self.device))
+            info.params, info.sparsity = sp.all_total, sp.sparsity
+            info.macs_dense, info.macs_pruned = macs.macs_dense, macs.macs_pruned
+        return info
+
+
+def training_data_folder(model_path: str | Path) -> Path | None:
+    """The image folder a run was trained on (``config.yaml``'s ``data``), when it still exists."""
+    import yaml
+
+    path = Path(model_path)
+    config = (path if path.is_dir() else path.parent) / "config.yaml"
+    if not config.is_file():
+        return None
+    data = (yaml.safe_load(config.read_text()) or {}).get("data")
+    folder = Path(str(data)).expanduser() if data else None
+    return folder if folder is not None and folder.is_dir() else None

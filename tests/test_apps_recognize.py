@@ -1,0 +1,121 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from sabr.apps import Recognizer, SourceError, demo_frames, load_any, load_references, open_source, recognize, \
+    write_video
+from sabr.cli import main
+from sabr.data import open_image
+from sabr.errors import CheckpointError, DataError
+
+from _apps_fixtures import SIGN, sign_photos, tiny_checkpoint  # noqa: F401 (fixture)
+
+KEYS = {"frame", "label", "confidence", "top3", "smoothed_label", "latency_ms"}
+
+
+@pytest.fixture
+def photo_folder(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for f in sign_photos(1, [0, 3, 7]):
+        shutil.copy(f, folder / f"{f.parent.name}_{f.name}")
+    return folder
+
+
+def test_uses_the_training_preprocessing(tiny_checkpoint):
+    rec = Recognizer.from_path(tiny_checkpoint)
+    image = np.asarray(open_image(sign_photos(1, [2])[0]).convert("RGB"))
+    pred = rec.predict(image)
+    with torch.no_grad():
+        expected = torch.softmax(rec.model(rec.metadata["transform"](image).unsqueeze(0)), 1)[0].numpy()
+    np.testing.assert_allclose(pred.probs, expected, rtol=1e-5, atol=1e-6)
+    assert pred.label == int(expected.argmax()) and pred.top3[0] == (pred.label, pytest.approx(pred.confidence))
+    assert [k for k, _ in pred.top3] == list(np.argsort(-expected)[:3]) and pred.latency_ms > 0
+    info = rec.info()
+    assert info.macs_dense > 0 and 0 <= info.sparsity < 1 and "MACs" in info.describe()
+
+
+def test_headless_image_folder_writes_jsonl_and_frames(tiny_checkpoint, photo_folder, tmp_path):
+    rec = Recognizer.from_path(tiny_checkpoint)
+    out = tmp_path / "out"
+    summary = recognize(rec, open_source(photo_folder), out=out, headless=True, roi_fraction=1.0, window=2,
+                        threshold=0.0, snapshot=1)
+    rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert summary.frames == len(rows) == 3
+    assert [r["frame"] for r in rows] == [0, 1, 2]
+    for r in rows:
+        assert KEYS <= set(r)
+        assert r["label"] in rec.classes and r["label"] == r["top3"][0][0]
+        assert len(r["top3"]) == 3 and r["top3"][0][1] >= r["top3"][1][1] >= r["top3"][2][1]
+        assert r["smoothed_label"] in rec.classes  # threshold 0: always claimed
+        assert r["roi"] == [0, 0, 100, 100]
+    # the raw label of each frame is the model's prediction on the whole photo
+    for r, f in zip(rows, sorted(photo_folder.iterdir())):
+        p = rec.predict(np.asarray(open_image(f).convert("RGB")))
+        assert r["label"] == rec.classes[p.label]
+    assert sorted(p.name for p in (out / "frames").iterdir()) == sorted(f.stem + ".png" for f in photo_folder.iterdir())
+    assert (out / "snapshot.png").is_file()
+
+
+def test_threshold_withholds_label(tiny_checkpoint, photo_folder, tmp_path):
+    rec = Recognizer.from_path(tiny_checkpoint)
+    recognize(rec, open_source(photo_folder), out=tmp_path, headless=True, threshold=1.0)
+    rows = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert all(r["smoothed_label"] is None for r in rows)
+
+
+def test_cli_on_a_video_of_real_photos(tiny_checkpoint, tmp_path, capsys):
+    images = [np.asarray(open_image(f).convert("RGB")) for f in sign_photos(1, [1, 5])]
+    video = tmp_path / "demo.mp4"
+    assert write_video(demo_frames(images, hold=3), video, fps=5) == 6
+    out = tmp_path / "out"
+    code = main(["recognize", "--model", str(tiny_checkpoint), "--source", str(video), "--headless", "--out",
+                 str(out), "--window", "3", "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "sparsity" in printed and "MACs" in printed
+    rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(KEYS <= set(r) for r in rows)
+    assert rows[0]["roi"] == [70, 30, 180, 180]  # the default centred square of a 320x240 frame
+    assert (out / "annotated.mp4").stat().st_size > 0
+
+
+def test_clear_errors(tiny_checkpoint, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SourceError, match="no .jpg"):
+        open_source(empty)
+    with pytest.raises(SourceError, match="does not exist"):
+        open_source(tmp_path / "nope.mp4")
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video")
+    with pytest.raises(SourceError, match="cannot read video|no frame"):
+        list(open_source(junk))
+    (tmp_path / "model.bin").write_text("x")
+    with pytest.raises(CheckpointError, match="unknown model format"):
+        load_any(tmp_path / "model.bin")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_any(tmp_path / "missing.onnx")
+    rec = Recognizer.from_path(tiny_checkpoint)
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for f in sign_photos(1, [0, 1, 2]):
+        shutil.copy(f, refs / f"{f.parent.name}.jpg")
+    with pytest.raises(DataError, match="3 images but the model has 10 classes"):
+        load_references(rec.classes, refs)
+    assert main(["recognize", "--model", str(tiny_checkpoint), "--source", str(empty), "--headless", "--out",
+                 str(tmp_path / "o")]) == 2
+    assert "no .jpg" in capsys.readouterr().err
+    assert main(["recognize", "--model", str(tiny_checkpoint), "--source", str(empty)]) == 2  # no --out, no window
+
+
+def test_references_from_class_folders(tiny_checkpoint):
+    if not SIGN.is_dir():
+        pytest.skip(f"sign-language digits not found at {SIGN}")
+    refs = load_references([str(i) for i in range(10)], SIGN)
+    assert len(refs) == 10 and all(r.ndim == 3 and r.shape[2] == 3 for r in refs)
+    with pytest.raises(DataError, match="classes"):
+        load_references(["a", "b"], SIGN)
