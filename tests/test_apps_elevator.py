@@ -6,7 +6,7 @@ import pytest
 from sabr.apps import Elevator, ScriptStep, read_script, render_elevator, run_elevator
 from sabr.errors import ConfigError
 
-from _apps_fixtures import sign_photos, tiny_checkpoint  # noqa: F401 (fixture)
+from ._apps_fixtures import sign_photos, tiny_checkpoint  # noqa: F401 (fixture)
 
 
 def _stops(car):

@@ -11,7 +11,7 @@ from sabr.cli import main
 from sabr.data import open_image
 from sabr.errors import CheckpointError, DataError
 
-from _apps_fixtures import SIGN, sign_photos, tiny_checkpoint  # noqa: F401 (fixture)
+from ._apps_fixtures import SIGN, sign_photos, tiny_checkpoint  # noqa: F401 (fixture)
 
 KEYS = {"frame", "label", "confidence", "top3", "smoothed_label", "latency_ms"}
 

@@ -5,7 +5,7 @@ from sabr.apps import Roi, RoiDragger
 from sabr.data import open_image
 from sabr.errors import ConfigError
 
-from _apps_fixtures import sign_photos
+from ._apps_fixtures import sign_photos
 
 
 def test_centered_square_default():

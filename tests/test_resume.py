@@ -57,7 +57,10 @@ def _figures(run_dir: Path) -> dict:
 
 @pytest.mark.slow
 def test_sigkill_in_phase_2_then_resume_matches_uninterrupted_run(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(SRC), "SABR_TEST_EPOCH_PAUSE": "0.4"}
+    # bit-exact equality needs the same number of CPU threads in the killed process and in this one
+    # (other tests may have changed this process's count)
+    threads = torch.get_num_threads()
+    env = {**os.environ, "PYTHONPATH": str(SRC), "SABR_TEST_EPOCH_PAUSE": "0.4", "OMP_NUM_THREADS": str(threads)}
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "sabr", "run", "--quiet", "--out", str(killed), *FLAGS],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
