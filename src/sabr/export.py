@@ -572,6 +572,7 @@ def export_onnx(model: nn.Module, path: str | Path, metadata: dict, example_inpu
         path: the ``.onnx`` file; ``metadata`` goes to the ``.json`` beside it.
         example_input: a batch shaped like real inputs (used for tracing).
         check_input: the batch compared between PyTorch and onnxruntime (default: ``example_input``).
+            The input height and width are fixed to those of ``example_input`` (the batch is dynamic).
         atol: the largest accepted absolute difference of the logits.
 
     Returns:
@@ -580,9 +581,10 @@ def export_onnx(model: nn.Module, path: str | Path, metadata: dict, example_inpu
     path = Path(path).with_suffix(".onnx")
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
+    exported = _onnx_friendly(model, example_input.cpu())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example_input.cpu(),), str(path), dynamo=False, input_names=["input"],
+        torch.onnx.export(exported, (example_input.cpu(),), str(path), dynamo=False, input_names=["input"],
                           output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
                           opset_version=17)
     x = (check_input if check_input is not None else example_input).cpu()
@@ -595,6 +597,48 @@ def export_onnx(model: nn.Module, path: str | Path, metadata: dict, example_inpu
                         "or report the model that fails.")
     write_json(path.with_suffix(".json"), _plain_meta(metadata) | {"export": {"format": "onnx", "max_abs_diff": diff}})
     return path, diff
+
+
+class _PoolAsMatmul(nn.Module):
+    """Adaptive average pooling for one fixed input size as two matrix products (exportable to ONNX
+    even when the output size does not divide the input size, e.g. VGG's 7x7 pool after a 2x2 map)."""
+
+    def __init__(self, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> None:
+        super().__init__()
+
+        def matrix(n_in: int, n_out: int) -> torch.Tensor:
+            m = torch.zeros(n_out, n_in)
+            for i in range(n_out):
+                start, end = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+                m[i, start:end] = 1.0 / (end - start)
+            return m
+
+        self.register_buffer("rows", matrix(in_hw[0], out_hw[0]))
+        self.register_buffer("cols", matrix(in_hw[1], out_hw[1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rows @ x @ self.cols.t()
+
+
+def _onnx_friendly(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """A copy of ``model`` whose AdaptiveAvgPool2d layers that ONNX cannot express are matrix products."""
+    seen: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
+    handles = [m.register_forward_hook(lambda mod, i, o, name=name: seen.__setitem__(
+        name, (tuple(i[0].shape[2:]), tuple(o.shape[2:]))))
+        for name, m in model.named_modules() if isinstance(m, nn.AdaptiveAvgPool2d)]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    todo = {n: io for n, io in seen.items() if any(i % o for i, o in zip(*io))}
+    if not todo:
+        return model
+    model = copy.deepcopy(model)
+    for name, (in_hw, out_hw) in todo.items():
+        _set_module(model, name, _PoolAsMatmul(in_hw, out_hw))
+    return model
 
 
 class OnnxModel:
