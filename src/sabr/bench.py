@@ -13,6 +13,7 @@ import logging
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -28,12 +29,18 @@ log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- sparse-kernel path
+def _csr(w: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": known, and measured here
+        warnings.simplefilter("ignore", UserWarning)
+        return w.to_sparse_csr()
+
+
 class SparseLinear(nn.Module):
     """A Linear layer whose weight is a CSR sparse matrix: only the non-zeros are multiplied."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
-        self.weight = linear.weight.detach().to_sparse_csr()
+        self.weight = _csr(linear.weight.detach())
         self.bias = None if linear.bias is None else linear.bias.detach().clone()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -48,7 +55,7 @@ class SparseConv2d(nn.Module):
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
-        self.weight = conv.weight.detach().reshape(conv.out_channels, -1).to_sparse_csr()
+        self.weight = _csr(conv.weight.detach().reshape(conv.out_channels, -1))
         self.bias = None if conv.bias is None else conv.bias.detach().clone()
         self.out_channels = conv.out_channels
         self.kernel_size, self.stride, self.padding, self.dilation = (conv.kernel_size, conv.stride,
