@@ -406,7 +406,7 @@ def shrink(model: nn.Module, example_input: torch.Tensor) -> tuple[nn.Module, Sh
     after = sum(p.numel() for p in model.parameters())
     for name, (a, b) in layers.items():
         if a != b:
-            log.info("shrink: %s keeps %d of %d output channels (-%d)", name, b, a, a - b)
+            log.debug("shrink: %s keeps %d of %d output channels (-%d)", name, b, a, a - b)
     return model.eval(), ShrinkReport(layers, before, after)
 
 
