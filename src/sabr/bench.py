@@ -132,7 +132,7 @@ def file_sizes(model: nn.Module, metadata: dict, shrunk: nn.Module | None = None
         sizes = {"dense": save_checkpoint(model, tmp / "dense", metadata).stat().st_size}
         sparse = save_sparse(model, tmp / "sparse", metadata)
         sizes["sparse"] = sparse.stat().st_size
-        sizes["sparse_gzip"] = len(gzip.compress(sparse.read_bytes(), compresslevel=9))
+        sizes["sparse_gzip"] = len(gzip.compress(sparse.read_bytes(), compresslevel=9, mtime=0))
         if shrunk is not None:
             sizes["shrunk"] = save_shrunk(shrunk, tmp / "shrunk", metadata).stat().st_size
     return sizes
