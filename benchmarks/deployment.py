@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--max-density", type=float, default=0.3)
+    ap.add_argument("--threads", type=int, help="torch threads while timing (default: torch's choice)")
     ap.add_argument("--json", default="deployment.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -39,7 +40,7 @@ def main() -> None:
             prune(model, teta1=teta1)
         sp = sparsity_report(model).sparsity
         r = bench_model(model, meta, batch_sizes=tuple(args.batch_sizes), runs=args.runs, warmup=args.warmup,
-                        max_density=args.max_density)
+                        max_density=args.max_density, threads=args.threads)
         r.update({"run": args.run, "teta1": teta1, "sparsity": sp, "model": meta["model"], "torch": torch.__version__})
         results.append(r)
         s = r["sizes"]
