@@ -13,6 +13,8 @@ from .checkpoint import load_checkpoint, load_run, save_checkpoint
 from .config import RunConfig
 from .data import Preprocess, load_dataset, split_dataset
 from .errors import CheckpointError, ConfigError, DataError, SabrError, StorageError, TrainingError
+from .bench import bench_model, bench_run, sparsify
+from .export import OnnxModel, export_onnx, export_run, load_model, save_shrunk, save_sparse, shrink
 from .metrics import count_macs, sparsity_report
 from .models import create_model, list_models, register_model
 from .pruning import prune, prune_threshold
@@ -23,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SABR", "prune", "prune_threshold", "sparsity_report", "count_macs", "load_run", "load_checkpoint",
     "save_checkpoint", "create_model", "list_models", "register_model", "Preprocess", "load_dataset",
-    "split_dataset", "RunConfig", "SabrError", "DataError", "ConfigError", "CheckpointError", "StorageError",
-    "TrainingError", "__version__",
+    "split_dataset", "load_model", "shrink", "save_sparse", "save_shrunk", "export_onnx", "export_run",
+    "OnnxModel", "sparsify", "bench_model", "bench_run", "RunConfig", "SabrError", "DataError", "ConfigError",
+    "CheckpointError", "StorageError", "TrainingError", "__version__",
 ]

@@ -219,6 +219,65 @@ def _setup_elevator(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seconds", type=float, default=120.0, help="simulated time limit (default: 120)")
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    result = export_run(args.run, args.format, args.out, phase=args.phase)
+    print(f"wrote {result['path']} ({result['bytes']:,} bytes, {args.format}); "
+          f"max abs difference to the dense model: {result['max_abs_diff']:.2e}")
+    if args.format == "shrunk":
+        print(f"parameters: {result['params_before']:,} -> {result['params_after']:,}")
+        for name, (before, after) in result["layers"].items():
+            print(f"  {name:<28} {before:>6} -> {after:<6} output channels (-{before - after})")
+    return 0
+
+
+def _setup_export(p: argparse.ArgumentParser) -> None:
+    from .export import FORMATS
+
+    p.add_argument("--run", required=True, help="a run folder written by `sabr run`")
+    p.add_argument("--format", required=True, choices=FORMATS, help="sparse, shrunk or onnx (see docs/deployment.md)")
+    p.add_argument("--out", help="output file (default: <run>/export/<phase>-<format>.safetensors or .onnx)")
+    p.add_argument("--phase", default="pruned", choices=["base", "sabr", "pruned"], help="checkpoint to export")
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from .bench import bench_run
+
+    r = bench_run(args.run, phase=args.phase, batch_sizes=tuple(args.batch_sizes), runs=args.runs,
+                  warmup=args.warmup, max_density=args.max_density, threads=args.threads)
+    print(f"{r['model'].get('name', '?')}: MACs {r['macs_dense']:,} -> {int(r['macs_pruned']):,} "
+          f"({100 * r['macs_reduction']:.2f}% fewer), ideal speedup {r['ideal_speedup']:.2f}x, "
+          f"{r['threads']} thread(s), median of {r['runs']} runs")
+    print(f"{'batch':>5}  {'path':<14} {'median ms':>10} {'speedup':>8} {'ideal':>6}  {'max |diff|':>10}")
+    for b, paths in r["latency"].items():
+        for name, t in paths.items():
+            print(f"{b:>5}  {name:<14} {1e3 * t['seconds']:>10.3f} {t['speedup']:>7.2f}x {r['ideal_speedup']:>5.2f}x"
+                  f"  {r['max_abs_diff'][name]:>10.1e}")
+    s = r["sizes"]
+    print("files: " + ", ".join(f"{k} {v:,} bytes ({100 * v / s['dense']:.1f}%)" for k, v in s.items()))
+    if args.json:
+        from .checkpoint import write_json
+
+        write_json(args.json, r)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _setup_bench(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="a run folder written by `sabr run`")
+    p.add_argument("--phase", default="pruned", choices=["base", "sabr", "pruned"], help="checkpoint to measure")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], help="batch sizes (default: 1 32)")
+    p.add_argument("--runs", type=int, default=50, help="timed calls per path and batch size (default: 50)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed calls first (default: 5)")
+    p.add_argument("--max-density", type=float, default=0.3,
+                   help="layers with at most this fraction of non-zeros use sparse kernels (default: 0.3)")
+    p.add_argument("--threads", type=int, help="torch threads during timing (default: torch's choice)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+
+
 # name -> (help, set-up, handler). A new command adds one line here and its two functions.
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "run": ("train base, SABR and pruned models and write the report", _setup_run, _cmd_run),
@@ -227,6 +286,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "recognize": ("recognise gestures from a webcam, video or image folder (on screen or headless)",
                   _setup_recognize, _cmd_recognize),
     "elevator": ("simulate a gesture-driven elevator (one floor per class)", _setup_elevator, _cmd_elevator),
+    "export": ("export a run as a sparse checkpoint, a shrunk dense model or ONNX", _setup_export, _cmd_export),
+    "bench": ("CPU latency and file sizes: dense, shrunk and sparse-kernel paths", _setup_bench, _cmd_bench),
 }
 
 

@@ -46,6 +46,7 @@ class RunConfig:
     accuracy_threshold: float = _f(0.007, "tolerated drop from the best validation accuracy (fraction)")
     k_epoch: int = _f(2, "epochs without growth before one tensor freezes")
     zero_eps: float = _f(1e-5, "|w| below this counts as near zero during phase 2")
+    structured: bool = _f(False, "group-wise L1 on output channels (removable channels for `sabr export --format shrunk`)")
     params: list[str] | None = _f(None, "names of the tensors to regularise (default: every Conv/Linear weight)",
                                   nargs="+")
     # pruning (phase 3)

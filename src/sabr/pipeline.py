@@ -233,7 +233,7 @@ def train_sabr(exp: Experiment, model: nn.Module, progress: bool = True, resume:
     set_dropout(model, 0.0)
     reg = SABR(model, teta1=cfg.teta1, growth_rate=cfg.growth_rate, decrease_rate=cfg.decrease_rate,
                accuracy_threshold=cfg.accuracy_threshold, k_epoch=cfg.k_epoch, zero_eps=cfg.zero_eps,
-               params=cfg.params)
+               params=cfg.params, structured=cfg.structured)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr_sabr or cfg.lr)
     sched = _plateau(opt, 0.51, min_lr=1e-5)
     gen = torch.Generator().manual_seed(cfg.seed + 1)

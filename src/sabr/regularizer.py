@@ -98,6 +98,10 @@ class SABR:
         k_epoch: number of consecutive no-growth epochs after which one tensor freezes (3).
         zero_eps: a weight counts as near zero when ``|w| < zero_eps`` (1e-5).
         params: names of the tensors to regularise; default: weights of every Conv and Linear module.
+        structured: group-wise L1 on output channels instead of plain L1 (default False): the term of
+            a tensor becomes ``lambda_t * sqrt(g) * sum_c ||w_t[c]||_2`` over its output channels ``c``
+            (``g`` weights each; ``sqrt(g)`` keeps it on the scale of ``sum(|w_t|)``), which drives whole
+            channels to zero so that :func:`sabr.shrink` can remove them.
 
     Attributes:
         lambdas: name -> current lambda (float).
@@ -117,6 +121,7 @@ class SABR:
         k_epoch: int = 3,
         zero_eps: float = 1e-5,
         params: Iterable[str] | None = None,
+        structured: bool = False,
     ) -> None:
         if teta1 < 0:
             raise ConfigError(f"teta1 must be >= 0, got {teta1}.")
@@ -133,6 +138,7 @@ class SABR:
         self.accuracy_threshold = float(accuracy_threshold)
         self.k_epoch = int(k_epoch)
         self.zero_eps = float(zero_eps)
+        self.structured = bool(structured)
         self.params = resolve_params(model, params)
         with torch.no_grad():
             self.lambdas: dict[str, float] = {
@@ -151,11 +157,17 @@ class SABR:
 
         Runs entirely on the parameters' device: lambdas are Python floats, so no host sync happens.
         """
-        terms = [self.lambdas[n] * p.abs().sum() for n, p in self.params.items() if n not in self.frozen]
+        terms = [self.lambdas[n] * self._norm(p) for n, p in self.params.items() if n not in self.frozen]
         if not terms:
             first = next(iter(self.params.values()))
             return first.new_zeros(())
         return torch.stack(terms).sum()
+
+    def _norm(self, p: torch.Tensor) -> torch.Tensor:
+        if not self.structured or p.dim() < 2:
+            return p.abs().sum()
+        rows = p.reshape(p.shape[0], -1)
+        return rows.norm(dim=1).sum() * rows.shape[1] ** 0.5
 
     # ----------------------------------------------------------------- once per epoch
     def step(self, val_accuracy: float) -> StepResult:
@@ -225,6 +237,7 @@ class SABR:
             "accuracy_threshold": self.accuracy_threshold,
             "k_epoch": self.k_epoch,
             "zero_eps": self.zero_eps,
+            "structured": self.structured,
             "params": list(self.params),
             "lambdas": dict(self.lambdas),
             "counters": dict(self.counters),
@@ -244,6 +257,7 @@ class SABR:
         for key in ("teta1", "growth_rate", "decrease_rate", "accuracy_threshold", "zero_eps"):
             setattr(self, key, float(state[key]))
         self.k_epoch = int(state["k_epoch"])
+        self.structured = bool(state.get("structured", False))
         self.lambdas = {n: float(state["lambdas"][n]) for n in self.params}
         self.counters = {n: int(state["counters"][n]) for n in self.params}
         self.history = {n: [float(v) for v in state["history"][n]] for n in self.params}

@@ -1,0 +1,189 @@
+"""Export formats round-trip on compact_cnn, VGG11 and MobileNetV2, on real digit images."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+from sabr import Preprocess, create_model, load_dataset, load_model, prune
+from sabr.errors import CheckpointError, SabrError
+from sabr.export import export_onnx, save_shrunk, save_sparse, shrink
+from sabr.regularizer import resolve_params
+
+ARCHS = [("compact_cnn", 1, 8), ("vgg11", 3, 32), ("mobilenet_v2", 3, 32)]
+
+
+def pruned_model(name: str, channels: int, size: int) -> nn.Module:
+    """A fresh copy of :func:`_pruned_model` (built once per architecture: VGG11 has 22M weights)."""
+    return copy.deepcopy(_pruned_model(name, channels, size))
+
+
+@functools.lru_cache(maxsize=None)
+def real_batch(channels: int, size: int, n: int = 16) -> torch.Tensor:
+    """``n`` real digit images (sklearn's digits), preprocessed to ``channels`` x ``size`` x ``size``."""
+    pre = Preprocess(size, channels)
+    ds = load_dataset("digits", pre, max_per_class=2, progress=False)
+    return pre.normalize(ds.images[:n])
+
+
+@functools.lru_cache(maxsize=None)
+def _pruned_model(name: str, channels: int, size: int, channel_fraction: float = 0.4) -> nn.Module:
+    """An eval-mode model with realistic BatchNorm statistics, pruned by SABR's rule, with some whole
+    output channels zeroed (what SABR produces on the channels a task does not need)."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, in_chans=channels, image_size=size)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):  # non-trivial shifts, so dead channels carry constants
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.bias.uniform_(-0.5, 0.5)
+        prune(model, teta1=1.0)
+        g = torch.Generator().manual_seed(1)
+        params = resolve_params(model)
+        for pname in list(params)[:-1]:  # never the logits
+            w = params[pname]
+            rows = torch.randperm(w.shape[0], generator=g)[: int(channel_fraction * w.shape[0])]
+            w[rows] = 0
+    return model.eval()
+
+
+def meta_for(name: str, channels: int, size: int) -> dict:
+    pre = Preprocess(size, channels)
+    return {"model": {"name": name, "num_classes": 10, "in_chans": channels, "image_size": size},
+            "classes": [str(i) for i in range(10)], "preprocess": pre.to_dict(), "phase": "pruned"}
+
+
+@pytest.mark.parametrize("name,channels,size", ARCHS)
+def test_sparse_round_trip_is_bit_identical(tmp_path, name, channels, size):
+    model = pruned_model(name, channels, size)
+    path = save_sparse(model, tmp_path / "m", meta_for(name, channels, size))
+    loaded, meta = load_model(path)
+    assert meta["export"]["format"] == "sparse" and meta["classes"][3] == "3"
+    assert isinstance(meta["transform"], Preprocess)
+    own, back = model.state_dict(), loaded.state_dict()
+    assert set(own) == set(back)
+    for k in own:
+        assert torch.equal(own[k], back[k]), k
+    x = real_batch(channels, size)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
+def test_sparse_file_is_small_at_high_sparsity(tmp_path):
+    name, channels, size = ARCHS[0]
+    model = create_model(name, 10, channels, size)
+    prune(model, teta1=3.0)
+    with torch.no_grad():  # top 4% magnitudes survive in every tensor: >= 95% sparsity
+        for w in resolve_params(model).values():
+            w[w.abs() < w.abs().flatten().quantile(0.96)] = 0
+    from sabr import save_checkpoint, sparsity_report
+
+    assert sparsity_report(model).sparsity >= 0.95
+    dense = save_checkpoint(model, tmp_path / "dense", meta_for(name, channels, size)).stat().st_size
+    sparse = save_sparse(model, tmp_path / "sparse", meta_for(name, channels, size)).stat().st_size
+    assert sparse <= 0.12 * dense
+
+
+@pytest.mark.parametrize("name,channels,size", ARCHS)
+def test_shrunk_model_is_smaller_and_equivalent(tmp_path, name, channels, size):
+    model = pruned_model(name, channels, size)
+    x = real_batch(channels, size)
+    small, report = shrink(model, torch.zeros(2, channels, size, size))
+    assert report.params_after < 0.8 * report.params_before
+    assert report.params_after == sum(p.numel() for p in small.parameters())
+    assert any(after < before for before, after in report.layers.values())
+    last = list(report.layers)[-1]
+    assert report.layers[last] == (10, 10)  # the logits stay
+    with torch.no_grad():
+        ref = model(x)
+        assert (small(x) - ref).abs().max() <= 1e-5
+    path = save_shrunk(small, tmp_path / "small", meta_for(name, channels, size), report)
+    loaded, meta = load_model(path)
+    assert meta["export"]["format"] == "shrunk"
+    assert sum(p.numel() for p in loaded.parameters()) == report.params_after
+    with torch.no_grad():
+        assert (loaded(x) - ref).abs().max() <= 1e-5
+
+
+def test_shrink_folds_constant_channels_into_the_next_bias():
+    """A conv channel with all-zero weights still outputs BN's shift: removing it must keep outputs."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Conv2d(4, 3, 1), nn.Flatten(), nn.Linear(3 * 8 * 8, 5)).eval()
+    with torch.no_grad():
+        model[0].weight[1] = 0
+        model[1].bias[1] = 2.0  # channel 1 is the constant relu(2.0 - mean...) > 0
+        model[1].running_mean.zero_()
+    x = real_batch(1, 8)
+    small, report = shrink(model, torch.zeros(2, 1, 8, 8))
+    assert report.layers["0"] == (4, 3)
+    assert small[3].in_channels == 3
+    with torch.no_grad():
+        assert (small(x) - model(x)).abs().max() <= 1e-5
+
+
+def test_shrink_keeps_constant_channels_a_padded_conv_reads():
+    """Zero padding makes a constant input non-constant at the borders: such a channel must stay."""
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 3, padding=1),
+                          nn.Flatten(), nn.Linear(2 * 8 * 8, 3)).eval()
+    with torch.no_grad():
+        model[0].weight[2] = 0
+        model[0].bias[2] = 1.0
+    small, report = shrink(model, torch.zeros(2, 1, 8, 8))
+    assert report.layers["0"] == (4, 4)
+    x = real_batch(1, 8)
+    with torch.no_grad():
+        assert (small(x) - model(x)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("name,channels,size", ARCHS)
+def test_onnx_matches_pytorch(tmp_path, name, channels, size):
+    pytest.importorskip("onnxruntime")
+    model = pruned_model(name, channels, size)
+    if name == "vgg11":  # the shrunk model: the same function, a quarter of the file
+        model, _ = shrink(model, torch.zeros(2, channels, size, size))
+    x = real_batch(channels, size)
+    path, diff = export_onnx(model, tmp_path / "m", meta_for(name, channels, size),
+                             torch.zeros(1, channels, size, size), check_input=x)
+    assert diff <= 1e-4
+    loaded, meta = load_model(path)
+    assert meta["classes"] == [str(i) for i in range(10)]
+    with torch.no_grad():
+        assert (loaded(x) - model(x)).abs().max() <= 1e-4
+    assert loaded(x[:1]).shape == (1, 10)  # dynamic batch
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(CheckpointError):
+        load_model(tmp_path / "missing.safetensors")
+    model = pruned_model(*ARCHS[0])
+    path = save_sparse(model, tmp_path / "m", meta_for(*ARCHS[0]))
+    meta_path = path.with_suffix(".json")
+    meta_path.write_text(meta_path.read_text().replace('"sparse"', '"zipped"'))
+    with pytest.raises(SabrError, match="zipped"):
+        load_model(path)
+
+
+@pytest.mark.slow
+def test_export_cli_round_trips_a_real_run(tmp_path, capsys):
+    from sabr.cli import main
+
+    run = tmp_path / "run"
+    assert main(["run", "--out", str(run), "--epochs-base", "2", "--epochs-sabr", "1", "--quiet",
+                 "--max-per-class", "40", "--sweep", "0.2"]) == 0
+    reference, _ = load_model(run)
+    x = real_batch(1, 8)
+    for fmt in ("sparse", "shrunk", "onnx"):
+        out = tmp_path / f"m-{fmt}"
+        assert main(["export", "--run", str(run), "--format", fmt, "--out", str(out), "--quiet"]) == 0
+        loaded, meta = load_model(out.with_suffix(".onnx" if fmt == "onnx" else ".safetensors"))
+        assert meta["export"]["format"] == fmt and len(meta["classes"]) == 10
+        with torch.no_grad():
+            assert (loaded(x) - reference(x)).abs().max() <= (1e-4 if fmt == "onnx" else 1e-5)
+    assert "output channels" in capsys.readouterr().out
+    assert main(["export", "--run", str(tmp_path / "nope"), "--format", "sparse", "--quiet"]) == 2
