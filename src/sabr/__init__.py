@@ -15,13 +15,13 @@ from .data import Preprocess, load_dataset, split_dataset
 from .errors import CheckpointError, ConfigError, DataError, SabrError
 from .metrics import count_macs, sparsity_report
 from .models import create_model, list_models, register_model
-from .pruning import prune, prune_threshold
+from .pruning import apply_masks, prune, prune_threshold, zero_masks
 from .regularizer import SABR
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "SABR", "prune", "prune_threshold", "sparsity_report", "count_macs", "load_run", "load_checkpoint",
+    "SABR", "prune", "prune_threshold", "zero_masks", "apply_masks", "sparsity_report", "count_macs", "load_run", "load_checkpoint",
     "save_checkpoint", "create_model", "list_models", "register_model", "Preprocess", "load_dataset",
     "split_dataset", "RunConfig", "SabrError", "DataError", "ConfigError", "CheckpointError", "__version__",
 ]
