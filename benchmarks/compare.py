@@ -74,10 +74,10 @@ CONFIGS: dict[str, dict] = {
                             epochs_base=15, epochs=20, ft_epochs=4, lr=1e-4, gpu=True),
 }
 QUICK: dict[str, dict] = {
-    "quick-fashion-lenet5": dict(data=FASHION, model="lenet5", image_size=28, max_per_class=150,
-                                 epochs_base=4, epochs=6, ft_epochs=2, lr=1e-3),
-    "quick-fashion-small_vgg": dict(data=FASHION, model="small_vgg", image_size=28, max_per_class=60,
-                                    epochs_base=3, epochs=5, ft_epochs=2, lr=1e-3),
+    "quick-fashion-lenet5": dict(data=FASHION, model="lenet5", image_size=28, max_per_class=100,
+                                 epochs_base=4, epochs=5, ft_epochs=2, lr=1e-3, teta1=5e-3),
+    "quick-fashion-small_vgg": dict(data=FASHION, model="small_vgg", image_size=28, max_per_class=40,
+                                    epochs_base=3, epochs=4, ft_epochs=2, lr=1e-3, teta1=5e-3),
 }
 
 
