@@ -60,12 +60,12 @@ TARGETS = [0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99]
 
 # name -> RunConfig values and the post-base epoch budget; "gpu": only run where CUDA is available.
 CONFIGS: dict[str, dict] = {
-    "fashion-lenet5": dict(data=FASHION, model="lenet5", image_size=28, max_per_class=600,
-                           epochs_base=10, epochs=15, ft_epochs=3, lr=1e-3),
-    "fashion-small_vgg": dict(data=FASHION, model="small_vgg", image_size=28, max_per_class=300,
-                              epochs_base=8, epochs=12, ft_epochs=3, lr=1e-3),
+    "fashion-lenet5": dict(data=FASHION, model="lenet5", image_size=28, max_per_class=300,
+                           epochs_base=8, epochs=10, ft_epochs=3, lr=1e-3, teta1=0.1),
+    "fashion-small_vgg": dict(data=FASHION, model="small_vgg", image_size=28, max_per_class=150,
+                              epochs_base=6, epochs=8, ft_epochs=2, lr=1e-3, teta1=0.1),
     "signs-mobilenet_v2": dict(data=SIGNS, model="mobilenet_v2", image_size=64, max_per_class=None,
-                               epochs_base=10, epochs=12, ft_epochs=3, lr=1e-3),
+                               epochs_base=10, epochs=12, ft_epochs=3, lr=1e-3, teta1=0.1),
     "signs-vgg11": dict(data=SIGNS, model="vgg11", image_size=64, max_per_class=None,
                         epochs_base=8, epochs=10, ft_epochs=3, lr=1e-4),
     "signs-mobilenet_v2-128": dict(data=SIGNS, model="mobilenet_v2", image_size=128, max_per_class=None,
@@ -75,9 +75,9 @@ CONFIGS: dict[str, dict] = {
 }
 QUICK: dict[str, dict] = {
     "quick-fashion-lenet5": dict(data=FASHION, model="lenet5", image_size=28, max_per_class=100,
-                                 epochs_base=4, epochs=5, ft_epochs=2, lr=1e-3, teta1=5e-3),
+                                 epochs_base=4, epochs=5, ft_epochs=2, lr=1e-3, teta1=0.1),
     "quick-fashion-small_vgg": dict(data=FASHION, model="small_vgg", image_size=28, max_per_class=40,
-                                    epochs_base=3, epochs=4, ft_epochs=2, lr=1e-3, teta1=5e-3),
+                                    epochs_base=3, epochs=4, ft_epochs=2, lr=1e-3, teta1=0.1),
 }
 
 
