@@ -17,13 +17,13 @@ from .bench import bench_model, bench_run, sparsify
 from .export import OnnxModel, export_onnx, export_run, load_model, save_shrunk, save_sparse, shrink
 from .metrics import count_macs, sparsity_report
 from .models import create_model, list_models, register_model
-from .pruning import prune, prune_threshold
+from .pruning import apply_masks, prune, prune_threshold, zero_masks
 from .regularizer import SABR
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "SABR", "prune", "prune_threshold", "sparsity_report", "count_macs", "load_run", "load_checkpoint",
+    "SABR", "prune", "prune_threshold", "zero_masks", "apply_masks", "sparsity_report", "count_macs", "load_run", "load_checkpoint",
     "save_checkpoint", "create_model", "list_models", "register_model", "Preprocess", "load_dataset",
     "split_dataset", "load_model", "shrink", "save_sparse", "save_shrunk", "export_onnx", "export_run",
     "OnnxModel", "sparsify", "bench_model", "bench_run", "RunConfig", "SabrError", "DataError", "ConfigError",

@@ -29,7 +29,7 @@ from .distributed import DistContext, init_from_env, shutdown
 from .errors import CheckpointError, SabrError
 from .metrics import count_macs, sparsity_report
 from .models import create_model, set_dropout
-from .pruning import prune
+from .pruning import apply_masks, prune, zero_masks
 from .regularizer import SABR
 from .resume import STATE_FILE, load_state, optimizer_state, rng_state, save_state, set_rng_state
 from .train import EpochStats, NonFiniteLossError, Split, evaluate, train_epoch
@@ -285,6 +285,39 @@ def sweep(exp: Experiment, model: nn.Module, teta1_values, gamma: float, params=
         rep = sparsity_report(pruned, params)
         curve.append({"teta1": t, "sparsity": rep.sparsity, "test_accuracy": acc})
     return curve
+
+
+def finetune_masked(exp: Experiment, model: nn.Module, epochs: int, lr: float | None = None,
+                    params=None, seed_offset: int = 2, progress: bool = False) -> tuple[nn.Module, list[dict]]:
+    """Fine-tune a pruned model in place for ``epochs`` epochs, keeping its zeros exactly zero.
+
+    The zero pattern of the regularised tensors (``params``, default every Conv/Linear weight) is taken
+    once at the start and re-applied after every optimizer step, so the sparsity never drops. Adam at
+    ``lr`` (default: the config's phase-2 rate), no penalty, dropout as the model has it. Every
+    parameter trains: tensors that SABR froze (``requires_grad=False``) are unfrozen. Returns the model
+    (best validation accuracy of the epochs, the starting weights included) and one row per epoch.
+    """
+    cfg = exp.config
+    masks = zero_masks(model, params)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(model.parameters(), lr=lr or cfg.lr_sabr or cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed + seed_offset)
+    _, best_acc = evaluate(model, exp.val, exp.preprocess, exp.device)
+    best_state, rows = copy.deepcopy(model.state_dict()), []
+    bar = _progress(progress)
+    for epoch in range(1, epochs + 1):
+        stats = train_epoch(model, opt, exp.train, exp.preprocess, exp.device, cfg.batch_size, gen,
+                            after_step=lambda: apply_masks(model, masks),
+                            progress=bar and (lambda it, total: bar(it, total, f"fine-tune {epoch}/{epochs}")))
+        val_loss, val_acc = evaluate(model, exp.val, exp.preprocess, exp.device)
+        rows.append({"epoch": epoch, "train_loss": stats.loss, "val_loss": val_loss, "val_accuracy": val_acc,
+                     "seconds": stats.seconds})
+        log.info("fine-tune %3d/%d  loss %.4f  val %.2f%%", epoch, epochs, stats.loss, 100 * val_acc)
+        if val_acc > best_acc:
+            best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    return model, rows
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:

@@ -84,3 +84,21 @@ def prune(
         nonzero = int(torch.count_nonzero(p))
         stats.append(LayerPruning(name, threshold, total, nonzero, 1.0 - nonzero / total))
     return stats
+
+
+@torch.no_grad()
+def zero_masks(model: nn.Module, params: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """Boolean keep-masks (``True`` where the weight is non-zero) of the regularised tensors, by name.
+
+    Take them right after :func:`prune` and re-apply them with :func:`apply_masks` after every
+    optimizer step to fine-tune a pruned model without losing its zeros.
+    """
+    return {name: p.detach() != 0 for name, p in resolve_params(model, params).items()}
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Set every weight whose mask is ``False`` to exactly 0, in place (masks from :func:`zero_masks`)."""
+    params = resolve_params(model, list(masks))
+    for name, mask in masks.items():
+        params[name].mul_(mask)

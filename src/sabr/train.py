@@ -80,8 +80,12 @@ def train_epoch(
     penalty: Callable[[], torch.Tensor] | None = None,
     shard: tuple[int, int] = (0, 1),
     progress: Callable | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> EpochStats:
     """One pass over ``split``: cross-entropy (+ ``penalty()`` when given), Adam step per batch.
+
+    ``after_step()``, when given, runs after every optimizer step (e.g. to re-apply a pruning mask
+    for masked fine-tuning, or to advance a gradual pruning schedule).
 
     Raises:
         NonFiniteLossError: the epoch's mean loss is NaN or infinite (checked once, at the end of the
@@ -105,6 +109,8 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if after_step is not None:
+            after_step()
         total_loss += loss.detach() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)

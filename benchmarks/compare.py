@@ -1,0 +1,374 @@
+"""SABR against the pruning methods a user would pick instead, on the same data and budget.
+
+Every method starts from the SAME base checkpoint (phase 1 of :mod:`sabr.pipeline`), gets the SAME
+number of training epochs after it (``--epochs``), and is evaluated on the same held-out test split:
+
+1. ``sabr``          SABR phase 2 (adaptive lambdas, freezing) then phase-3 pruning, as ``sabr run`` does.
+2. ``oneshot_ft``    one-shot global L1 magnitude pruning (``torch.nn.utils.prune.global_unstructured``)
+                     to the sparsity SABR reached, then fine-tuning with the mask fixed for ``--epochs``.
+3. ``gmp``           gradual magnitude pruning (Zhu & Gupta 2017): global magnitude masks following the
+                     cubic schedule ``s_t = s_f (1 - (1 - t/T)^3)`` over the first ``--gmp-fraction`` of
+                     the steps, mask fixed for the rest, to the same sparsity.
+4. ``l1_fixed``      L1 with SABR's initial lambdas, never adapted, nothing frozen, same pruning rule:
+                     the ablation that shows what adaptation and freezing buy.
+5. ``sabr_ft``       proposed improvement: SABR for ``--epochs - --ft-epochs`` epochs, phase-3 pruning,
+                     then a masked fine-tune (:func:`sabr.pipeline.finetune_masked`) for ``--ft-epochs``.
+
+Each method's curve sweeps the final threshold of its trained model (SABR's rule with factors
+``SWEEP`` for the L1 methods, global magnitude targets for the magnitude methods) and is evaluated on
+the test split. Results: a table on stdout, ``benchmarks/results/<config>.json`` and ``<config>.png``.
+
+    python benchmarks/compare.py --quick                 # smoke version, a few minutes on 2 CPU cores
+    python benchmarks/compare.py                         # every CPU configuration (see CONFIGS)
+    python benchmarks/compare.py --configs fashion-lenet5
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import math
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils import prune as tprune
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from sabr import RunConfig, sparsity_report  # noqa: E402
+from sabr.pipeline import (Experiment, finetune_masked, prepare, prune_and_evaluate, sweep,  # noqa: E402
+                           train_base, train_sabr)
+from sabr.pruning import apply_masks, zero_masks  # noqa: E402
+from sabr.regularizer import resolve_params  # noqa: E402
+from sabr.train import evaluate, train_epoch  # noqa: E402
+
+log = logging.getLogger("compare")
+
+FASHION = "/usr/share/datasets/fashion-mnist"
+SIGNS = str(ROOT.parent / "shared" / "data" / "sign-language-digits" / "Dataset")
+SWEEP = [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0]
+TARGETS = [0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99]
+
+# name -> RunConfig values and the post-base epoch budget; "gpu": only run where CUDA is available.
+CONFIGS: dict[str, dict] = {
+    "fashion-lenet5": dict(data=FASHION, model="lenet5", image_size=28, max_per_class=300,
+                           epochs_base=8, epochs=10, ft_epochs=3, lr=1e-3, teta1=0.1),
+    "fashion-small_vgg": dict(data=FASHION, model="small_vgg", image_size=28, max_per_class=150,
+                              epochs_base=6, epochs=8, ft_epochs=2, lr=1e-3, teta1=0.1),
+    "signs-mobilenet_v2": dict(data=SIGNS, model="mobilenet_v2", image_size=64, max_per_class=None,
+                               epochs_base=10, epochs=12, ft_epochs=3, lr=1e-3, teta1=0.1),
+    "signs-vgg11": dict(data=SIGNS, model="vgg11", image_size=64, max_per_class=None,
+                        epochs_base=8, epochs=10, ft_epochs=3, lr=1e-4),
+    "signs-mobilenet_v2-128": dict(data=SIGNS, model="mobilenet_v2", image_size=128, max_per_class=None,
+                                   epochs_base=15, epochs=20, ft_epochs=4, lr=1e-3, gpu=True),
+    "signs-vgg11-128": dict(data=SIGNS, model="vgg11", image_size=128, max_per_class=None,
+                            epochs_base=15, epochs=20, ft_epochs=4, lr=1e-4, gpu=True),
+}
+QUICK: dict[str, dict] = {
+    "quick-fashion-lenet5": dict(data=FASHION, model="lenet5", image_size=28, max_per_class=100,
+                                 epochs_base=4, epochs=5, ft_epochs=2, lr=1e-3, teta1=0.1),
+    "quick-fashion-small_vgg": dict(data=FASHION, model="small_vgg", image_size=28, max_per_class=40,
+                                    epochs_base=3, epochs=4, ft_epochs=2, lr=1e-3, teta1=0.1),
+}
+
+
+# --------------------------------------------------------------------------- magnitude pruning helpers
+def _weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """``(module, "weight")`` of every regularised tensor (Conv/Linear weights), for torch's prune API."""
+    modules = dict(model.named_modules())
+    return [(modules[name.rsplit(".", 1)[0]], "weight") for name in resolve_params(model)]
+
+
+def global_magnitude_prune(model: nn.Module, sparsity: float) -> None:
+    """Zero the ``sparsity`` fraction of smallest-magnitude Conv/Linear weights, globally, in place (L1).
+
+    Uses ``torch.nn.utils.prune.global_unstructured`` then ``prune.remove`` so the zeros are permanent.
+    Weights already zero count towards the target.
+    """
+    pairs = _weights(model)
+    total = sum(m.weight.numel() for m, _ in pairs)
+    amount = int(round(sparsity * total))
+    if amount <= 0:
+        return
+    tprune.global_unstructured(pairs, pruning_method=tprune.L1Unstructured, amount=amount)
+    for m, n in pairs:
+        tprune.remove(m, n)
+
+
+def magnitude_curve(exp: Experiment, model: nn.Module, start: float) -> list[list[float]]:
+    """Test accuracy after global magnitude pruning of copies of ``model`` to each target >= ``start``."""
+    points = []
+    for target in [t for t in TARGETS if t > start + 1e-3]:
+        m = copy.deepcopy(model)
+        global_magnitude_prune(m, target)
+        points.append([sparsity_report(m).sparsity, evaluate(m, exp.test, exp.preprocess, exp.device)[1]])
+    return points
+
+
+def _point(exp: Experiment, model: nn.Module) -> tuple[float, float]:
+    return sparsity_report(model).sparsity, evaluate(model, exp.test, exp.preprocess, exp.device)[1]
+
+
+# --------------------------------------------------------------------------- the methods
+def run_sabr(exp: Experiment, base: nn.Module, epochs: int) -> dict:
+    """SABR phase 2 for ``epochs`` (or until every tensor freezes), then phase-3 pruning."""
+    cfg = exp.config
+    e = dataclasses.replace(exp, config=dataclasses.replace(cfg, epochs_sabr=epochs))
+    model, reg, rows = train_sabr(e, copy.deepcopy(base), progress=False)
+    pruned, _, acc = prune_and_evaluate(e, model, cfg.prune_teta1, cfg.gamma)
+    curve = [[c["sparsity"], c["test_accuracy"]] for c in sweep(e, model, SWEEP, cfg.gamma)]
+    return {"model": pruned, "sabr_model": model, "epochs": len(rows), "rows": rows,
+            "sparsity": sparsity_report(pruned).sparsity, "test_accuracy": acc, "curve": curve,
+            "frozen": len(reg.frozen), "tensors": len(reg.params)}
+
+
+def run_l1_fixed(exp: Experiment, base: nn.Module, epochs: int) -> dict:
+    """Ablation: SABR's initial lambdas, never adapted (growth = decrease = 1), nothing ever frozen."""
+    cfg = dataclasses.replace(exp.config, growth_rate=1.0, decrease_rate=1.0, k_epoch=10**9)
+    res = run_sabr(dataclasses.replace(exp, config=cfg), base, epochs)
+    return res
+
+
+def run_oneshot_ft(exp: Experiment, base: nn.Module, epochs: int, target: float) -> dict:
+    """One-shot global L1 magnitude pruning to ``target``, then ``epochs`` of masked fine-tuning."""
+    model = copy.deepcopy(base)
+    global_magnitude_prune(model, target)
+    model, rows = finetune_masked(exp, model, epochs)
+    s, acc = _point(exp, model)
+    return {"model": model, "epochs": epochs, "sparsity": s, "test_accuracy": acc,
+            "curve": [[s, acc]] + magnitude_curve(exp, model, s)}
+
+
+def run_gmp(exp: Experiment, base: nn.Module, epochs: int, target: float, fraction: float = 0.75,
+            every: int = 10) -> dict:
+    """Gradual magnitude pruning (Zhu & Gupta 2017) to ``target`` with the cubic schedule.
+
+    The mask is recomputed every ``every`` optimizer steps over the first ``fraction`` of all steps,
+    ``s_t = target * (1 - (1 - t / T)^3)``, and re-applied after every step; the remaining epochs train
+    with the final mask. Keeps the best-validation weights among epochs that reached ``target``.
+    """
+    cfg = exp.config
+    model = copy.deepcopy(base)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr_sabr or cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed + 3)
+    steps_per_epoch = math.ceil(len(exp.train) / cfg.batch_size)
+    ramp = max(1, int(fraction * epochs * steps_per_epoch))
+    state = {"t": 0, "masks": None}
+
+    def after_step() -> None:
+        t = state["t"] = state["t"] + 1
+        if t <= ramp and (t % every == 0 or t == ramp):
+            s_t = target * (1.0 - (1.0 - t / ramp) ** 3)
+            global_magnitude_prune(model, s_t)  # already-zero weights are the smallest: masks only grow
+            state["masks"] = zero_masks(model)
+        elif state["masks"] is not None:
+            apply_masks(model, state["masks"])
+
+    best_acc, best_state = -1.0, None
+    for _ in range(epochs):
+        train_epoch(model, opt, exp.train, exp.preprocess, exp.device, cfg.batch_size, gen, after_step=after_step)
+        if state["t"] >= ramp:
+            _, val_acc = evaluate(model, exp.val, exp.preprocess, exp.device)
+            if val_acc > best_acc:
+                best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    s, acc = _point(exp, model)
+    return {"model": model, "epochs": epochs, "sparsity": s, "test_accuracy": acc,
+            "curve": [[s, acc]] + magnitude_curve(exp, model, s)}
+
+
+def run_sabr_ft(exp: Experiment, base: nn.Module, epochs: int, ft_epochs: int) -> dict:
+    """Proposed: SABR for ``epochs - ft_epochs``, prune, masked fine-tune for ``ft_epochs`` (same budget)."""
+    res = run_sabr(exp, base, epochs - ft_epochs)
+    model, rows = finetune_masked(exp, res["model"], ft_epochs)
+    s, acc = _point(exp, model)
+    curve = [[c["sparsity"], c["test_accuracy"]] for c in sweep(exp, model, SWEEP, exp.config.gamma)]
+    return {"model": model, "epochs": res["epochs"] + ft_epochs, "sparsity": s, "test_accuracy": acc,
+            "curve": sorted([[s, acc]] + curve)}
+
+
+# --------------------------------------------------------------------------- figures from curves
+def accuracy_at(curve: list[list[float]], sparsity: float) -> float | None:
+    """Test accuracy at ``sparsity`` by linear interpolation on a curve; ``None`` outside its range."""
+    pts = sorted(curve)
+    for (s0, a0), (s1, a1) in zip(pts, pts[1:]):
+        if s0 <= sparsity <= s1:
+            return a0 if s1 - s0 < 1e-9 else a0 + (a1 - a0) * (sparsity - s0) / (s1 - s0)
+    close = [a for s, a in pts if abs(s - sparsity) < 5e-4]
+    return close[0] if close else None
+
+
+def sparsity_within(curve: list[list[float]], base_accuracy: float, points: float = 0.01) -> float | None:
+    """Highest sparsity on the curve whose test accuracy is within ``points`` (a fraction) of the base."""
+    ok = [s for s, a in curve if a >= base_accuracy - points]
+    return max(ok) if ok else None
+
+
+def _peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+# --------------------------------------------------------------------------- one configuration
+def run_config(name: str, spec: dict, seed: int, device: str) -> dict:
+    spec = dict(spec)
+    epochs, ft_epochs = spec.pop("epochs"), spec.pop("ft_epochs")
+    spec.pop("gpu", None)
+    cfg = RunConfig(**spec, epochs_sabr=epochs, seed=seed, device=device)
+    exp = prepare(cfg, progress=False)
+    log.info("%s: %d train / %d val / %d test images", name, len(exp.train), len(exp.val), len(exp.test))
+
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    base, base_rows = train_base(exp, exp.new_model(), progress=False)
+    base_seconds = time.perf_counter() - t0
+    _, base_acc = evaluate(base, exp.test, exp.preprocess, exp.device)
+    log.info("%s: base test accuracy %.2f%% after %d epochs (%.0f s)", name, 100 * base_acc, len(base_rows),
+             base_seconds)
+
+    results, extra = {}, {}
+
+    def timed(method: str, fn, *args, **kw) -> dict:
+        if exp.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(exp.device)
+        torch.manual_seed(seed)
+        t = time.perf_counter()
+        res = fn(exp, base, *args, **kw)
+        res["seconds"] = time.perf_counter() - t
+        res["peak_memory_mib"] = _peak_memory_mib(exp.device)
+        results[method] = res
+        log.info("%-10s sparsity %.2f%%  test %.2f%%  %d epochs  %.0f s", method, 100 * res["sparsity"],
+                 100 * res["test_accuracy"], res["epochs"], res["seconds"])
+        return res
+
+    sabr = timed("sabr", run_sabr, epochs)
+    target = sabr["sparsity"]
+    timed("oneshot_ft", run_oneshot_ft, epochs, target)
+    timed("gmp", run_gmp, epochs, target)
+    timed("l1_fixed", run_l1_fixed, epochs)
+    timed("sabr_ft", run_sabr_ft, epochs, ft_epochs)
+
+    plain = statistics.median(r["seconds"] for r in base_rows)
+    penal = statistics.median(r["seconds"] for r in sabr["rows"])
+    extra = {"plain_epoch_seconds": plain, "sabr_epoch_seconds": penal,
+             "sabr_frozen": f"{sabr['frozen']}/{sabr['tensors']}"}
+    methods = []
+    for method, r in results.items():
+        curve = sorted(r["curve"])
+        methods.append({"name": method, "sparsity": r["sparsity"], "test_accuracy": r["test_accuracy"],
+                        "epochs": r["epochs"], "seconds": round(r["seconds"], 1),
+                        "peak_memory_mib": round(r["peak_memory_mib"], 1),
+                        "accuracy_at_matched_sparsity": accuracy_at(curve, target),
+                        "sparsity_within_1pt": sparsity_within(curve, base_acc),
+                        "curve": curve})
+    return {
+        "config": name, "dataset": exp.dataset_name, "model": cfg.model, "image_size": exp.preprocess.image_size,
+        "train": len(exp.train), "val": len(exp.val), "test": len(exp.test), "max_per_class": cfg.max_per_class,
+        "epochs_base": len(base_rows), "epoch_budget": epochs, "ft_epochs": ft_epochs, "lr": cfg.lr,
+        "batch_size": cfg.batch_size, "seed": seed, "device": str(exp.device), "torch_threads": torch.get_num_threads(),
+        "base_test_accuracy": base_acc, "base_seconds": round(base_seconds, 1),
+        "matched_sparsity": target, "epoch_time_ratio": penal / plain, **extra,
+        "methods": methods,
+    }
+
+
+# --------------------------------------------------------------------------- output
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:6.2f}%"
+
+
+def format_table(result: dict) -> str:
+    head = (f"{result['config']}: {result['model']} on {result['dataset']} ({result['train']}/{result['val']}/"
+            f"{result['test']} images), base test {_pct(result['base_test_accuracy'])}, "
+            f"matched sparsity {_pct(result['matched_sparsity'])}, "
+            f"SABR/plain epoch time {result['epoch_time_ratio']:.2f}x")
+    lines = [head, f"{'method':<11} {'sparsity':>9} {'test acc':>9} {'acc@match':>9} {'spars@-1pt':>10} "
+                   f"{'epochs':>6} {'seconds':>8}"]
+    for m in result["methods"]:
+        lines.append(f"{m['name']:<11} {_pct(m['sparsity']):>9} {_pct(m['test_accuracy']):>9} "
+                     f"{_pct(m['accuracy_at_matched_sparsity']):>9} {_pct(m['sparsity_within_1pt']):>10} "
+                     f"{m['epochs']:>6} {m['seconds']:>8.1f}")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in result["methods"]:
+        curve = sorted(m["curve"])
+        line, = ax.plot([100 * s for s, _ in curve], [100 * a for _, a in curve], marker=".", label=m["name"])
+        ax.plot(100 * m["sparsity"], 100 * m["test_accuracy"], marker="o", ms=8, color=line.get_color())
+    base = 100 * result["base_test_accuracy"]
+    ax.axhline(base, color="grey", ls="--", lw=1, label="base")
+    ax.axhline(base - 1, color="grey", ls=":", lw=1, label="base - 1 pt")
+    ax.axvline(100 * result["matched_sparsity"], color="black", lw=0.5)
+    ax.set_xlabel("sparsity of Conv/Linear weights (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(max(0, base - 25), min(100, base + 5))
+    ax.set_xlim(40, 100)
+    ax.set_title(f"{result['model']} on {result['dataset']} ({result['image_size']}px)", fontsize=10)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small smoke version (a few minutes on 2 CPU cores)")
+    p.add_argument("--configs", nargs="+", help=f"configurations to run (default: every CPU one): "
+                                                f"{', '.join(CONFIGS)}")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for <config>.json/.png")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="'cpu', 'cuda' or 'auto'")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("sabr").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    table = QUICK if args.quick else CONFIGS
+    names = args.configs or [n for n, s in table.items() if not s.get("gpu") or torch.cuda.is_available()]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    for name in names:
+        spec = {**QUICK, **CONFIGS}.get(name)
+        if spec is None:
+            p.error(f"unknown configuration {name!r}; choose from {', '.join([*CONFIGS, *QUICK])}")
+        if spec.get("gpu") and not torch.cuda.is_available():
+            print(f"\n{name}: skipped, it needs a CUDA GPU and none is visible.")
+            continue
+        if not Path(spec["data"]).is_dir():
+            print(f"\n{name}: skipped, dataset folder {spec['data']} is absent"
+                  + (" (apt-get install -y dataset-fashion-mnist)." if spec["data"] == FASHION else "."))
+            continue
+        result = run_config(name, spec, args.seed, args.device)
+        result["command"] = "python benchmarks/compare.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        print("\n" + format_table(result), flush=True)
+        (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+        plot(result, out / f"{name}.png")
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

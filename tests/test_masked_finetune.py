@@ -1,0 +1,47 @@
+"""zero_masks / apply_masks (sabr.pruning), train_epoch's after_step hook and finetune_masked (sabr.pipeline)."""
+
+import torch
+
+from sabr import RunConfig, apply_masks, prune, sparsity_report, zero_masks
+from sabr.pipeline import finetune_masked, prepare
+from sabr.train import Split, train_epoch
+from sabr.data import Preprocess
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+
+
+def test_masks_restore_zeros():
+    m = _model()
+    prune(m, teta1=1.0)
+    masks = zero_masks(m)
+    assert set(masks) == {"1.weight", "3.weight"}
+    zeros = sparsity_report(m).nonzero
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(1.0)
+    apply_masks(m, masks)
+    assert sparsity_report(m).nonzero == zeros
+
+
+def test_after_step_runs_once_per_batch():
+    m = _model()
+    split = Split(torch.randint(0, 255, (40, 1, 8, 8), dtype=torch.uint8), torch.randint(0, 10, (40,)))
+    calls = []
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    train_epoch(m, opt, split, Preprocess(8, 1), torch.device("cpu"), 16, torch.Generator().manual_seed(0),
+                after_step=lambda: calls.append(1))
+    assert len(calls) == 3
+
+
+def test_finetune_masked_keeps_sparsity():
+    exp = prepare(RunConfig(max_per_class=20, epochs_base=1, device="cpu"), progress=False)
+    model = exp.new_model()
+    prune(model, teta1=1.0)
+    before = sparsity_report(model)
+    model, rows = finetune_masked(exp, model, epochs=2)
+    after = sparsity_report(model)
+    assert len(rows) == 2
+    assert after.sparsity >= before.sparsity > 0.2
