@@ -11,7 +11,7 @@ Needs OpenCV (``pip install sabr[apps]``; ``opencv-python`` instead of the headl
 
 from .elevator import Elevator, Event, render_elevator
 from .loops import ElevatorSummary, RecognizeSummary, ScriptStep, read_script, recognize, run_elevator
-from .recognizer import ModelInfo, Prediction, Recognizer, load_any, register_loader, training_data_folder
+from .recognizer import ModelInfo, Prediction, Recognizer, load_any, training_data_folder
 from .render import draw_recognition, load_references, reference_panel
 from .roi import Roi, RoiDragger
 from .smoothing import Smoothed, StableGesture, TemporalSmoother
@@ -19,7 +19,7 @@ from .sources import FrameSource, SourceError, demo_frames, open_source, write_v
 
 __all__ = [
     "Elevator", "Event", "render_elevator", "ElevatorSummary", "RecognizeSummary", "ScriptStep", "read_script",
-    "recognize", "run_elevator", "ModelInfo", "Prediction", "Recognizer", "load_any", "register_loader",
+    "recognize", "run_elevator", "ModelInfo", "Prediction", "Recognizer", "load_any",
     "training_data_folder", "draw_recognition", "load_references", "reference_panel", "Roi", "RoiDragger",
     "Smoothed", "StableGesture", "TemporalSmoother", "FrameSource", "SourceError", "demo_frames", "open_source",
     "write_video",

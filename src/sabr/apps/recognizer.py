@@ -1,7 +1,7 @@
 """The recogniser: a trained model plus the exact preprocessing it was trained with.
 
 :func:`load_any` is the one place that turns a path into ``(model, metadata)``: a ``sabr run`` folder,
-a checkpoint ``.safetensors`` (with its ``.json``), and, once ``sabr export`` exists, its formats.
+a checkpoint ``.safetensors`` (with its ``.json``), or a ``sabr export`` file (sparse, shrunk, onnx).
 :class:`Recognizer` classifies an RGB crop by calling the training :class:`~sabr.data.Preprocess`
 (``metadata["transform"]``) -- never a copy of it.
 """
@@ -18,40 +18,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import load_checkpoint, load_run
 from ..errors import CheckpointError, SabrError
 from ..metrics import count_macs, sparsity_report
 
 log = logging.getLogger(__name__)
 
-# Extra loaders by file suffix (e.g. ".onnx" -> the export module's loader). Each takes a path and
-# returns (model, metadata) like load_checkpoint: a callable nn.Module-like object in eval mode, and
-# metadata holding "classes" and "transform". Registered in one place: register_loader().
-_LOADERS: dict[str, Callable[[Path], tuple[Callable, dict]]] = {}
-
-
-def register_loader(suffix: str, loader: Callable[[Path], tuple[Callable, dict]]) -> None:
-    """Teach :func:`load_any` a new model format, e.g. ``register_loader(".onnx", load_onnx)``."""
-    _LOADERS[suffix.lower()] = loader
-
-
 def load_any(path: str | Path, phase: str = "pruned", device: str | torch.device = "cpu") -> tuple[Callable, dict]:
-    """Load a model from a run folder (``phase`` of it), a ``.safetensors``/``.json`` checkpoint, or a
-    registered export format. Returns ``(model, metadata)`` with ``metadata["classes"]`` and
-    ``metadata["transform"]`` (the training preprocessing)."""
+    """Load a model for the apps: a run folder (``phase`` of it), a checkpoint, or any ``sabr export``
+    format (sparse, shrunk, onnx). Returns ``(model, metadata)`` with ``metadata["classes"]`` and
+    ``metadata["transform"]`` (the training preprocessing). See :func:`sabr.export.load_model`."""
+    from ..export import load_model
+
     path = Path(path).expanduser()
-    if path.is_dir():
-        return load_run(path, phase, device)
-    if path.suffix.lower() in (".safetensors", ".json"):
-        return load_checkpoint(path.with_suffix(".safetensors"), device)
-    loader = _LOADERS.get(path.suffix.lower())
-    if loader is not None:
-        return loader(path)
-    if not path.exists():
-        raise CheckpointError(f"model {path} does not exist; pass a `sabr run` folder or a .safetensors checkpoint.")
-    known = ", ".join([".safetensors"] + sorted(_LOADERS))
-    raise CheckpointError(f"cannot load {path}: unknown model format {path.suffix or '(none)'!r}; "
-                          f"pass a `sabr run` folder or one of: {known}.")
+    if not path.exists() and not path.with_suffix(".safetensors").exists():
+        raise CheckpointError(f"model {path} does not exist; pass a `sabr run` folder, a .safetensors checkpoint "
+                              "or a `sabr export` file.")
+    if not path.is_dir() and path.suffix.lower() not in (".safetensors", ".json", ".onnx"):
+        raise CheckpointError(f"cannot load {path}: unknown model format {path.suffix or '(none)'!r}; pass a "
+                              "`sabr run` folder or a .safetensors / .onnx file written by sabr.")
+    return load_model(path, phase, device)
 
 
 @dataclass
