@@ -286,8 +286,22 @@ def run_elevator(classes: Sequence[str], recognizer: Recognizer | None = None, s
     stable = StableGesture(stable_frames, min_confidence)
     output = _open_output(out, headless, "events.jsonl", "elevator.mp4", fps, False, snapshot)
     screen = None if headless else Window("sabr elevator (q quits)")
+    frames = 0  # frames simulated so far; car.log[:written] already recorded
     written = 0
-    frames = 0
+
+    def tick(image, gesture: str) -> bool:
+        """Advance the car one frame, draw it, record new events; False when the window was closed."""
+        nonlocal frames, written
+        car.step(dt)
+        frames += 1
+        view = render_elevator(car, classes, image, gesture)
+        if output is not None:
+            for e in car.log[written:]:
+                output.record(e.to_dict())
+            written = len(car.log)
+            output.frame(view, f"{frames:06d}")
+        return screen is None or screen.show(view, max(1, int(1000 * dt)))
+
     frame_iter = _script_frames(script, classes, references, fps) if script is not None else \
         ((f.image, None) for f in source)
     drain = script is not None or not source.is_live  # a finite input: let the car finish its queue after it
@@ -314,27 +328,11 @@ def run_elevator(classes: Sequence[str], recognizer: Recognizer | None = None, s
                 floor = stable.update(smoothed)
                 if floor is not None:
                     car.request(floor)
-            car.step(dt)
-            frames += 1
-            view = render_elevator(car, classes, image, gesture)
-            if output is not None:
-                for e in car.log[written:]:
-                    output.record(e.to_dict())
-                written = len(car.log)
-                output.frame(view, f"{frames:06d}")
-            if screen is not None and not screen.show(view, max(1, int(1000 * dt))):
+            if not tick(image, gesture):
                 break
         # let the car finish its queue after a script, video or image folder ends (a camera never "ends")
         while drain and (car.pending or car.doors_open or car.moving) and car.t < max_seconds:
-            car.step(dt)
-            frames += 1
-            view = render_elevator(car, classes, None, "no gesture")
-            if output is not None:
-                for e in car.log[written:]:
-                    output.record(e.to_dict())
-                written = len(car.log)
-                output.frame(view, f"{frames:06d}")
-            if screen is not None and not screen.show(view, max(1, int(1000 * dt))):
+            if not tick(None, "no gesture"):
                 break
     finally:
         if source is not None:
