@@ -291,6 +291,10 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
 }
 
 
+# optional packages -> the pyproject extra that installs them
+_EXTRAS = {"cv2": "apps", "onnx": "export", "onnxruntime": "export"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sabr", description="SABR: Sparsity-Accuracy Balanced Regularization")
     common = argparse.ArgumentParser(add_help=False)
@@ -318,6 +322,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"sabr {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        extra = _EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None or args.debug:
+            raise
+        print(f"sabr {args.command}: error: this command needs the package {exc.name!r}; install it with "
+              f"pip install -e '.[{extra}]' (or pip install 'sabr[{extra}]').", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sabr {args.command}: interrupted; files already written in the run folder are complete "
