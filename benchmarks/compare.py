@@ -338,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="'cpu', 'cuda' or 'auto'")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--max-per-class", type=int, default=None,
+                   help="override every configuration's images per class (a slice, for a smaller budget); the "
+                        "result is written as <config>-mpcN.json")
     p.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -361,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{name}: skipped, dataset folder {spec['data']} is absent"
                   + (" (apt-get install -y dataset-fashion-mnist)." if spec["data"] == FASHION else "."))
             continue
+        if args.max_per_class:
+            spec = {**spec, "max_per_class": args.max_per_class}
+            name = f"{name}-mpc{args.max_per_class}"
         result = run_config(name, spec, args.seed, args.device)
         result["command"] = "python benchmarks/compare.py " + " ".join(argv if argv is not None else sys.argv[1:])
         print("\n" + format_table(result), flush=True)
