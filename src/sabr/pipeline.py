@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from . import report
-from .checkpoint import load_run, load_weights_into, save_checkpoint, write_json
+from .checkpoint import load_run, load_weights_into, read_metadata, save_checkpoint, write_json
 from .config import RunConfig
 from .data import (IMAGENET_MEAN, IMAGENET_STD, Preprocess, channel_stats, default_channels,
                    default_image_size, load_dataset, split_dataset)
@@ -543,8 +543,7 @@ def reprune(run_dir: str | Path, teta1_values, gamma: float = 0.1, progress: boo
     exp = prepare(cfg, progress)
     exp.preprocess = meta["transform"]
     model.to(exp.device)
-    base = (run_dir / "base.json")
-    base_acc = __import__("json").loads(base.read_text()).get("test_accuracy") if base.exists() else None
+    base_acc = read_metadata(run_dir / "base.safetensors").get("test_accuracy") if (run_dir / "base.json").exists() else None
     curve = sweep(exp, model, teta1_values, gamma, cfg.params)
     write_json(run_dir / "tradeoff.json", {"gamma": gamma, "base_test_accuracy": base_acc, "curve": curve})
     report.plot_accuracy_vs_sparsity(run_dir / "tradeoff.png", curve, base_acc, title=f"{meta['model']['name']} "
