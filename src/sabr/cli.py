@@ -242,8 +242,6 @@ def _setup_export(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    import json
-
     from .bench import bench_run
 
     r = bench_run(args.run, phase=args.phase, batch_sizes=tuple(args.batch_sizes), runs=args.runs,

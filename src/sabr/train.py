@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Preprocess
-from .errors import TrainingError
+from .errors import SabrError, TrainingError
 
 
 class NonFiniteLossError(TrainingError):
