@@ -24,6 +24,12 @@ def test_round_trip_restores_identical_weights_and_transform(tmp_path):
     assert m["classes"] == ["a", "b", "c"] and m["transform"] == Preprocess(8, 1, (0.3,), (0.4,))
 
 
+def test_saving_is_byte_reproducible(tmp_path):
+    model = create_model("compact_cnn", 3, 1, 8)
+    files = [save_checkpoint(model, tmp_path / f"m{i}", meta()).read_bytes() for i in range(8)]
+    assert all(f == files[0] for f in files)
+
+
 def test_other_model_or_class_count_is_refused(tmp_path):
     save_checkpoint(create_model("compact_cnn", 3, 1, 8), tmp_path / "m", meta())
     (tmp_path / "m.json").write_text((tmp_path / "m.json").read_text().replace('"num_classes": 3', '"num_classes": 5'))

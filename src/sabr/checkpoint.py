@@ -74,21 +74,30 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
 
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict) -> Path:
+    """Write ``tensors`` to ``path`` (``.safetensors``) and ``metadata`` beside it (``.json``), all-or-nothing.
+
+    The metadata gains ``weights_sha256``, the hash of the weights file, which the loaders check.
+    """
+    from safetensors.torch import save
+
+    path = Path(path).with_suffix(".safetensors")
+    # one metadata key only: safetensors writes that map in random order, and a second key would make
+    # identical weights give different bytes (and hashes, and gzip sizes) from one save to the next
+    data = save({k: v.detach().contiguous().cpu().clone() for k, v in tensors.items()}, metadata={"format": "pt"})
+    metadata = {**metadata, "weights_sha256": hashlib.sha256(data).hexdigest()}
+    meta = (json.dumps(metadata, indent=2, default=_jsonable) + "\n").encode()
+    atomic_write({path: data, path.with_suffix(".json"): meta})
+    return path
+
+
 def save_checkpoint(model: nn.Module, path: str | Path, metadata: dict) -> Path:
     """Save ``model``'s weights to ``path`` (``.safetensors``) and ``metadata`` beside it (``.json``).
 
     ``metadata`` must hold ``model`` (``{"name", "num_classes", "in_chans", "image_size"}``), and
     should hold ``classes`` and ``preprocess`` so that :func:`load_checkpoint` returns a usable model.
     """
-    from safetensors.torch import save
-
-    path = Path(path).with_suffix(".safetensors")
-    state = {k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()}
-    data = save(state, metadata={"format": "pt", "sabr": "1"})
-    metadata = {**metadata, "weights_sha256": hashlib.sha256(data).hexdigest()}
-    meta = (json.dumps(metadata, indent=2, default=_jsonable) + "\n").encode()
-    atomic_write({path: data, path.with_suffix(".json"): meta})
-    return path
+    return save_tensors(model.state_dict(), path, metadata)
 
 
 def read_metadata(path: str | Path) -> dict:

@@ -24,11 +24,10 @@ import json
 import logging
 import math
 import operator
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +35,7 @@ import torch.fx
 from torch import nn
 
 from .checkpoint import (build_model, load_checkpoint, load_run, load_weights_into, read_metadata, read_weights,
-                         write_json)
+                         save_tensors, write_json)
 from .data import Preprocess
 from .errors import CheckpointError, SabrError
 
@@ -103,19 +102,14 @@ def dense_state_dict(tensors: dict[str, torch.Tensor], layout: dict[str, dict]) 
 
 
 def _save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict) -> Path:
-    from safetensors.torch import save_file
-
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt", "sabr": "1"})
-    os.replace(tmp, path)
-    write_json(path.with_suffix(".json"), metadata)
-    return path
+    return save_tensors(tensors, path, metadata)
 
 
 def _plain_meta(meta: dict) -> dict:
-    return {k: v for k, v in meta.items() if k != "transform"}
+    """The source checkpoint's metadata, less what belongs to it alone (its loaded transform, its hash)."""
+    return {k: v for k, v in meta.items() if k not in ("transform", "weights_sha256")}
 
 
 def save_sparse(model: nn.Module, path: str | Path, metadata: dict) -> Path:
@@ -699,7 +693,7 @@ def load_model(path: str | Path, phase: str = "pruned", device: str | torch.devi
         fmt = (meta.get("export") or {}).get("format")
         if fmt is None:
             return load_checkpoint(path, device)
-        tensors = read_weights(path)
+        tensors = read_weights(path, meta.get("weights_sha256"))
         model = build_model(meta)
         if fmt == "sparse":
             state = dense_state_dict(tensors, meta["export"]["tensors"])
