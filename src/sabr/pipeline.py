@@ -311,8 +311,7 @@ def finetune_masked(exp: Experiment, model: nn.Module, epochs: int, lr: float | 
                             after_step=lambda: apply_masks(model, masks),
                             progress=bar and (lambda it, total: bar(it, total, f"fine-tune {epoch}/{epochs}")))
         val_loss, val_acc = evaluate(model, exp.val, exp.preprocess, exp.device)
-        rows.append({"epoch": epoch, "train_loss": stats.loss, "val_loss": val_loss, "val_accuracy": val_acc,
-                     "seconds": stats.seconds})
+        rows.append(_epoch_row(epoch, stats, val_loss, val_acc, opt))
         log.info("fine-tune %3d/%d  loss %.4f  val %.2f%%", epoch, epochs, stats.loss, 100 * val_acc)
         if val_acc > best_acc:
             best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())
@@ -335,6 +334,11 @@ def default_run_dir(config: RunConfig, dataset_name: str) -> Path:
     return Path("runs") / f"{dataset_name}-{config.model}-{stamp}"
 
 
+def _no_run_to_resume(path: Path) -> CheckpointError:
+    return CheckpointError(f"{path} holds no run to resume (no config.yaml); pass the --out folder of a "
+                           "`sabr run`, or start a new run without --resume.")
+
+
 def _open_run_dir(path: Path, overwrite: bool, resume: bool = False, create: bool = True) -> Path:
     """Check ``path`` and create it: a folder holding another run is refused unless ``overwrite``/``resume``."""
     if path.exists() and not path.is_dir():
@@ -342,8 +346,7 @@ def _open_run_dir(path: Path, overwrite: bool, resume: bool = False, create: boo
     holds_run = path.is_dir() and ((path / "config.yaml").exists() or (path / STATE_FILE).exists())
     if resume:
         if not (path / "config.yaml").is_file():
-            raise CheckpointError(f"{path} holds no run to resume (no config.yaml); pass the --out folder of a "
-                                  "`sabr run`, or start a new run without --resume.")
+            raise _no_run_to_resume(path)
         if (path / "summary.json").is_file() and not (path / STATE_FILE).exists():
             raise SabrError(f"the run in {path} has already finished (summary.json is written); nothing to resume. "
                             "Use `sabr prune --run` to re-prune it, or --overwrite to train it again.")
@@ -354,11 +357,6 @@ def _open_run_dir(path: Path, overwrite: bool, resume: bool = False, create: boo
     if create:
         path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def _write_csv_main(exp: Experiment, path: Path, rows: list[dict]) -> None:
-    if exp.dist.is_main:
-        _write_csv(path, rows)
 
 
 def run(config: RunConfig, progress: bool = True, overwrite: bool = False, resume: bool = False) -> dict:
@@ -427,8 +425,8 @@ def _run(config: RunConfig, progress: bool, overwrite: bool, resume: bool, dist:
         model, base_rows = train_base(exp, model, progress, resume=state, on_epoch=save("base"))
         _, base_val = evaluate_split(exp, model, exp.val)
         _, base_test = evaluate_split(exp, model, exp.test)
-        _write_csv_main(exp, run_dir / "history_base.csv", base_rows)
         if dist.is_main:
+            _write_csv(run_dir / "history_base.csv", base_rows)
             save_checkpoint(model, run_dir / "base", exp.metadata("base", val_accuracy=base_val, test_accuracy=base_test))
         done["base"] = {"val_accuracy": base_val, "test_accuracy": base_test, "rows": base_rows}
         sabr_resume = None
@@ -482,8 +480,7 @@ def resume(run_dir: str | Path, progress: bool = True, device: str | None = None
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
-        raise CheckpointError(f"{run_dir} holds no run to resume (no config.yaml); pass the --out folder of a "
-                              "`sabr run`, or start a new run without --resume.")
+        raise _no_run_to_resume(run_dir)
     values = yaml.safe_load(cfg_path.read_text()) or {}
     values["out"] = str(run_dir)
     if device is not None:
