@@ -115,7 +115,8 @@ def _setup_models(p: argparse.ArgumentParser) -> None:
 def _add_app_arguments(p: argparse.ArgumentParser, model_required: bool = True) -> None:
     """Options shared by the two applications."""
     p.add_argument("--model", required=model_required,
-                   help="a `sabr run` folder, or a checkpoint .safetensors (with its .json beside it)")
+                   help="a `sabr run` folder, a checkpoint .safetensors (with its .json beside it), or a "
+                        "`sabr export` file (sparse, shrunk or .onnx)")
     p.add_argument("--phase", default="pruned", choices=["base", "sabr", "pruned"],
                    help="which model of a run folder (default: pruned)")
     p.add_argument("--headless", action="store_true", help="no window: write annotated frames and JSONL to --out")
