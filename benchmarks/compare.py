@@ -6,16 +6,18 @@ number of training epochs after it (``--epochs``), and is evaluated on the same 
 1. ``sabr``          SABR phase 2 (adaptive lambdas, freezing) then phase-3 pruning, as ``sabr run`` does.
 2. ``oneshot_ft``    one-shot global L1 magnitude pruning (``torch.nn.utils.prune.global_unstructured``)
                      to the sparsity SABR reached, then fine-tuning with the mask fixed for ``--epochs``.
-3. ``gmp``           gradual magnitude pruning (Zhu & Gupta 2017): global magnitude masks following the
-                     cubic schedule ``s_t = s_f (1 - (1 - t/T)^3)`` over the first ``--gmp-fraction`` of
-                     the steps, mask fixed for the rest, to the same sparsity.
+3. ``gmp``           gradual magnitude pruning (Zhu & Gupta 2017): layer-wise magnitude masks (every
+                     tensor at the same sparsity, as in the paper) on the cubic schedule
+                     ``s_t = s_f (1 - (1 - t/T)^3)`` over the first 75% of the steps, mask fixed for
+                     the rest, to the same sparsity.
 4. ``l1_fixed``      L1 with SABR's initial lambdas, never adapted, nothing frozen, same pruning rule:
                      the ablation that shows what adaptation and freezing buy.
-5. ``sabr_ft``       proposed improvement: SABR for ``--epochs - --ft-epochs`` epochs, phase-3 pruning,
-                     then a masked fine-tune (:func:`sabr.pipeline.finetune_masked`) for ``--ft-epochs``.
+5. ``sabr_ft``       proposed improvement: SABR for at most ``epochs - ft_epochs`` epochs, phase-3 pruning,
+                     then a masked fine-tune (:func:`sabr.pipeline.finetune_masked`) for the rest of the
+                     budget (``ft_epochs``, or more when every tensor froze early).
 
 Each method's curve sweeps the final threshold of its trained model (SABR's rule with factors
-``SWEEP`` for the L1 methods, global magnitude targets for the magnitude methods) and is evaluated on
+``SWEEP`` for the L1 methods, magnitude targets of the method's own scope for the magnitude methods) and is evaluated on
 the test split. Results: a table on stdout, ``benchmarks/results/<config>.json`` and ``<config>.png``.
 
     python benchmarks/compare.py --quick                 # smoke version, a few minutes on 2 CPU cores
@@ -47,6 +49,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from sabr import RunConfig, sparsity_report  # noqa: E402
 from sabr.pipeline import (Experiment, finetune_masked, prepare, prune_and_evaluate, sweep,  # noqa: E402
                            train_base, train_sabr)
+from sabr.models import set_dropout  # noqa: E402
 from sabr.pruning import apply_masks, zero_masks  # noqa: E402
 from sabr.regularizer import resolve_params  # noqa: E402
 from sabr.train import evaluate, train_epoch  # noqa: E402
@@ -60,18 +63,18 @@ TARGETS = [0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99]
 
 # name -> RunConfig values and the post-base epoch budget; "gpu": only run where CUDA is available.
 CONFIGS: dict[str, dict] = {
-    "fashion-lenet5": dict(data=FASHION, model="lenet5", image_size=28, max_per_class=300,
-                           epochs_base=8, epochs=10, ft_epochs=3, lr=1e-3, teta1=0.1),
-    "fashion-small_vgg": dict(data=FASHION, model="small_vgg", image_size=28, max_per_class=150,
-                              epochs_base=6, epochs=8, ft_epochs=2, lr=1e-3, teta1=0.1),
+    "fashion-lenet5": dict(data=FASHION, model="lenet5", image_size=28, max_per_class=None,
+                           epochs_base=10, epochs=15, ft_epochs=4, lr=1e-3, teta1=0.003),
+    "fashion-small_vgg": dict(data=FASHION, model="small_vgg", image_size=28, max_per_class=1000,
+                              epochs_base=8, epochs=10, ft_epochs=3, lr=1e-3, teta1=0.1),
     "signs-mobilenet_v2": dict(data=SIGNS, model="mobilenet_v2", image_size=64, max_per_class=None,
-                               epochs_base=10, epochs=12, ft_epochs=3, lr=1e-3, teta1=0.1),
+                               epochs_base=15, epochs=12, ft_epochs=3, lr=1e-3, teta1=0.1),
     "signs-vgg11": dict(data=SIGNS, model="vgg11", image_size=64, max_per_class=None,
-                        epochs_base=8, epochs=10, ft_epochs=3, lr=1e-4),
+                        epochs_base=6, epochs=6, ft_epochs=2, lr=1e-4, teta1=0.1),
     "signs-mobilenet_v2-128": dict(data=SIGNS, model="mobilenet_v2", image_size=128, max_per_class=None,
-                                   epochs_base=15, epochs=20, ft_epochs=4, lr=1e-3, gpu=True),
+                                   epochs_base=15, epochs=20, ft_epochs=4, lr=1e-3, teta1=0.1, gpu=True),
     "signs-vgg11-128": dict(data=SIGNS, model="vgg11", image_size=128, max_per_class=None,
-                            epochs_base=15, epochs=20, ft_epochs=4, lr=1e-4, gpu=True),
+                            epochs_base=15, epochs=20, ft_epochs=4, lr=1e-4, teta1=0.1, gpu=True),
 }
 QUICK: dict[str, dict] = {
     "quick-fashion-lenet5": dict(data=FASHION, model="lenet5", image_size=28, max_per_class=100,
@@ -104,12 +107,27 @@ def global_magnitude_prune(model: nn.Module, sparsity: float) -> None:
         tprune.remove(m, n)
 
 
-def magnitude_curve(exp: Experiment, model: nn.Module, start: float) -> list[list[float]]:
-    """Test accuracy after global magnitude pruning of copies of ``model`` to each target >= ``start``."""
+def layer_magnitude_prune(model: nn.Module, sparsity: float) -> None:
+    """Zero the ``sparsity`` fraction of smallest-magnitude weights of EACH Conv/Linear tensor, in place.
+
+    The layer-wise (uniform) variant of Zhu & Gupta's recipe; uses ``torch.nn.utils.prune.l1_unstructured``
+    then ``prune.remove``. Unlike the global variant it can never empty a whole layer, which in networks
+    with BatchNorm (whose conv weights are scale-free, so their magnitudes differ by layer) kills the model.
+    """
+    for m, n in _weights(model):
+        amount = int(round(sparsity * m.weight.numel()))
+        if amount > 0:
+            tprune.l1_unstructured(m, n, amount=amount)
+            tprune.remove(m, n)
+
+
+def magnitude_curve(exp: Experiment, model: nn.Module, start: float,
+                    prune_fn=global_magnitude_prune) -> list[list[float]]:
+    """Test accuracy after magnitude pruning (``prune_fn``) of copies of ``model`` to each target >= ``start``."""
     points = []
     for target in [t for t in TARGETS if t > start + 1e-3]:
         m = copy.deepcopy(model)
-        global_magnitude_prune(m, target)
+        prune_fn(m, target)
         points.append([sparsity_report(m).sparsity, evaluate(m, exp.test, exp.preprocess, exp.device)[1]])
     return points
 
@@ -119,16 +137,28 @@ def _point(exp: Experiment, model: nn.Module) -> tuple[float, float]:
 
 
 # --------------------------------------------------------------------------- the methods
-def run_sabr(exp: Experiment, base: nn.Module, epochs: int) -> dict:
-    """SABR phase 2 for ``epochs`` (or until every tensor freezes), then phase-3 pruning."""
+def run_sabr(exp: Experiment, base: nn.Module, epochs: int, snapshot_at: int | None = None) -> dict:
+    """SABR phase 2 for ``epochs`` (or until every tensor freezes), then phase-3 pruning.
+
+    With ``snapshot_at``, the result also holds ``"snapshot"``: the phase-2 weights after epoch
+    ``min(snapshot_at, last epoch)``, its rows and the wall time to get there. Phase 2 is deterministic
+    for a seed, so this is exactly what a shorter run would end with (``run_sabr_ft`` starts from it).
+    """
     cfg = exp.config
     e = dataclasses.replace(exp, config=dataclasses.replace(cfg, epochs_sabr=epochs))
-    model, reg, rows = train_sabr(e, copy.deepcopy(base), progress=False)
+    started, snap = time.perf_counter(), {}
+
+    def on_epoch(state: dict) -> None:
+        if snapshot_at is not None and state["epoch"] <= snapshot_at:
+            snap.update(model=copy.deepcopy(state["model"]), rows=list(state["rows"]),
+                        seconds=time.perf_counter() - started)
+
+    model, reg, rows = train_sabr(e, copy.deepcopy(base), progress=False, on_epoch=on_epoch)
     pruned, _, acc = prune_and_evaluate(e, model, cfg.prune_teta1, cfg.gamma)
     curve = [[c["sparsity"], c["test_accuracy"]] for c in sweep(e, model, SWEEP, cfg.gamma)]
     return {"model": pruned, "sabr_model": model, "epochs": len(rows), "rows": rows,
             "sparsity": sparsity_report(pruned).sparsity, "test_accuracy": acc, "curve": curve,
-            "frozen": len(reg.frozen), "tensors": len(reg.params)}
+            "frozen": len(reg.frozen), "tensors": len(reg.params), "snapshot": snap or None}
 
 
 def run_l1_fixed(exp: Experiment, base: nn.Module, epochs: int) -> dict:
@@ -152,7 +182,8 @@ def run_gmp(exp: Experiment, base: nn.Module, epochs: int, target: float, fracti
             every: int = 10) -> dict:
     """Gradual magnitude pruning (Zhu & Gupta 2017) to ``target`` with the cubic schedule.
 
-    The mask is recomputed every ``every`` optimizer steps over the first ``fraction`` of all steps,
+    As in the paper, every Conv/Linear tensor is pruned to the same sparsity ``s_t`` (layer-wise
+    magnitude, :func:`layer_magnitude_prune`). The mask is recomputed every ``every`` optimizer steps over the first ``fraction`` of all steps,
     ``s_t = target * (1 - (1 - t / T)^3)``, and re-applied after every step; the remaining epochs train
     with the final mask. Keeps the best-validation weights among epochs that reached ``target``.
     """
@@ -168,7 +199,7 @@ def run_gmp(exp: Experiment, base: nn.Module, epochs: int, target: float, fracti
         t = state["t"] = state["t"] + 1
         if t <= ramp and (t % every == 0 or t == ramp):
             s_t = target * (1.0 - (1.0 - t / ramp) ** 3)
-            global_magnitude_prune(model, s_t)  # already-zero weights are the smallest: masks only grow
+            layer_magnitude_prune(model, s_t)  # already-zero weights are the smallest: masks only grow
             state["masks"] = zero_masks(model)
         elif state["masks"] is not None:
             apply_masks(model, state["masks"])
@@ -184,17 +215,28 @@ def run_gmp(exp: Experiment, base: nn.Module, epochs: int, target: float, fracti
         model.load_state_dict(best_state)
     s, acc = _point(exp, model)
     return {"model": model, "epochs": epochs, "sparsity": s, "test_accuracy": acc,
-            "curve": [[s, acc]] + magnitude_curve(exp, model, s)}
+            "curve": [[s, acc]] + magnitude_curve(exp, model, s, layer_magnitude_prune)}
 
 
-def run_sabr_ft(exp: Experiment, base: nn.Module, epochs: int, ft_epochs: int) -> dict:
-    """Proposed: SABR for ``epochs - ft_epochs``, prune, masked fine-tune for ``ft_epochs`` (same budget)."""
-    res = run_sabr(exp, base, epochs - ft_epochs)
-    model, rows = finetune_masked(exp, res["model"], ft_epochs)
-    s, acc = _point(exp, model)
-    curve = [[c["sparsity"], c["test_accuracy"]] for c in sweep(exp, model, SWEEP, exp.config.gamma)]
-    return {"model": model, "epochs": res["epochs"] + ft_epochs, "sparsity": s, "test_accuracy": acc,
-            "curve": sorted([[s, acc]] + curve)}
+def run_sabr_ft(exp: Experiment, base: nn.Module, epochs: int, ft_epochs: int, snapshot: dict) -> dict:
+    """Proposed: SABR for at most ``epochs - ft_epochs``, prune, then masked fine-tuning for the rest.
+
+    ``snapshot`` is ``run_sabr(..., snapshot_at=epochs - ft_epochs)["snapshot"]``: the same phase 2
+    is not trained twice, and its wall time is added to this method's. The fine-tune gets every epoch
+    phase 2 left unused (at least ``ft_epochs``; more when every tensor froze early), so the total
+    stays ``epochs``.
+    """
+    cfg = exp.config
+    model = copy.deepcopy(base)
+    set_dropout(model, 0.0)  # as train_sabr left it
+    model.load_state_dict(snapshot["model"])
+    t = time.perf_counter()
+    pruned, _, _ = prune_and_evaluate(exp, model, cfg.prune_teta1, cfg.gamma)
+    pruned, rows = finetune_masked(exp, pruned, epochs - len(snapshot["rows"]))
+    s, acc = _point(exp, pruned)
+    curve = [[c["sparsity"], c["test_accuracy"]] for c in sweep(exp, pruned, SWEEP, cfg.gamma)]
+    return {"model": pruned, "epochs": len(snapshot["rows"]) + len(rows), "sparsity": s, "test_accuracy": acc,
+            "curve": sorted([[s, acc]] + curve), "extra_seconds": snapshot["seconds"] + time.perf_counter() - t}
 
 
 # --------------------------------------------------------------------------- figures from curves
@@ -246,18 +288,20 @@ def run_config(name: str, spec: dict, seed: int, device: str) -> dict:
         t = time.perf_counter()
         res = fn(exp, base, *args, **kw)
         res["seconds"] = time.perf_counter() - t
+        if "extra_seconds" in res:  # work shared with an earlier method (sabr_ft's phase 2)
+            res["seconds"] = res.pop("extra_seconds")
         res["peak_memory_mib"] = _peak_memory_mib(exp.device)
         results[method] = res
         log.info("%-10s sparsity %.2f%%  test %.2f%%  %d epochs  %.0f s", method, 100 * res["sparsity"],
                  100 * res["test_accuracy"], res["epochs"], res["seconds"])
         return res
 
-    sabr = timed("sabr", run_sabr, epochs)
+    sabr = timed("sabr", run_sabr, epochs, snapshot_at=epochs - ft_epochs)
     target = sabr["sparsity"]
     timed("oneshot_ft", run_oneshot_ft, epochs, target)
     timed("gmp", run_gmp, epochs, target)
     timed("l1_fixed", run_l1_fixed, epochs)
-    timed("sabr_ft", run_sabr_ft, epochs, ft_epochs)
+    timed("sabr_ft", run_sabr_ft, epochs, ft_epochs, sabr["snapshot"])
 
     plain = statistics.median(r["seconds"] for r in base_rows)
     penal = statistics.median(r["seconds"] for r in sabr["rows"])
