@@ -45,3 +45,22 @@ def test_finetune_masked_keeps_sparsity():
     after = sparsity_report(model)
     assert len(rows) == 2
     assert after.sparsity >= before.sparsity > 0.2
+
+
+def test_run_with_finetune_epochs_fine_tunes_the_pruned_model_and_keeps_its_zeros(tmp_path):
+    import json
+
+    from sabr import load_run
+    from sabr.cli import main
+
+    out = tmp_path / "run"
+    code = main(["run", "--max-per-class", "30", "--epochs-base", "2", "--epochs-sabr", "2", "--teta1", "0.01",
+                 "--finetune-epochs", "2", "--sweep", "0.2", "--out", str(out), "--quiet"])
+    assert code == 0
+    s = json.loads((out / "summary.json").read_text())
+    p = s["pruned"]
+    assert p["finetune_epochs"] == 2 and 0.0 <= p["test_accuracy_before_finetune"] <= 1.0
+    assert (out / "history_finetune.csv").read_text().count("\n") == 3  # header + 2 epochs
+    model, _ = load_run(out, "pruned")  # the checkpoint is the fine-tuned model
+    assert sparsity_report(model).nonzero == p["nonzero"] == sum(l["nonzero"] for l in s["layers"])
+    assert "masked fine-tune epochs" in (out / "summary.md").read_text()

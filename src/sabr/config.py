@@ -53,6 +53,8 @@ class RunConfig:
     prune_teta1: float = _f(0.2, "pruning threshold factor: teta1 * std(w[|w| >= gamma*std(w)])")
     gamma: float = _f(0.1, "pruning: weights below gamma*std(w) are left out of the threshold's std")
     epsilon: float | None = _f(None, "pruning: one fixed threshold for every tensor instead (plain mode)")
+    finetune_epochs: int = _f(0, "phase 4 (optional): masked fine-tuning epochs after pruning; zeros stay zero "
+                                 "(the 'sabr_ft' row of docs/benchmarks.md)")
     sweep: list[float] = _f([0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0],
                             "pruning factors evaluated for the accuracy-vs-sparsity chart", nargs="+")
     # run
@@ -69,8 +71,9 @@ class RunConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if self.epochs_sabr < 0:
-            raise ConfigError(f"epochs_sabr must be >= 0, got {self.epochs_sabr}.")
+        for name in ["epochs_sabr", "finetune_epochs"]:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}.")
         for name in ["lr", "growth_rate", "decrease_rate", "zero_eps"]:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}.")

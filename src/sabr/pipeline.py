@@ -1,4 +1,5 @@
-"""The three phases, end to end: base training, SABR regularisation, pruning; then the report.
+"""The three phases, end to end: base training, SABR regularisation, pruning (then, optionally, a masked
+fine-tune of the pruned model); then the report.
 
 :func:`run` is what ``sabr run`` calls; every step is also a function of its own (:func:`prepare`,
 :func:`train_base`, :func:`train_sabr`, :func:`prune_and_evaluate`, :func:`reprune`) so that a user or
@@ -447,13 +448,26 @@ def _run(config: RunConfig, progress: bool, overwrite: bool, resume: bool, dist:
     pruned, layer_stats, pruned_test = prune_and_evaluate(exp, model, config.prune_teta1, config.gamma,
                                                           config.epsilon, config.params)
     curve = sweep(exp, model, config.sweep, config.gamma, config.params)
+    pruned_figures = {"test_accuracy": pruned_test}
+
+    # phase 4 (optional): masked fine-tuning of the pruned model
+    if config.finetune_epochs:
+        pruned, ft_rows = finetune_masked(exp, pruned, config.finetune_epochs, params=config.params,
+                                          progress=progress and dist.is_main)
+        _, pruned_test = evaluate_split(exp, pruned, exp.test)
+        log.info("masked fine-tune: test accuracy %.2f%% -> %.2f%%", 100 * pruned_figures["test_accuracy"],
+                 100 * pruned_test)
+        pruned_figures = {"test_accuracy": pruned_test, "finetune_epochs": len(ft_rows),
+                          "test_accuracy_before_finetune": pruned_figures["test_accuracy"]}
+        if dist.is_main:
+            _write_csv(run_dir / "history_finetune.csv", ft_rows)
     if dist.is_main:
         save_checkpoint(pruned, run_dir / "pruned", exp.metadata("pruned", test_accuracy=pruned_test))
 
     summary = build_summary(exp, model, pruned, reg, layer_stats, {
         "base": {"val_accuracy": base_val, "test_accuracy": base_test, "epochs": len(base_rows)},
         "sabr": {"val_accuracy": sabr_val, "test_accuracy": sabr_test, "epochs": len(sabr_rows)},
-        "pruned": {"test_accuracy": pruned_test},
+        "pruned": pruned_figures,
     }, curve, resolved)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     if dist.is_main:

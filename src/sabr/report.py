@@ -38,7 +38,9 @@ def summary_rows(summary: dict) -> list[tuple[str, str, str, str]]:
          f"{s['epochs']} epochs, {s['frozen']}/{s['tensors']} frozen ({s['stopped'].replace('_', ' ')}), "
          f"|w|<{s['zero_eps']:g}"),
         ("pruned", f"{_pct(p['test_accuracy'])} test", _pct(p["sparsity"]),
-         f"{p['nonzero']:,} of {p['total']:,} weights non-zero, {_pct(p['macs_reduction'])} fewer MACs"),
+         f"{p['nonzero']:,} of {p['total']:,} weights non-zero, {_pct(p['macs_reduction'])} fewer MACs"
+         + (f", then {p['finetune_epochs']} masked fine-tune epochs ({_pct(p['test_accuracy_before_finetune'])} "
+            "test before)" if p.get("finetune_epochs") else "")),
     ]
 
 
