@@ -66,15 +66,15 @@ CONFIGS: dict[str, dict] = {
     "fashion-lenet5": dict(data=FASHION, model="lenet5", image_size=28, max_per_class=None,
                            epochs_base=10, epochs=15, ft_epochs=4, lr=1e-3, teta1=0.003),
     "fashion-small_vgg": dict(data=FASHION, model="small_vgg", image_size=28, max_per_class=1000,
-                              epochs_base=8, epochs=10, ft_epochs=3, lr=1e-3, teta1=0.1),
+                              epochs_base=8, epochs=10, ft_epochs=3, lr=1e-3, teta1=0.03),
     "signs-mobilenet_v2": dict(data=SIGNS, model="mobilenet_v2", image_size=64, max_per_class=None,
-                               epochs_base=15, epochs=12, ft_epochs=3, lr=1e-3, teta1=0.1),
+                               epochs_base=15, epochs=12, ft_epochs=3, lr=1e-3, teta1=2e-3),
     "signs-vgg11": dict(data=SIGNS, model="vgg11", image_size=64, max_per_class=None,
-                        epochs_base=6, epochs=6, ft_epochs=2, lr=1e-4, teta1=0.1),
+                        epochs_base=6, epochs=6, ft_epochs=2, lr=1e-4, teta1=0.01),
     "signs-mobilenet_v2-128": dict(data=SIGNS, model="mobilenet_v2", image_size=128, max_per_class=None,
-                                   epochs_base=15, epochs=20, ft_epochs=4, lr=1e-3, teta1=0.1, gpu=True),
+                                   epochs_base=15, epochs=20, ft_epochs=4, lr=1e-3, teta1=2e-3, gpu=True),
     "signs-vgg11-128": dict(data=SIGNS, model="vgg11", image_size=128, max_per_class=None,
-                            epochs_base=15, epochs=20, ft_epochs=4, lr=1e-4, teta1=0.1, gpu=True),
+                            epochs_base=15, epochs=20, ft_epochs=4, lr=1e-4, teta1=0.01, gpu=True),
 }
 QUICK: dict[str, dict] = {
     "quick-fashion-lenet5": dict(data=FASHION, model="lenet5", image_size=28, max_per_class=100,
@@ -313,6 +313,7 @@ def run_config(name: str, spec: dict, seed: int, device: str) -> dict:
         methods.append({"name": method, "sparsity": r["sparsity"], "test_accuracy": r["test_accuracy"],
                         "epochs": r["epochs"], "seconds": round(r["seconds"], 1),
                         "peak_memory_mib": round(r["peak_memory_mib"], 1),
+                        "emptied_tensors": [l.name for l in sparsity_report(r["model"]).layers if l.nonzero == 0],
                         "accuracy_at_matched_sparsity": accuracy_at(curve, target),
                         "sparsity_within_1pt": sparsity_within(curve, base_acc),
                         "curve": curve})
@@ -320,7 +321,7 @@ def run_config(name: str, spec: dict, seed: int, device: str) -> dict:
         "config": name, "dataset": exp.dataset_name, "model": cfg.model, "image_size": exp.preprocess.image_size,
         "train": len(exp.train), "val": len(exp.val), "test": len(exp.test), "max_per_class": cfg.max_per_class,
         "epochs_base": len(base_rows), "epoch_budget": epochs, "ft_epochs": ft_epochs, "lr": cfg.lr,
-        "batch_size": cfg.batch_size, "seed": seed, "device": str(exp.device), "torch_threads": torch.get_num_threads(),
+        "batch_size": cfg.batch_size, "teta1": cfg.teta1, "seed": seed, "device": str(exp.device), "torch_threads": torch.get_num_threads(),
         "base_test_accuracy": base_acc, "base_seconds": round(base_seconds, 1),
         "matched_sparsity": target, "epoch_time_ratio": penal / plain, **extra,
         "methods": methods,
@@ -346,6 +347,29 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(result: dict) -> str:
+    """The per-configuration table of ``docs/benchmarks.md``, from a result JSON."""
+    base = result["base_test_accuracy"]
+    lines = [f"### {result['config']}: {result['model']} on {result['dataset']}, {result['image_size']}px "
+             f"(base test accuracy {_pct(base).strip()}, matched sparsity {_pct(result['matched_sparsity']).strip()})",
+             "",
+             f"{result['train']} / {result['val']} / {result['test']} train / val / test images; "
+             f"{result['epochs_base']} base epochs, then {result['epoch_budget']} epochs per method; "
+             f"`teta1 = {result.get('teta1', CONFIGS.get(result['config'], {}).get('teta1'))}`; device {result['device']}, {result['torch_threads']} thread(s).",
+             "",
+             "| method | sparsity | test acc | vs base | acc @ matched | sparsity within 1 pt | epochs | seconds |",
+             "|---|---|---|---|---|---|---|---|"]
+    for m in result["methods"]:
+        lines.append(f"| {m['name']} | {_pct(m['sparsity']).strip()} | {_pct(m['test_accuracy']).strip()} | "
+                     f"{100 * (m['test_accuracy'] - base):+.2f} pt | {_pct(m['accuracy_at_matched_sparsity']).strip()} | "
+                     f"{_pct(m['sparsity_within_1pt']).strip()} | {m['epochs']} | {m['seconds']:.0f} |")
+    lines += ["", f"SABR phase-2 epoch / plain epoch (medians, same process): {result['sabr_epoch_seconds']:.2f} s / "
+                  f"{result['plain_epoch_seconds']:.2f} s = **{result['epoch_time_ratio']:.2f}x**; SABR froze "
+                  f"{result['sabr_frozen']} tensors; peak RSS of the process {max(m['peak_memory_mib'] for m in result['methods']):.0f} MiB.",
+              "", f"![{result['config']}](../benchmarks/results/{result['config']}.png)"]
+    return "\n".join(lines)
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -363,8 +387,10 @@ def plot(result: dict, path: Path) -> None:
     ax.axvline(100 * result["matched_sparsity"], color="black", lw=0.5)
     ax.set_xlabel("sparsity of Conv/Linear weights (%)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(max(0, base - 25), min(100, base + 5))
-    ax.set_xlim(40, 100)
+    lo = max(0, base - 15)
+    ax.set_ylim(lo, min(100, base + 4))
+    shown = [100 * sp for m in result["methods"] for sp, a in m["curve"] if 100 * a >= lo]
+    ax.set_xlim(max(0, math.floor(min(shown, default=40) / 5) * 5 - 5), 100)  # zoom on where curves are readable
     ax.set_title(f"{result['model']} on {result['dataset']} ({result['image_size']}px)", fontsize=10)
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
@@ -386,7 +412,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="override every configuration's images per class (a slice, for a smaller budget); the "
                         "result is written as <config>-mpcN.json")
     p.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
+    p.add_argument("--report", action="store_true",
+                   help="train nothing: redraw the plots and print the markdown tables of the JSONs in --out")
     args = p.parse_args(argv)
+    if args.report:
+        for path in sorted(Path(args.out).glob("*.json")):
+            result = json.loads(path.read_text())
+            plot(result, path.with_suffix(".png"))
+            print(format_markdown(result) + "\n")
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("sabr").setLevel(logging.INFO if args.verbose else logging.WARNING)
     if args.threads:
