@@ -377,18 +377,21 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    base = 100 * result["base_test_accuracy"]
+    lo = max(0, base - 15)
     for m in result["methods"]:
         curve = sorted(m["curve"])
-        line, = ax.plot([100 * s for s, _ in curve], [100 * a for _, a in curve], marker=".", label=m["name"])
+        label = m["name"] + (f" ({100 * m['test_accuracy']:.1f}%: below the chart)"
+                             if 100 * m["test_accuracy"] < lo else "")
+        line, = ax.plot([100 * s for s, _ in curve], [100 * a for _, a in curve], marker=".", label=label)
         ax.plot(100 * m["sparsity"], 100 * m["test_accuracy"], marker="o", ms=8, color=line.get_color())
-    base = 100 * result["base_test_accuracy"]
     ax.axhline(base, color="grey", ls="--", lw=1, label="base")
     ax.axhline(base - 1, color="grey", ls=":", lw=1, label="base - 1 pt")
     ax.axvline(100 * result["matched_sparsity"], color="black", lw=0.5)
     ax.set_xlabel("sparsity of Conv/Linear weights (%)")
     ax.set_ylabel("test accuracy (%)")
-    lo = max(0, base - 15)
-    ax.set_ylim(lo, min(100, base + 4))
+    top = max([base] + [100 * a for m in result["methods"] for _, a in m["curve"]])
+    ax.set_ylim(lo, min(100.5, top + 2))
     shown = [100 * sp for m in result["methods"] for sp, a in m["curve"] if 100 * a >= lo]
     ax.set_xlim(max(0, math.floor(min(shown, default=40) / 5) * 5 - 5), 100)  # zoom on where curves are readable
     ax.set_title(f"{result['model']} on {result['dataset']} ({result['image_size']}px)", fontsize=10)
