@@ -421,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         for path in sorted(Path(args.out).glob("*.json")):
             result = json.loads(path.read_text())
+            if "methods" not in result:  # another benchmark's file (epoch_cost.json)
+                continue
             plot(result, path.with_suffix(".png"))
             print(format_markdown(result) + "\n")
         return 0
