@@ -17,8 +17,9 @@ number of training epochs after it (``--epochs``), and is evaluated on the same 
                      budget (``ft_epochs``, or more when every tensor froze early).
 
 Each method's curve sweeps the final threshold of its trained model (SABR's rule with factors
-``SWEEP`` for the L1 methods, magnitude targets of the method's own scope for the magnitude methods) and is evaluated on
-the test split. Results: a table on stdout, ``benchmarks/results/<config>.json`` and ``<config>.png``.
+``SWEEP`` for the L1 methods, magnitude targets of the method's own scope for the magnitude methods)
+and is evaluated on the test split. Results: a table on stdout, ``benchmarks/results/<config>.json``
+and ``<config>.png``.
 
     python benchmarks/compare.py --quick                 # smoke version, a few minutes on 2 CPU cores
     python benchmarks/compare.py                         # every CPU configuration (see CONFIGS)
@@ -183,8 +184,9 @@ def run_gmp(exp: Experiment, base: nn.Module, epochs: int, target: float, fracti
     """Gradual magnitude pruning (Zhu & Gupta 2017) to ``target`` with the cubic schedule.
 
     As in the paper, every Conv/Linear tensor is pruned to the same sparsity ``s_t`` (layer-wise
-    magnitude, :func:`layer_magnitude_prune`). The mask is recomputed every ``every`` optimizer steps over the first ``fraction`` of all steps,
-    ``s_t = target * (1 - (1 - t / T)^3)``, and re-applied after every step; the remaining epochs train
+    magnitude, :func:`layer_magnitude_prune`). The mask is recomputed every ``every`` optimizer steps
+    over the first ``fraction`` of all steps, ``s_t = target * (1 - (1 - t / T)^3)``, and re-applied
+    after every step; the remaining epochs train
     with the final mask. Keeps the best-validation weights among epochs that reached ``target``.
     """
     cfg = exp.config
@@ -321,7 +323,8 @@ def run_config(name: str, spec: dict, seed: int, device: str) -> dict:
         "config": name, "dataset": exp.dataset_name, "model": cfg.model, "image_size": exp.preprocess.image_size,
         "train": len(exp.train), "val": len(exp.val), "test": len(exp.test), "max_per_class": cfg.max_per_class,
         "epochs_base": len(base_rows), "epoch_budget": epochs, "ft_epochs": ft_epochs, "lr": cfg.lr,
-        "batch_size": cfg.batch_size, "teta1": cfg.teta1, "seed": seed, "device": str(exp.device), "torch_threads": torch.get_num_threads(),
+        "batch_size": cfg.batch_size, "teta1": cfg.teta1, "seed": seed, "device": str(exp.device),
+        "torch_threads": torch.get_num_threads(),
         "base_test_accuracy": base_acc, "base_seconds": round(base_seconds, 1),
         "matched_sparsity": target, "epoch_time_ratio": penal / plain, **extra,
         "methods": methods,
@@ -349,24 +352,27 @@ def format_table(result: dict) -> str:
 
 def format_markdown(result: dict) -> str:
     """The per-configuration table of ``docs/benchmarks.md``, from a result JSON."""
-    base = result["base_test_accuracy"]
-    lines = [f"### {result['config']}: {result['model']} on {result['dataset']}, {result['image_size']}px "
-             f"(base test accuracy {_pct(base).strip()}, matched sparsity {_pct(result['matched_sparsity']).strip()})",
+    r, base = result, result["base_test_accuracy"]
+    teta1 = r.get("teta1", CONFIGS.get(r["config"], {}).get("teta1"))  # JSONs written before it was recorded
+    peak = max(m["peak_memory_mib"] for m in r["methods"])
+    lines = [f"### {r['config']}: {r['model']} on {r['dataset']}, {r['image_size']}px "
+             f"(base test accuracy {_pct(base).strip()}, matched sparsity {_pct(r['matched_sparsity']).strip()})",
              "",
-             f"{result['train']} / {result['val']} / {result['test']} train / val / test images; "
-             f"{result['epochs_base']} base epochs, then {result['epoch_budget']} epochs per method; "
-             f"`teta1 = {result.get('teta1', CONFIGS.get(result['config'], {}).get('teta1'))}`; device {result['device']}, {result['torch_threads']} thread(s).",
+             f"{r['train']} / {r['val']} / {r['test']} train / val / test images; {r['epochs_base']} base epochs, "
+             f"then {r['epoch_budget']} epochs per method; `teta1 = {teta1}`; device {r['device']}, "
+             f"{r['torch_threads']} thread(s).",
              "",
              "| method | sparsity | test acc | vs base | acc @ matched | sparsity within 1 pt | epochs | seconds |",
              "|---|---|---|---|---|---|---|---|"]
-    for m in result["methods"]:
-        lines.append(f"| {m['name']} | {_pct(m['sparsity']).strip()} | {_pct(m['test_accuracy']).strip()} | "
-                     f"{100 * (m['test_accuracy'] - base):+.2f} pt | {_pct(m['accuracy_at_matched_sparsity']).strip()} | "
-                     f"{_pct(m['sparsity_within_1pt']).strip()} | {m['epochs']} | {m['seconds']:.0f} |")
-    lines += ["", f"SABR phase-2 epoch / plain epoch (medians, same process): {result['sabr_epoch_seconds']:.2f} s / "
-                  f"{result['plain_epoch_seconds']:.2f} s = **{result['epoch_time_ratio']:.2f}x**; SABR froze "
-                  f"{result['sabr_frozen']} tensors; peak RSS of the process {max(m['peak_memory_mib'] for m in result['methods']):.0f} MiB.",
-              "", f"![{result['config']}](../benchmarks/results/{result['config']}.png)"]
+    for m in r["methods"]:
+        cells = [m["name"], _pct(m["sparsity"]), _pct(m["test_accuracy"]),
+                 f"{100 * (m['test_accuracy'] - base):+.2f} pt", _pct(m["accuracy_at_matched_sparsity"]), _pct(m["sparsity_within_1pt"]), str(m["epochs"]),
+                 f"{m['seconds']:.0f}"]
+        lines.append("| " + " | ".join(c.strip() for c in cells) + " |")
+    lines += ["", f"SABR phase-2 epoch / plain epoch (medians, same process): {r['sabr_epoch_seconds']:.2f} s / "
+                  f"{r['plain_epoch_seconds']:.2f} s = **{r['epoch_time_ratio']:.2f}x**; SABR froze {r['sabr_frozen']} "
+                  f"tensors; peak RSS of the process {peak:.0f} MiB.",
+              "", f"![{r['config']}](../benchmarks/results/{r['config']}.png)"]
     return "\n".join(lines)
 
 
