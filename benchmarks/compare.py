@@ -133,6 +133,11 @@ def magnitude_curve(exp: Experiment, model: nn.Module, start: float,
     return points
 
 
+def sabr_curve(exp: Experiment, model: nn.Module) -> list[list[float]]:
+    """``[sparsity, test accuracy]`` after SABR's pruning rule at each factor of ``SWEEP`` (copies of ``model``)."""
+    return [[c["sparsity"], c["test_accuracy"]] for c in sweep(exp, model, SWEEP, exp.config.gamma)]
+
+
 def _point(exp: Experiment, model: nn.Module) -> tuple[float, float]:
     return sparsity_report(model).sparsity, evaluate(model, exp.test, exp.preprocess, exp.device)[1]
 
@@ -156,7 +161,7 @@ def run_sabr(exp: Experiment, base: nn.Module, epochs: int, snapshot_at: int | N
 
     model, reg, rows = train_sabr(e, copy.deepcopy(base), progress=False, on_epoch=on_epoch)
     pruned, _, acc = prune_and_evaluate(e, model, cfg.prune_teta1, cfg.gamma)
-    curve = [[c["sparsity"], c["test_accuracy"]] for c in sweep(e, model, SWEEP, cfg.gamma)]
+    curve = sabr_curve(e, model)
     return {"model": pruned, "sabr_model": model, "epochs": len(rows), "rows": rows,
             "sparsity": sparsity_report(pruned).sparsity, "test_accuracy": acc, "curve": curve,
             "frozen": len(reg.frozen), "tensors": len(reg.params), "snapshot": snap or None}
@@ -186,8 +191,7 @@ def run_gmp(exp: Experiment, base: nn.Module, epochs: int, target: float, fracti
     As in the paper, every Conv/Linear tensor is pruned to the same sparsity ``s_t`` (layer-wise
     magnitude, :func:`layer_magnitude_prune`). The mask is recomputed every ``every`` optimizer steps
     over the first ``fraction`` of all steps, ``s_t = target * (1 - (1 - t / T)^3)``, and re-applied
-    after every step; the remaining epochs train
-    with the final mask. Keeps the best-validation weights among epochs that reached ``target``.
+    after every step; the remaining epochs train with the final mask. Keeps the best-validation weights among epochs that reached ``target``.
     """
     cfg = exp.config
     model = copy.deepcopy(base)
@@ -236,7 +240,7 @@ def run_sabr_ft(exp: Experiment, base: nn.Module, epochs: int, ft_epochs: int, s
     pruned, _, _ = prune_and_evaluate(exp, model, cfg.prune_teta1, cfg.gamma)
     pruned, rows = finetune_masked(exp, pruned, epochs - len(snapshot["rows"]))
     s, acc = _point(exp, pruned)
-    curve = [[c["sparsity"], c["test_accuracy"]] for c in sweep(exp, pruned, SWEEP, cfg.gamma)]
+    curve = sabr_curve(exp, pruned)
     return {"model": pruned, "epochs": len(snapshot["rows"]) + len(rows), "sparsity": s, "test_accuracy": acc,
             "curve": sorted([[s, acc]] + curve), "extra_seconds": snapshot["seconds"] + time.perf_counter() - t}
 

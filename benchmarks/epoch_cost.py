@@ -28,8 +28,7 @@ from sabr.models import set_dropout  # noqa: E402
 from sabr.pipeline import prepare  # noqa: E402
 from sabr.train import Split, train_epoch  # noqa: E402
 
-FASHION = "/usr/share/datasets/fashion-mnist"
-SIGNS = str(ROOT.parent / "shared" / "data" / "sign-language-digits" / "Dataset")
+from compare import FASHION, SIGNS  # noqa: E402  (this script's folder is first on sys.path)
 # model -> (data, image size, images per epoch)
 SETUPS = {
     "lenet5": (FASHION, 28, 6400),

@@ -554,7 +554,8 @@ def reprune(run_dir: str | Path, teta1_values, gamma: float = 0.1, progress: boo
     exp = prepare(cfg, progress)
     exp.preprocess = meta["transform"]
     model.to(exp.device)
-    base_acc = read_metadata(run_dir / "base.safetensors").get("test_accuracy") if (run_dir / "base.json").exists() else None
+    base_meta = run_dir / "base.json"
+    base_acc = read_metadata(base_meta).get("test_accuracy") if base_meta.is_file() else None
     curve = sweep(exp, model, teta1_values, gamma, cfg.params)
     write_json(run_dir / "tradeoff.json", {"gamma": gamma, "base_test_accuracy": base_acc, "curve": curve})
     report.plot_accuracy_vs_sparsity(run_dir / "tradeoff.png", curve, base_acc, title=f"{meta['model']['name']} "
