@@ -1,7 +1,8 @@
 """SABR against the pruning methods a user would pick instead, on the same data and budget.
 
 Every method starts from the SAME base checkpoint (phase 1 of :mod:`sabr.pipeline`), gets the SAME
-number of training epochs after it (``--epochs``), and is evaluated on the same held-out test split:
+number of training epochs after it (``--epochs``), and is evaluated on the same held-out test split.
+The peers (2 to 4) are library code, :mod:`sabr.baselines`; this script runs them and writes the figures:
 
 1. ``sabr``          SABR phase 2 (adaptive lambdas, freezing) then phase-3 pruning, as ``sabr run`` does.
 2. ``oneshot_ft``    one-shot global L1 magnitude pruning (``torch.nn.utils.prune.global_unstructured``)
@@ -21,6 +22,8 @@ Each method's curve sweeps the final threshold of its trained model (SABR's rule
 and is evaluated on the test split. Results: a table on stdout, ``benchmarks/results/<config>.json``
 and ``<config>.png``.
 
+sabr must be importable (``pip install -e .``, or ``PYTHONPATH=src``):
+
     python benchmarks/compare.py --quick                 # smoke version, a few minutes on 2 CPU cores
     python benchmarks/compare.py                         # every CPU configuration (see CONFIGS)
     python benchmarks/compare.py --configs fashion-lenet5
@@ -39,24 +42,21 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
-from torch.nn.utils import prune as tprune
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-from sabr import RunConfig, sparsity_report  # noqa: E402
-from sabr.pipeline import (Experiment, finetune_masked, prepare, prune_and_evaluate, sweep,  # noqa: E402
-                           train_base, train_sabr)
-from sabr.models import set_dropout  # noqa: E402
-from sabr.pruning import apply_masks, zero_masks  # noqa: E402
-from sabr.regularizer import resolve_params  # noqa: E402
-from sabr.train import evaluate, train_epoch  # noqa: E402
+from sabr import RunConfig, sparsity_report
+from sabr.baselines import (accuracy_at, global_magnitude_prune, layer_magnitude_prune, magnitude_curve, oneshot_finetune,
+                            sparsity_within, train_fixed_l1, train_gmp)
+from sabr.pipeline import (Experiment, finetune_masked, prepare, prune_and_evaluate, sweep, train_base,
+                           train_sabr)
+from sabr.train import evaluate
 
 log = logging.getLogger("compare")
 
+ROOT = Path(__file__).resolve().parents[1]
 FASHION = "/usr/share/datasets/fashion-mnist"
 SIGNS = str(ROOT.parent / "shared" / "data" / "sign-language-digits" / "Dataset")
 SWEEP = [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0]
@@ -85,54 +85,7 @@ QUICK: dict[str, dict] = {
 }
 
 
-# --------------------------------------------------------------------------- magnitude pruning helpers
-def _weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    """``(module, "weight")`` of every regularised tensor (Conv/Linear weights), for torch's prune API."""
-    modules = dict(model.named_modules())
-    return [(modules[name.rsplit(".", 1)[0]], "weight") for name in resolve_params(model)]
-
-
-def global_magnitude_prune(model: nn.Module, sparsity: float) -> None:
-    """Zero the ``sparsity`` fraction of smallest-magnitude Conv/Linear weights, globally, in place (L1).
-
-    Uses ``torch.nn.utils.prune.global_unstructured`` then ``prune.remove`` so the zeros are permanent.
-    Weights already zero count towards the target.
-    """
-    pairs = _weights(model)
-    total = sum(m.weight.numel() for m, _ in pairs)
-    amount = int(round(sparsity * total))
-    if amount <= 0:
-        return
-    tprune.global_unstructured(pairs, pruning_method=tprune.L1Unstructured, amount=amount)
-    for m, n in pairs:
-        tprune.remove(m, n)
-
-
-def layer_magnitude_prune(model: nn.Module, sparsity: float) -> None:
-    """Zero the ``sparsity`` fraction of smallest-magnitude weights of EACH Conv/Linear tensor, in place.
-
-    The layer-wise (uniform) variant of Zhu & Gupta's recipe; uses ``torch.nn.utils.prune.l1_unstructured``
-    then ``prune.remove``. Unlike the global variant it can never empty a whole layer, which in networks
-    with BatchNorm (whose conv weights are scale-free, so their magnitudes differ by layer) kills the model.
-    """
-    for m, n in _weights(model):
-        amount = int(round(sparsity * m.weight.numel()))
-        if amount > 0:
-            tprune.l1_unstructured(m, n, amount=amount)
-            tprune.remove(m, n)
-
-
-def magnitude_curve(exp: Experiment, model: nn.Module, start: float,
-                    prune_fn=global_magnitude_prune) -> list[list[float]]:
-    """Test accuracy after magnitude pruning (``prune_fn``) of copies of ``model`` to each target >= ``start``."""
-    points = []
-    for target in [t for t in TARGETS if t > start + 1e-3]:
-        m = copy.deepcopy(model)
-        prune_fn(m, target)
-        points.append([sparsity_report(m).sparsity, evaluate(m, exp.test, exp.preprocess, exp.device)[1]])
-    return points
-
-
+# --------------------------------------------------------------------------- curves
 def sabr_curve(exp: Experiment, model: nn.Module) -> list[list[float]]:
     """``[sparsity, test accuracy]`` after SABR's pruning rule at each factor of ``SWEEP`` (copies of ``model``)."""
     return [[c["sparsity"], c["test_accuracy"]] for c in sweep(exp, model, SWEEP, exp.config.gamma)]
@@ -142,86 +95,59 @@ def _point(exp: Experiment, model: nn.Module) -> tuple[float, float]:
     return sparsity_report(model).sparsity, evaluate(model, exp.test, exp.preprocess, exp.device)[1]
 
 
+def _magnitude_result(exp: Experiment, model: nn.Module, epochs: int, prune_fn=global_magnitude_prune) -> dict:
+    """The result of a magnitude method: its final point, then its curve (``prune_fn``) from there on."""
+    s, acc = _point(exp, model)
+    curve = magnitude_curve(exp, model, TARGETS, s, prune_fn)
+    return {"model": model, "epochs": epochs, "sparsity": s, "test_accuracy": acc, "curve": [[s, acc]] + curve}
+
+
 # --------------------------------------------------------------------------- the methods
-def run_sabr(exp: Experiment, base: nn.Module, epochs: int, snapshot_at: int | None = None) -> dict:
+def _sabr_phase2(exp: Experiment, model: nn.Module, epochs: int, on_epoch: Callable[[dict], None]):
+    e = dataclasses.replace(exp, config=dataclasses.replace(exp.config, epochs_sabr=epochs))
+    return train_sabr(e, model, progress=False, on_epoch=on_epoch)
+
+
+def run_sabr(exp: Experiment, base: nn.Module, epochs: int, snapshot_at: int | None = None,
+             phase2: Callable = _sabr_phase2) -> dict:
     """SABR phase 2 for ``epochs`` (or until every tensor freezes), then phase-3 pruning.
 
-    With ``snapshot_at``, the result also holds ``"snapshot"``: the phase-2 weights after epoch
+    With ``snapshot_at``, the result also holds ``"snapshot"``: a copy of the phase-2 model after epoch
     ``min(snapshot_at, last epoch)``, its rows and the wall time to get there. Phase 2 is deterministic
     for a seed, so this is exactly what a shorter run would end with (``run_sabr_ft`` starts from it).
+    ``phase2(exp, model, epochs, on_epoch)`` trains (default: SABR's phase 2; ``run_l1_fixed`` swaps it).
     """
     cfg = exp.config
-    e = dataclasses.replace(exp, config=dataclasses.replace(cfg, epochs_sabr=epochs))
+    model = copy.deepcopy(base)
     started, snap = time.perf_counter(), {}
 
     def on_epoch(state: dict) -> None:
         if snapshot_at is not None and state["epoch"] <= snapshot_at:
-            snap.update(model=copy.deepcopy(state["model"]), rows=list(state["rows"]),
-                        seconds=time.perf_counter() - started)
+            snap.update(model=copy.deepcopy(model), rows=list(state["rows"]), seconds=time.perf_counter() - started)
 
-    model, reg, rows = train_sabr(e, copy.deepcopy(base), progress=False, on_epoch=on_epoch)
-    pruned, _, acc = prune_and_evaluate(e, model, cfg.prune_teta1, cfg.gamma)
-    curve = sabr_curve(e, model)
+    model, reg, rows = phase2(exp, model, epochs, on_epoch)
+    pruned, _, acc = prune_and_evaluate(exp, model, cfg.prune_teta1, cfg.gamma)
+    curve = sabr_curve(exp, model)
     return {"model": pruned, "sabr_model": model, "epochs": len(rows), "rows": rows,
             "sparsity": sparsity_report(pruned).sparsity, "test_accuracy": acc, "curve": curve,
             "frozen": len(reg.frozen), "tensors": len(reg.params), "snapshot": snap or None}
 
 
 def run_l1_fixed(exp: Experiment, base: nn.Module, epochs: int) -> dict:
-    """Ablation: SABR's initial lambdas, never adapted (growth = decrease = 1), nothing ever frozen."""
-    cfg = dataclasses.replace(exp.config, growth_rate=1.0, decrease_rate=1.0, k_epoch=10**9)
-    res = run_sabr(dataclasses.replace(exp, config=cfg), base, epochs)
-    return res
+    """Ablation: SABR's initial lambdas, never adapted, nothing ever frozen (:func:`sabr.baselines.train_fixed_l1`)."""
+    return run_sabr(exp, base, epochs, phase2=train_fixed_l1)
 
 
 def run_oneshot_ft(exp: Experiment, base: nn.Module, epochs: int, target: float) -> dict:
     """One-shot global L1 magnitude pruning to ``target``, then ``epochs`` of masked fine-tuning."""
-    model = copy.deepcopy(base)
-    global_magnitude_prune(model, target)
-    model, rows = finetune_masked(exp, model, epochs)
-    s, acc = _point(exp, model)
-    return {"model": model, "epochs": epochs, "sparsity": s, "test_accuracy": acc,
-            "curve": [[s, acc]] + magnitude_curve(exp, model, s)}
+    model, _ = oneshot_finetune(exp, copy.deepcopy(base), epochs, target)
+    return _magnitude_result(exp, model, epochs)
 
 
-def run_gmp(exp: Experiment, base: nn.Module, epochs: int, target: float, fraction: float = 0.75,
-            every: int = 10) -> dict:
-    """Gradual magnitude pruning (Zhu & Gupta 2017) to ``target`` with the cubic schedule.
-
-    As in the paper, every Conv/Linear tensor is pruned to the same sparsity ``s_t`` (layer-wise
-    magnitude, :func:`layer_magnitude_prune`). The mask is recomputed every ``every`` optimizer steps
-    over the first ``fraction`` of all steps, ``s_t = target * (1 - (1 - t / T)^3)``, and re-applied
-    after every step; the remaining epochs train with the final mask. Keeps the best-validation weights among epochs that reached ``target``.
-    """
-    cfg = exp.config
-    model = copy.deepcopy(base)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr_sabr or cfg.lr)
-    gen = torch.Generator().manual_seed(cfg.seed + 3)
-    steps_per_epoch = math.ceil(len(exp.train) / cfg.batch_size)
-    ramp = max(1, int(fraction * epochs * steps_per_epoch))
-    state = {"t": 0, "masks": None}
-
-    def after_step() -> None:
-        t = state["t"] = state["t"] + 1
-        if t <= ramp and (t % every == 0 or t == ramp):
-            s_t = target * (1.0 - (1.0 - t / ramp) ** 3)
-            layer_magnitude_prune(model, s_t)  # already-zero weights are the smallest: masks only grow
-            state["masks"] = zero_masks(model)
-        elif state["masks"] is not None:
-            apply_masks(model, state["masks"])
-
-    best_acc, best_state = -1.0, None
-    for _ in range(epochs):
-        train_epoch(model, opt, exp.train, exp.preprocess, exp.device, cfg.batch_size, gen, after_step=after_step)
-        if state["t"] >= ramp:
-            _, val_acc = evaluate(model, exp.val, exp.preprocess, exp.device)
-            if val_acc > best_acc:
-                best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    s, acc = _point(exp, model)
-    return {"model": model, "epochs": epochs, "sparsity": s, "test_accuracy": acc,
-            "curve": [[s, acc]] + magnitude_curve(exp, model, s, layer_magnitude_prune)}
+def run_gmp(exp: Experiment, base: nn.Module, epochs: int, target: float) -> dict:
+    """Gradual magnitude pruning (:func:`sabr.baselines.train_gmp`, layer-wise, cubic schedule) to ``target``."""
+    model, _ = train_gmp(exp, copy.deepcopy(base), epochs, target)
+    return _magnitude_result(exp, model, epochs, layer_magnitude_prune)
 
 
 def run_sabr_ft(exp: Experiment, base: nn.Module, epochs: int, ft_epochs: int, snapshot: dict) -> dict:
@@ -230,36 +156,16 @@ def run_sabr_ft(exp: Experiment, base: nn.Module, epochs: int, ft_epochs: int, s
     ``snapshot`` is ``run_sabr(..., snapshot_at=epochs - ft_epochs)["snapshot"]``: the same phase 2
     is not trained twice, and its wall time is added to this method's. The fine-tune gets every epoch
     phase 2 left unused (at least ``ft_epochs``; more when every tensor froze early), so the total
-    stays ``epochs``.
+    stays ``epochs``. ``base`` is not used: the snapshot already holds the phase-2 model.
     """
     cfg = exp.config
-    model = copy.deepcopy(base)
-    set_dropout(model, 0.0)  # as train_sabr left it
-    model.load_state_dict(snapshot["model"])
     t = time.perf_counter()
-    pruned, _, _ = prune_and_evaluate(exp, model, cfg.prune_teta1, cfg.gamma)
+    pruned, _, _ = prune_and_evaluate(exp, snapshot["model"], cfg.prune_teta1, cfg.gamma)
     pruned, rows = finetune_masked(exp, pruned, epochs - len(snapshot["rows"]))
     s, acc = _point(exp, pruned)
     curve = sabr_curve(exp, pruned)
     return {"model": pruned, "epochs": len(snapshot["rows"]) + len(rows), "sparsity": s, "test_accuracy": acc,
             "curve": sorted([[s, acc]] + curve), "extra_seconds": snapshot["seconds"] + time.perf_counter() - t}
-
-
-# --------------------------------------------------------------------------- figures from curves
-def accuracy_at(curve: list[list[float]], sparsity: float) -> float | None:
-    """Test accuracy at ``sparsity`` by linear interpolation on a curve; ``None`` outside its range."""
-    pts = sorted(curve)
-    for (s0, a0), (s1, a1) in zip(pts, pts[1:]):
-        if s0 <= sparsity <= s1:
-            return a0 if s1 - s0 < 1e-9 else a0 + (a1 - a0) * (sparsity - s0) / (s1 - s0)
-    close = [a for s, a in pts if abs(s - sparsity) < 5e-4]
-    return close[0] if close else None
-
-
-def sparsity_within(curve: list[list[float]], base_accuracy: float, points: float = 0.01) -> float | None:
-    """Highest sparsity on the curve whose test accuracy is within ``points`` (a fraction) of the base."""
-    ok = [s for s, a in curve if a >= base_accuracy - points]
-    return max(ok) if ok else None
 
 
 def _peak_memory_mib(device: torch.device) -> float:

@@ -20,26 +20,24 @@ from pathlib import Path
 
 import torch
 
+from sabr import SABR, RunConfig
+from sabr.models import set_dropout
+from sabr.pipeline import prepare
+from sabr.train import Split, train_epoch
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-from sabr import SABR, RunConfig  # noqa: E402
-from sabr.models import set_dropout  # noqa: E402
-from sabr.pipeline import prepare  # noqa: E402
-from sabr.train import Split, train_epoch  # noqa: E402
-
-from compare import FASHION, SIGNS  # noqa: E402  (this script's folder is first on sys.path)
-# model -> (data, image size, images per epoch)
+# model -> (dataset: the flag that names its folder, image size, images per epoch)
 SETUPS = {
-    "lenet5": (FASHION, 28, 6400),
-    "small_vgg": (FASHION, 28, 1280),
-    "mobilenet_v2": (SIGNS, 64, 640),
-    "vgg11": (SIGNS, 64, 320),
+    "lenet5": ("fashion", 28, 6400),
+    "small_vgg": ("fashion", 28, 1280),
+    "mobilenet_v2": ("signs", 64, 640),
+    "vgg11": ("signs", 64, 320),
 }
 
 
-def measure(model_name: str, repeats: int, teta1: float = 0.01) -> dict:
-    data, size, n = SETUPS[model_name]
+def measure(model_name: str, data: str, repeats: int, teta1: float = 0.01) -> dict:
+    """Interleaved plain and SABR epochs of ``model_name`` on the images in folder ``data``."""
+    _, size, n = SETUPS[model_name]
     exp = prepare(RunConfig(data=data, model=model_name, image_size=size, device="cpu"), progress=False)
     split = Split(exp.train.images[:n], exp.train.labels[:n])
     torch.manual_seed(0)
@@ -68,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     p.add_argument("--repeats", type=int, default=5, help="plain/SABR epoch pairs per model")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--fashion", default="/usr/share/datasets/fashion-mnist", help="Fashion-MNIST folder")
+    p.add_argument("--signs", default=str(ROOT.parent / "shared" / "data" / "sign-language-digits" / "Dataset"),
+                   help="Sign Language Digits folder (one sub-folder per class)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "epoch_cost.json"))
     args = p.parse_args(argv)
     if args.threads:
@@ -75,11 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     print(f"{'model':<13} {'images':>6} {'plain s':>8} {'SABR s':>8} {'ratio':>6}")
     for name in args.models:
-        data = SETUPS[name][0]
+        data = getattr(args, SETUPS[name][0])
         if not Path(data).is_dir():
             print(f"{name}: skipped, {data} is absent")
             continue
-        r = measure(name, args.repeats)
+        r = measure(name, data, args.repeats)
         rows.append(r)
         print(f"{name:<13} {r['images_per_epoch']:>6} {r['plain_median']:>8.2f} {r['sabr_median']:>8.2f} "
               f"{r['ratio']:>5.2f}x", flush=True)

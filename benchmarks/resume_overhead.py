@@ -1,6 +1,10 @@
 """Cost of the per-epoch resume state: training-epoch time vs ``save_state`` time (medians, same process).
 
-    PYTHONPATH=src python benchmarks/resume_overhead.py --model compact_cnn --epochs 3 --json resume_overhead.json
+Phase 1 (:func:`sabr.pipeline.train_base`) runs for ``--epochs`` epochs; after each, the phase's full
+state (the one ``sabr run`` writes to ``resume.safetensors``) is saved with :func:`sabr.resume.save_state`
+to a temporary file and timed.
+
+    python benchmarks/resume_overhead.py --model compact_cnn --epochs 3 --json resume_overhead.json
 """
 
 from __future__ import annotations
@@ -14,10 +18,9 @@ from pathlib import Path
 
 import torch
 
-from sabr.config import RunConfig
-from sabr.pipeline import _plateau, _state_common, prepare
+from sabr import RunConfig
+from sabr.pipeline import prepare, train_base
 from sabr.resume import save_state
-from sabr.train import train_epoch
 
 
 def main() -> None:
@@ -28,23 +31,22 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    cfg = RunConfig(model=args.model, data=args.data, image_size=args.image_size, device="cpu")
+    cfg = RunConfig(model=args.model, data=args.data, image_size=args.image_size, epochs_base=args.epochs,
+                    device="cpu")
     exp = prepare(cfg, progress=False)
-    model = exp.new_model()
-    opt = torch.optim.Adam(model.parameters())
-    sched, gen = _plateau(opt, 0.1), torch.Generator().manual_seed(0)
-    epochs, saves = [], []
+    torch.manual_seed(cfg.seed)
+    saves = []
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "resume.safetensors"
-        for i in range(args.epochs):
+
+        def on_epoch(state: dict) -> None:
             t = time.perf_counter()
-            train_epoch(model, opt, exp.train, exp.preprocess, exp.device, cfg.batch_size, gen)
-            epochs.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            save_state(path, {**_state_common(i, model, opt, sched, gen, []), "best_model": model.state_dict()})
+            save_state(path, {**state, "phase": "base", "done": {}})
             saves.append(time.perf_counter() - t)
+
+        _, rows = train_base(exp, exp.new_model(), progress=False, on_epoch=on_epoch)
         size = path.stat().st_size
-    row = {"model": args.model, "data": args.data, "epoch_s": statistics.median(epochs),
+    row = {"model": args.model, "data": args.data, "epoch_s": statistics.median(r["seconds"] for r in rows),
            "save_s": statistics.median(saves), "state_mb": size / 1e6}
     row["overhead"] = row["save_s"] / row["epoch_s"]
     print(f"{'model':<14}{'epoch s':>9}{'save s':>9}{'state MB':>10}{'overhead':>10}")

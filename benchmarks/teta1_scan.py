@@ -22,21 +22,16 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-from sabr import RunConfig  # noqa: E402
-from sabr.pipeline import prepare, sweep, train_base, train_sabr  # noqa: E402
-from sabr.train import evaluate  # noqa: E402
-
-from compare import FASHION  # noqa: E402  (this script's folder is first on sys.path)
+from sabr import RunConfig
+from sabr.pipeline import prepare, sweep, train_base, train_sabr
+from sabr.train import evaluate
 
 FACTORS = [0.1, 0.2, 0.5, 1.0, 2.0]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=FASHION)
+    p.add_argument("--data", default="/usr/share/datasets/fashion-mnist", help="dataset folder (default: Fashion-MNIST)")
     p.add_argument("--model", required=True)
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--max-per-class", type=int, default=None)

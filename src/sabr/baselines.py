@@ -1,0 +1,236 @@
+"""The pruning methods a user would pick instead of SABR, for honest comparisons on the same data.
+
+* :func:`global_magnitude_prune` / :func:`layer_magnitude_prune`: one-shot magnitude (L1) pruning to a
+  target sparsity, over all regularised tensors at once or every tensor at the same sparsity.
+* :func:`oneshot_finetune`: one-shot global magnitude pruning, then a masked fine-tune.
+* :func:`gmp_sparsity` and :func:`train_gmp`: gradual magnitude pruning (Zhu & Gupta 2017) on the cubic
+  schedule ``s_t = s_f (1 - (1 - t / T)^3)``.
+* :func:`fixed_l1_config` and :func:`train_fixed_l1`: L1 with SABR's initial lambdas, never adapted and
+  nothing frozen: the ablation that shows what SABR's adaptation and freezing buy.
+* :func:`magnitude_curve`, :func:`accuracy_at`, :func:`sparsity_within`: accuracy-vs-sparsity curves
+  and the figures read from them.
+
+Sparsities and accuracies are fractions in [0, 1]. Every method works on the model it is given (in
+place); copy a shared starting checkpoint first. ``benchmarks/compare.py`` runs them all against SABR.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+from torch.nn.utils import prune as tprune
+
+from .config import RunConfig
+from .metrics import sparsity_report
+from .pipeline import Experiment, finetune_masked, train_sabr
+from .pruning import apply_masks, zero_masks
+from .regularizer import SABR, resolve_params
+from .train import evaluate, train_epoch
+
+__all__ = ["global_magnitude_prune", "layer_magnitude_prune", "oneshot_finetune", "gmp_sparsity", "GMPSchedule",
+           "train_gmp", "fixed_l1_config", "train_fixed_l1", "magnitude_curve", "accuracy_at", "sparsity_within"]
+
+PruneFn = Callable[[nn.Module, float], None]
+
+
+# --------------------------------------------------------------------------- one-shot magnitude pruning
+def _targets(model: nn.Module, params: Iterable[str] | None) -> list[tuple[nn.Module, str]]:
+    """``(module, attribute)`` of every regularised tensor, as torch's prune API takes them."""
+    modules = dict(model.named_modules())
+    pairs = []
+    for name in resolve_params(model, params):
+        owner, _, attr = name.rpartition(".")
+        pairs.append((modules[owner], attr))
+    return pairs
+
+
+def global_magnitude_prune(model: nn.Module, sparsity: float, params: Iterable[str] | None = None) -> None:
+    """Zero the ``sparsity`` fraction of smallest-magnitude weights over all tensors together, in place.
+
+    Args:
+        model: the network; its weights become exact zeros (``torch.nn.utils.prune.global_unstructured``
+            with L1 importance, then ``prune.remove``, so no ``weight_orig``/``weight_mask`` is left).
+        sparsity: the fraction of all selected weights to zero, in [0, 1]; weights already zero count
+            towards it (they are the smallest). ``round(sparsity * total) == 0`` leaves the model as is.
+        params: the tensors to prune (names as in ``named_parameters()``); default every Conv/Linear weight.
+    """
+    pairs = _targets(model, params)
+    total = sum(getattr(m, n).numel() for m, n in pairs)
+    amount = int(round(sparsity * total))
+    if amount <= 0:
+        return
+    tprune.global_unstructured(pairs, pruning_method=tprune.L1Unstructured, amount=amount)
+    for m, n in pairs:
+        tprune.remove(m, n)
+
+
+def layer_magnitude_prune(model: nn.Module, sparsity: float, params: Iterable[str] | None = None) -> None:
+    """Zero the ``sparsity`` fraction of smallest-magnitude weights of EACH tensor, in place.
+
+    The layer-wise (uniform) variant of Zhu & Gupta's recipe (``prune.l1_unstructured`` then
+    ``prune.remove`` per tensor). Unlike the global variant it never empties a whole tensor, which in
+    networks with BatchNorm (whose conv weights are scale-free, so magnitudes differ by layer) kills
+    the model. Arguments as in :func:`global_magnitude_prune`; the rounding is per tensor.
+    """
+    for m, n in _targets(model, params):
+        amount = int(round(sparsity * getattr(m, n).numel()))
+        if amount > 0:
+            tprune.l1_unstructured(m, n, amount=amount)
+            tprune.remove(m, n)
+
+
+def oneshot_finetune(exp: Experiment, model: nn.Module, epochs: int,
+                     sparsity: float) -> tuple[nn.Module, list[dict]]:
+    """One-shot global magnitude pruning of ``model`` to ``sparsity``, then ``epochs`` of masked fine-tuning.
+
+    The fine-tune is :func:`sabr.pipeline.finetune_masked` (zeros stay zero, best validation weights
+    kept, the pruned start included). Returns the model (pruned in place) and one row per epoch.
+    """
+    global_magnitude_prune(model, sparsity)
+    return finetune_masked(exp, model, epochs)
+
+
+# --------------------------------------------------------------------------- gradual magnitude pruning
+def gmp_sparsity(step: int, ramp: int, target: float) -> float:
+    """Zhu & Gupta's cubic schedule: the sparsity after ``step`` of ``ramp`` pruning steps.
+
+    ``target * (1 - (1 - step / ramp)^3)``: 0 at step 0, ``target`` from step ``ramp`` on, fast at
+    first and slow near the end.
+    """
+    t = min(step, ramp)
+    return target * (1.0 - (1.0 - t / ramp) ** 3)
+
+
+class GMPSchedule:
+    """The gradual-pruning hook: call it after every optimizer step (``train_epoch(after_step=...)``).
+
+    Over the first ``ramp`` steps, every ``every`` steps (and at step ``ramp``) every tensor is pruned
+    layer-wise to :func:`gmp_sparsity`; after other steps the last masks are re-applied, so weights
+    pruned once stay zero (already-zero weights are the smallest, so masks only grow).
+
+    Attributes:
+        step: optimizer steps seen so far.
+        masks: the current zero masks (``None`` before the first pruning step).
+    """
+
+    def __init__(self, model: nn.Module, target: float, ramp: int, every: int = 10) -> None:
+        self.model, self.target, self.ramp, self.every = model, target, max(1, ramp), every
+        self.step = 0
+        self.masks: dict[str, torch.Tensor] | None = None
+
+    @property
+    def done(self) -> bool:
+        """True once the schedule has reached ``target``: the mask is fixed from here on."""
+        return self.step >= self.ramp
+
+    def __call__(self) -> None:
+        t = self.step = self.step + 1
+        if t <= self.ramp and (t % self.every == 0 or t == self.ramp):
+            layer_magnitude_prune(self.model, gmp_sparsity(t, self.ramp, self.target))
+            self.masks = zero_masks(self.model)
+        elif self.masks is not None:
+            apply_masks(self.model, self.masks)
+
+
+def train_gmp(exp: Experiment, model: nn.Module, epochs: int, target: float, fraction: float = 0.75,
+              every: int = 10, seed_offset: int = 3) -> tuple[nn.Module, list[dict]]:
+    """Gradual magnitude pruning (Zhu & Gupta 2017) of ``model`` to ``target`` while training it, in place.
+
+    Args:
+        exp: the experiment (training/validation splits, preprocessing, device, ``config``: batch size,
+            phase-2 learning rate ``lr_sabr or lr``, seed). One process: no distributed sharding.
+        model: the starting (dense, trained) model.
+        epochs: training epochs in all.
+        target: final sparsity of every Conv/Linear weight tensor, in [0, 1].
+        fraction: share of all optimizer steps over which the sparsity ramps up (:class:`GMPSchedule`).
+        every: optimizer steps between two mask updates during the ramp.
+        seed_offset: the batch order's generator is seeded with ``config.seed + seed_offset``.
+
+    Adam, no penalty. Returns the model with the best-validation weights among the epochs that ended
+    with the schedule done (the last weights if none did) and one row per epoch.
+    """
+    cfg = exp.config
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr_sabr or cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed + seed_offset)
+    steps_per_epoch = math.ceil(len(exp.train) / cfg.batch_size)
+    schedule = GMPSchedule(model, target, int(fraction * epochs * steps_per_epoch), every)
+    # The epoch loop (to be replaced by sabr.train's fit() with after_step=schedule and the keep-best rule).
+    best_acc, best_state, rows = -1.0, None, []
+    for epoch in range(1, epochs + 1):
+        stats = train_epoch(model, opt, exp.train, exp.preprocess, exp.device, cfg.batch_size, gen,
+                            after_step=schedule)
+        val_loss, val_acc = evaluate(model, exp.val, exp.preprocess, exp.device)
+        rows.append({"epoch": epoch, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
+                     "val_loss": val_loss, "val_accuracy": val_acc, "seconds": stats.seconds,
+                     "target_sparsity": gmp_sparsity(schedule.step, schedule.ramp, target)})
+        if schedule.done and val_acc > best_acc:
+            best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return model, rows
+
+
+# --------------------------------------------------------------------------- fixed-lambda L1
+NEVER_FREEZE = 10**9  # a k_epoch no run reaches
+
+
+def fixed_l1_config(config: RunConfig) -> RunConfig:
+    """``config`` with SABR's adaptation off: lambdas never grow or shrink, no tensor ever freezes.
+
+    Phase 2 with it is plain L1 regularisation with SABR's initial per-tensor lambdas
+    (``teta1 * std(w)``); every other setting (and so the pruning rule) is unchanged.
+    """
+    return dataclasses.replace(config, growth_rate=1.0, decrease_rate=1.0, k_epoch=NEVER_FREEZE)
+
+
+def train_fixed_l1(exp: Experiment, model: nn.Module, epochs: int,
+                   on_epoch: Callable[[dict], None] | None = None) -> tuple[nn.Module, SABR, list[dict]]:
+    """Phase 2 (:func:`sabr.pipeline.train_sabr`) for ``epochs`` epochs under :func:`fixed_l1_config`.
+
+    Returns ``(model, regulariser, rows)`` as ``train_sabr`` does; ``on_epoch`` is passed on to it.
+    """
+    cfg = dataclasses.replace(fixed_l1_config(exp.config), epochs_sabr=epochs)
+    return train_sabr(dataclasses.replace(exp, config=cfg), model, progress=False, on_epoch=on_epoch)
+
+
+# --------------------------------------------------------------------------- curves
+def magnitude_curve(exp: Experiment, model: nn.Module, targets: Iterable[float], start: float = 0.0,
+                    prune_fn: PruneFn = global_magnitude_prune) -> list[list[float]]:
+    """``[sparsity, test accuracy]`` after pruning copies of ``model`` with ``prune_fn`` to each target.
+
+    Only targets above ``start`` (by more than 0.001) are used: a model already at ``start`` sparsity
+    has nothing to show below it. ``model`` itself is left as it is.
+    """
+    points = []
+    for target in [t for t in targets if t > start + 1e-3]:
+        m = copy.deepcopy(model)
+        prune_fn(m, target)
+        points.append([sparsity_report(m).sparsity, evaluate(m, exp.test, exp.preprocess, exp.device)[1]])
+    return points
+
+
+def accuracy_at(curve: list[list[float]], sparsity: float) -> float | None:
+    """Accuracy at ``sparsity`` by linear interpolation on a ``[[sparsity, accuracy], ...]`` curve.
+
+    Returns ``None`` outside the curve's range (within 0.0005 of a lone point counts as on it).
+    """
+    pts = sorted(curve)
+    for (s0, a0), (s1, a1) in zip(pts, pts[1:]):
+        if s0 <= sparsity <= s1:
+            return a0 if s1 - s0 < 1e-9 else a0 + (a1 - a0) * (sparsity - s0) / (s1 - s0)
+    close = [a for s, a in pts if abs(s - sparsity) < 5e-4]
+    return close[0] if close else None
+
+
+def sparsity_within(curve: list[list[float]], base_accuracy: float, points: float = 0.01) -> float | None:
+    """Highest sparsity on the curve whose accuracy is within ``points`` (a fraction) of ``base_accuracy``.
+
+    ``None`` when no point of the curve is that close.
+    """
+    ok = [s for s, a in curve if a >= base_accuracy - points]
+    return max(ok) if ok else None
