@@ -146,6 +146,7 @@ class _Builder:
         self.where: dict[str, tuple[int, int]] = {}
 
     def build(self) -> ChannelGraph:
+        """The graph of every node, in execution order."""
         for n in self.gm.graph.nodes:
             self._node(n)
         return self.g
