@@ -13,7 +13,8 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 import sabr.checkpoint as checkpoint
-from sabr.checkpoint import load_checkpoint, load_run, save_checkpoint
+from sabr import load_run
+from sabr.checkpoint import load_checkpoint, save_checkpoint
 from sabr.cli import main
 from sabr.data import Preprocess, load_dataset
 from sabr.errors import CheckpointError, DataError, StorageError

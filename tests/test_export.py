@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from sabr import Preprocess, create_model, load_dataset, load_model, prune
+from sabr import Preprocess, create_model, load_dataset, load_model, load_run, prune
 from sabr.errors import CheckpointError, SabrError
 from sabr.export import export_onnx, save_shrunk, save_sparse, shrink
 from sabr.regularizer import resolve_params
@@ -167,6 +167,15 @@ def test_load_model_errors(tmp_path):
     meta_path.write_text(meta_path.read_text().replace('"sparse"', '"zipped"'))
     with pytest.raises(SabrError, match="zipped"):
         load_model(path)
+    (tmp_path / "model.bin").write_text("x")
+    with pytest.raises(CheckpointError, match="unknown model format"):
+        load_model(tmp_path / "model.bin")
+    with pytest.raises(CheckpointError, match="phase must be one of"):
+        load_model(tmp_path, phase="best")
+    with pytest.raises(CheckpointError, match="has no pruned checkpoint"):
+        load_model(tmp_path)
+    with pytest.raises(CheckpointError, match="run folder"):
+        load_run(path)  # a file, not a run folder
 
 
 @pytest.mark.slow
@@ -187,3 +196,28 @@ def test_export_cli_round_trips_a_real_run(tmp_path, capsys):
             assert (loaded(x) - reference(x)).abs().max() <= (1e-4 if fmt == "onnx" else 1e-5)
     assert "output channels" in capsys.readouterr().out
     assert main(["export", "--run", str(tmp_path / "nope"), "--format", "sparse", "--quiet"]) == 2
+
+
+def test_channel_graph_joins_residual_spaces_and_ties_depthwise():
+    from sabr.export.graph import trace_channels
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1)
+            self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+            self.fc = nn.Linear(4 * 4, 2)
+
+        def forward(self, x):
+            y = self.a(x)
+            y = y + self.b(y)
+            return self.fc(torch.flatten(self.dw(y), 1))
+
+    g, _ = trace_channels(Net().eval(), torch.zeros(1, 3, 2, 2))
+    spaces = {tuple(sp.producers): sp for sp in g.spaces.values()}
+    joined = spaces[("a", "b")]  # the residual addition made one space of both outputs
+    assert [c[0] for c in joined.consumers] == ["b", "dw"] and not joined.locked
+    ((src, out),) = g.ties
+    assert g.space(src) is joined and g.space(out).producers == ["dw"]
+    assert g.space(out).consumers == [("fc", "flatten", 4)]  # fc reads 4 features per channel
+    assert spaces[("fc",)].locked  # the logits are never shrunk

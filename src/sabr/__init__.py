@@ -9,12 +9,12 @@ Drop the regulariser into any training loop::
     prune(model)                                        # exact zeros at the end
 """
 
-from .checkpoint import load_checkpoint, load_run, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
 from .data import Preprocess, load_dataset, split_dataset
 from .errors import CheckpointError, ConfigError, DataError, SabrError, StorageError, TrainingError
 from .bench import bench_model, bench_run, sparsify
-from .export import OnnxModel, export_onnx, export_run, load_model, save_shrunk, save_sparse, shrink
+from .export import OnnxModel, export_onnx, export_run, load_model, load_run, save_shrunk, save_sparse, shrink
 from .metrics import count_macs, sparsity_report
 from .models import create_model, list_models, register_model
 from .pruning import apply_masks, prune, prune_threshold, zero_masks

@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import load_run
-from .export import example_input, save_sparse, save_shrunk, shrink
+from .export import example_input, load_run, save_sparse, save_shrunk, shrink
 from .metrics import count_macs
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,8 @@
 
 A checkpoint ``<dir>/<phase>.safetensors`` has its metadata in ``<dir>/<phase>.json``: the model's
 name and constructor arguments, the class names, the preprocessing, and the phase's figures. That is
-enough to rebuild the model without the code that trained it: :func:`load_checkpoint`, :func:`load_run`.
+enough to rebuild the model without the code that trained it: :func:`load_checkpoint` reads one file;
+:func:`sabr.export.load_model` (the one loader) builds on it for run folders and exports.
 """
 
 from __future__ import annotations
@@ -179,27 +180,3 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     if "preprocess" in meta:
         meta["transform"] = Preprocess.from_dict(meta["preprocess"])
     return model, meta
-
-
-def load_run(run_dir: str | Path, phase: str = "pruned", device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Load one phase of a finished ``sabr run``.
-
-    Args:
-        run_dir: the run folder.
-        phase: ``"base"``, ``"sabr"`` or ``"pruned"``.
-        device: where to put the model.
-
-    Returns:
-        ``(model, metadata)``: the model in eval mode with that phase's weights; the metadata holds
-        ``classes`` (names in label order), ``model`` (name, input size, channels), ``preprocess`` and
-        ``transform`` (the :class:`~sabr.data.Preprocess` used in training: call it on a PIL image).
-    """
-    if phase not in PHASES:
-        raise CheckpointError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}.")
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run folder {run_dir} does not exist; pass the folder `sabr run` wrote (--out).")
-    path = run_dir / f"{phase}.safetensors"
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir} has no {phase} checkpoint ({path.name}); did that phase finish?")
-    return load_checkpoint(path, device)

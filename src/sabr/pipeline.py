@@ -22,12 +22,13 @@ import torch
 from torch import nn
 
 from . import report
-from .checkpoint import load_run, load_weights_into, read_metadata, save_checkpoint, write_json
+from .checkpoint import load_weights_into, read_metadata, save_checkpoint, write_json
 from .config import RunConfig
 from .data import (IMAGENET_MEAN, IMAGENET_STD, Preprocess, channel_stats, default_channels,
                    default_image_size, load_dataset, split_dataset)
 from .distributed import DistContext, init_from_env, shutdown
 from .errors import CheckpointError, SabrError
+from .export import load_run
 from .metrics import count_macs, sparsity_report
 from .models import create_model, set_dropout
 from .pruning import apply_masks, prune, zero_masks

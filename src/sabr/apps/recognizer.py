@@ -1,7 +1,7 @@
 """The recogniser: a trained model plus the exact preprocessing it was trained with.
 
-:func:`load_any` is the one place that turns a path into ``(model, metadata)``: a ``sabr run`` folder,
-a checkpoint ``.safetensors`` (with its ``.json``), or a ``sabr export`` file (sparse, shrunk, onnx).
+:func:`load_any` (= :func:`sabr.export.load_model`) turns a path into ``(model, metadata)``: a ``sabr run``
+folder, a checkpoint ``.safetensors`` (with its ``.json``), or a ``sabr export`` file (sparse, shrunk, onnx).
 :class:`Recognizer` classifies an RGB crop by calling the training :class:`~sabr.data.Preprocess`
 (``metadata["transform"]``) -- never a copy of it.
 """
@@ -19,24 +19,14 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, SabrError
+from ..export import load_model
 from ..metrics import count_macs, sparsity_report
 
 log = logging.getLogger(__name__)
 
-def load_any(path: str | Path, phase: str = "pruned", device: str | torch.device = "cpu") -> tuple[Callable, dict]:
-    """Load a model for the apps: a run folder (``phase`` of it), a checkpoint, or any ``sabr export``
-    format (sparse, shrunk, onnx). Returns ``(model, metadata)`` with ``metadata["classes"]`` and
-    ``metadata["transform"]`` (the training preprocessing). See :func:`sabr.export.load_model`."""
-    from ..export import load_model
 
-    path = Path(path).expanduser()
-    if not path.exists() and not path.with_suffix(".safetensors").exists():
-        raise CheckpointError(f"model {path} does not exist; pass a `sabr run` folder, a .safetensors checkpoint "
-                              "or a `sabr export` file.")
-    if not path.is_dir() and path.suffix.lower() not in (".safetensors", ".json", ".onnx"):
-        raise CheckpointError(f"cannot load {path}: unknown model format {path.suffix or '(none)'!r}; pass a "
-                              "`sabr run` folder or a .safetensors / .onnx file written by sabr.")
-    return load_model(path, phase, device)
+#: The apps' name for :func:`sabr.export.load_model`, the one loader (same arguments, same result).
+load_any = load_model
 
 
 @dataclass

@@ -1,0 +1,66 @@
+"""``sabr export``: one phase of a run folder written in one of the formats and checked by loading it back."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from ..errors import SabrError
+from .load import load_model, load_run
+from .onnx import export_onnx
+from .shrink import save_shrunk, shrink
+from .sparse import save_sparse
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("sparse", "shrunk", "onnx")
+
+
+def example_input(meta: dict, batch: int = 2) -> torch.Tensor:
+    """Zeros shaped like the model's input ``(batch, channels, size, size)``, from a checkpoint's metadata."""
+    p = meta["preprocess"]
+    return torch.zeros(batch, int(p["channels"]), int(p["image_size"]), int(p["image_size"]))
+
+
+def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, phase: str = "pruned",
+               check_input: torch.Tensor | None = None) -> dict:
+    """Export one phase of a run (default: ``pruned``) as ``sparse``, ``shrunk`` or ``onnx``.
+
+    Args:
+        run_dir: a folder written by ``sabr run``.
+        fmt: one of :data:`FORMATS`.
+        out: the output file (default: ``<run_dir>/export/<phase>-<fmt>.safetensors`` or ``.onnx``).
+        phase: which checkpoint to export.
+        check_input: a batch of real inputs to compare outputs on (default: zeros).
+
+    Returns:
+        a dict with ``path``, ``format``, ``bytes``, ``max_abs_diff`` (export vs. the dense model on
+        ``check_input``) and, for ``shrunk``, ``layers`` (output channels before/after per layer).
+    """
+    if fmt not in FORMATS:
+        raise SabrError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}.")
+    model, meta = load_run(run_dir, phase)
+    x = check_input if check_input is not None else example_input(meta)
+    suffix = ".onnx" if fmt == "onnx" else ".safetensors"
+    out = Path(out) if out else Path(run_dir) / "export" / f"{phase}-{fmt}{suffix}"
+    result: dict = {"format": fmt}
+    with torch.no_grad():
+        reference = model(x)
+    if fmt == "sparse":
+        path = save_sparse(model, out, meta)
+    elif fmt == "shrunk":
+        small, rep = shrink(model, example_input(meta))
+        path = save_shrunk(small, out, meta, rep)
+        result["layers"] = rep.to_dict()["layers"]
+        result["params_before"], result["params_after"] = rep.params_before, rep.params_after
+    else:
+        path, _ = export_onnx(model, out, meta, example_input(meta, 1), check_input=x)
+    loaded, _ = load_model(path)
+    with torch.no_grad():
+        result["max_abs_diff"] = float((loaded(x) - reference).abs().max())
+    result["path"] = str(path)
+    result["bytes"] = path.stat().st_size
+    log.debug("exported %s to %s (%d bytes, max abs diff %.2e)", fmt, path, result["bytes"], result["max_abs_diff"])
+    return result
