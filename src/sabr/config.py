@@ -93,7 +93,7 @@ class RunConfig:
             raise ConfigError(f"image_size must be >= 4 pixels, got {self.image_size}.")
 
     def to_dict(self) -> dict:
-        """Every field, as plain values (what ``config.yaml`` holds)."""
+        """Every field, as plain values (what a run folder saves as its config)."""
         return dataclasses.asdict(self)
 
     def sabr_settings(self) -> SabrSettings:
