@@ -50,6 +50,7 @@ class Experiment:
                 "dataset": self.dataset_name, "preprocess": self.preprocess.to_dict(), **figures}
 
     def example_input(self) -> torch.Tensor:
+        """A zero batch of one image of the model's input shape, on the experiment's device."""
         p = self.preprocess
         return torch.zeros(1, p.channels, p.image_size, p.image_size, device=self.device)
 

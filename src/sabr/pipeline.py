@@ -70,13 +70,14 @@ def run(config: RunConfig, progress: bool = True, overwrite: bool = False, resum
 
 
 def _run(config: RunConfig, progress: bool, overwrite: bool, resume: bool, dist: DistContext) -> dict:
+    """:func:`run` in this process: folder -> data -> phase 1 -> phase 2 -> pruning (+ fine-tune) -> report."""
     started = time.perf_counter()
     if config.out:  # refuse a busy folder before spending time on the data
         RunDir(config.out).check(overwrite, resume)
     torch.manual_seed(config.seed)
     exp = prepare(config, progress, dist)
     folder, state, resolved = _open_run(exp, overwrite, resume)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # the model's initialisation does not depend on the data
     base = _base_phase(exp, folder, exp.new_model(), state, progress)
     sabr, reg = _sabr_phase(exp, folder, base, state, progress)
     pruned, layer_stats, curve, pruned_figures = _prune_phase(exp, folder, sabr.model, progress)
