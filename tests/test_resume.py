@@ -17,9 +17,21 @@ import torch
 
 from sabr.cli import main
 from sabr.errors import CheckpointError
-from sabr.resume import STATE_FILE, load_state, optimizer_state, rng_state, save_state, set_rng_state
+from sabr.resume import load_state, optimizer_state, rng_state, save_state, set_rng_state
+from sabr.rundir import RunDir
+
+STATE_FILE = RunDir.RESUME
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+# `sabr run` in a subprocess, slowed down after every saved epoch so that the test can kill it mid-phase
+SLOW_RUN = """
+import sys, time
+from sabr.rundir import RunDir
+save = RunDir.save_resume
+RunDir.save_resume = lambda self, state: (save(self, state), time.sleep(0.4))
+from sabr.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 FLAGS = ["--model", "lenet5", "--image-size", "16", "--max-per-class", "20", "--epochs-base", "2",
          "--epochs-sabr", "4", "--batch-size", "32", "--sweep", "0.2", "--device", "cpu"]
 
@@ -60,9 +72,9 @@ def test_sigkill_in_phase_2_then_resume_matches_uninterrupted_run(tmp_path):
     # bit-exact equality needs the same number of CPU threads in the killed process and in this one
     # (other tests may have changed this process's count)
     threads = torch.get_num_threads()
-    env = {**os.environ, "PYTHONPATH": str(SRC), "SABR_TEST_EPOCH_PAUSE": "0.4", "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": str(threads)}
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "sabr", "run", "--quiet", "--out", str(killed), *FLAGS],
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_RUN, "run", "--quiet", "--out", str(killed), *FLAGS],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     state_file, seen = killed / STATE_FILE, None
     deadline = time.monotonic() + 120

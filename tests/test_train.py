@@ -1,13 +1,86 @@
+"""sabr.train: device resolution, the per-phase seeds and fit()'s keep-best rules and hooks."""
+
 import pytest
 import torch
 
 from sabr import SabrError
-from sabr.train import resolve_device
+from sabr.train import SEED_OFFSETS, EpochStats, FitHooks, FitState, fit, phase_generator, resolve_device
 
 
 def test_resolve_device():
     assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type in ("cpu", "cuda")
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
         with pytest.raises(SabrError, match="no CUDA GPU is visible"):
             resolve_device("cuda")
+
+
+def test_each_phase_draws_its_batches_from_seed_plus_its_offset():
+    assert SEED_OFFSETS == {"base": 0, "sabr": 1, "finetune": 2, "gmp": 3}
+    assert torch.equal(torch.randperm(9, generator=phase_generator(5, "finetune")),
+                       torch.randperm(9, generator=torch.Generator().manual_seed(7)))
+
+
+class Toy:
+    """A one-weight model whose 'training' sets the weight to the epoch number; validation accuracy is
+    looked up from ``accuracies`` by the current weight (index 0: the starting weights)."""
+
+    def __init__(self, accuracies):
+        self.model = torch.nn.Linear(1, 1, bias=False)
+        torch.nn.init.zeros_(self.model.weight)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1)
+        self.accuracies = accuracies
+        self.validated = []
+
+    def train(self, epoch):
+        with torch.no_grad():
+            self.model.weight.fill_(epoch)
+        return EpochStats(loss=1.0 / epoch, accuracy=0.5, seconds=0.0)
+
+    def validate(self):
+        self.validated.append(self.weight)
+        return 1.0 - self.accuracies[self.weight], self.accuracies[self.weight]
+
+    @property
+    def weight(self):
+        return int(self.model.weight.item())
+
+    def fit(self, epochs, **kw):
+        return fit(self.model, self.opt, self.train, self.validate, epochs, **kw)
+
+
+def test_keep_last_best_and_best_including_the_start():
+    acc = [0.9, 0.5, 0.7, 0.7, 0.6]  # epoch 2 is best; epoch 3 only ties it
+    toy = Toy(acc)
+    state = toy.fit(4, keep="last")
+    assert toy.weight == 4 and state.epoch == 4 and [r["epoch"] for r in state.rows] == [1, 2, 3, 4]
+    assert state.rows[1] == {"epoch": 2, "train_loss": 0.5, "train_accuracy": 0.5, "val_loss": pytest.approx(0.3),
+                             "val_accuracy": 0.7, "lr": 0.1, "seconds": 0.0}
+    toy = Toy(acc)
+    assert toy.fit(4, keep="best").best_accuracy == 0.7 and toy.weight == 2  # strictly greater wins
+    toy = Toy(acc)
+    state = toy.fit(4, keep="best_or_start")
+    assert toy.weight == 0 and toy.validated[0] == 0 and len(state.rows) == 4  # the start beats every epoch
+
+
+def test_best_among_validated_epochs_only():
+    toy = Toy([0.0, 0.99, 0.2, 0.5, 0.3])
+    state = toy.fit(4, keep="best", hooks=FitHooks(validate_now=lambda epoch: epoch >= 3))
+    assert toy.validated == [3, 4] and toy.weight == 3  # epoch 1 was better but not validated
+    assert "val_accuracy" not in state.rows[0] and state.rows[2]["val_accuracy"] == 0.5
+
+
+def test_hooks_scheduler_stop_and_resume():
+    toy = Toy([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(toy.opt, factor=0.5, patience=0)
+    saved, logged = [], []
+    hooks = FitHooks(row_fields=lambda row: {"double": 2 * row["val_accuracy"]}, on_row=logged.append,
+                     on_epoch=lambda s: saved.append((s.epoch, len(s.rows))), stop=lambda: toy.weight >= 3)
+    state = toy.fit(5, keep="last", scheduler=sched, hooks=hooks)
+    assert state.epoch == 3 and saved == [(1, 1), (2, 2), (3, 3)] and logged == state.rows
+    assert [r["double"] for r in state.rows] == [0.2, 0.4, 0.6]
+    assert [r["lr"] for r in state.rows] == [0.1, 0.1, 0.1]  # the validation loss keeps falling
+    resumed = Toy([0.0, 0.1, 0.9, 0.3, 0.4, 0.5])
+    state = resumed.fit(5, keep="best", state=FitState(epoch=3, rows=[{}] * 3, best_accuracy=0.95,
+                                                       best_model={"weight": torch.full((1, 1), 7.0)}))
+    assert resumed.validated == [4, 5] and len(state.rows) == 5 and resumed.weight == 7  # the saved best stays

@@ -58,12 +58,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from .pipeline import resume, run
     from .report import format_table
+    from .rundir import RunDir
 
     if args.resume:
         given = sorted(k for k in vars(args) if k in {f.name for f in fields(RunConfig)} and k != "device")
         if given or args.config or args.overwrite:
             flags = ", ".join("--" + k.replace("_", "-") for k in given) or ("--config" if args.config else "--overwrite")
-            raise ConfigError(f"--resume continues {args.resume} with the settings saved in its config.yaml; "
+            raise ConfigError(f"--resume continues {args.resume} with the settings saved in its {RunDir.CONFIG}; "
                               f"leave out {flags} (only --device may change).")
         summary = resume(args.resume, progress=not args.quiet, device=getattr(args, "device", None))
     else:

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .regularizer import DEFAULTS as SABR_DEFAULTS
+from .regularizer import SabrSettings
 
 
 def _f(default: Any, help: str, **kw) -> Any:
@@ -40,12 +42,15 @@ class RunConfig:
     lr: float = _f(1e-3, "Adam learning rate of phase 1")
     lr_sabr: float | None = _f(None, "Adam learning rate of phase 2 (default: --lr)")
     # SABR (phase 2)
-    teta1: float = _f(5e-4, "lambda initialisation factor: lambda = teta1 * std(w)")
-    growth_rate: float = _f(1.15, "lambda growth factor after an epoch without a significant drop")
-    decrease_rate: float = _f(1.2, "lambda divisor after an epoch whose accuracy drop exceeds the threshold")
-    accuracy_threshold: float = _f(0.007, "tolerated drop from the best validation accuracy (fraction)")
-    k_epoch: int = _f(2, "epochs without growth before one tensor freezes")
-    zero_eps: float = _f(1e-5, "|w| below this counts as near zero during phase 2")
+    teta1: float = _f(SABR_DEFAULTS.teta1, "lambda initialisation factor: lambda = teta1 * std(w)")
+    growth_rate: float = _f(SABR_DEFAULTS.growth_rate,
+                            "lambda growth factor after an epoch without a significant drop")
+    decrease_rate: float = _f(SABR_DEFAULTS.decrease_rate,
+                              "lambda divisor after an epoch whose accuracy drop exceeds the threshold")
+    accuracy_threshold: float = _f(SABR_DEFAULTS.accuracy_threshold,
+                                   "tolerated drop from the best validation accuracy (fraction)")
+    k_epoch: int = _f(SABR_DEFAULTS.k_epoch, "epochs without growth before one tensor freezes")
+    zero_eps: float = _f(SABR_DEFAULTS.zero_eps, "|w| below this counts as near zero during phase 2")
     structured: bool = _f(False, "group-wise L1 on output channels (removable channels for `sabr export --format shrunk`)")
     params: list[str] | None = _f(None, "names of the tensors to regularise (default: every Conv/Linear weight)",
                                   nargs="+")
@@ -88,7 +93,12 @@ class RunConfig:
             raise ConfigError(f"image_size must be >= 4 pixels, got {self.image_size}.")
 
     def to_dict(self) -> dict:
+        """Every field, as plain values (what a run folder saves as its config)."""
         return dataclasses.asdict(self)
+
+    def sabr_settings(self) -> SabrSettings:
+        """Phase 2's hyper-parameters (``teta1``, ``growth_rate``, ...) as a :class:`SabrSettings`."""
+        return SabrSettings(**{f.name: getattr(self, f.name) for f in fields(SabrSettings)})
 
     @classmethod
     def from_dict(cls, values: dict) -> "RunConfig":

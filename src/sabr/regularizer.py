@@ -41,6 +41,30 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class SabrSettings:
+    """SABR's hyper-parameters; the defaults here are the only ones (:class:`SABR` and ``sabr run`` use them).
+
+    Attributes:
+        teta1: lambda initialisation factor, ``lambda_t = teta1 * std(w_t)``.
+        growth_rate: factor applied to every unfrozen lambda after an epoch without a significant drop.
+        decrease_rate: divisor applied after an epoch whose accuracy drop exceeds ``accuracy_threshold``.
+        accuracy_threshold: tolerated drop from the best validation accuracy, as a fraction.
+        k_epoch: consecutive no-growth epochs after which one tensor freezes.
+        zero_eps: a weight counts as near zero when ``|w| < zero_eps``.
+    """
+
+    teta1: float = 5e-4
+    growth_rate: float = 1.15
+    decrease_rate: float = 1.2
+    accuracy_threshold: float = 0.007
+    k_epoch: int = 2
+    zero_eps: float = 1e-5
+
+
+DEFAULTS = SabrSettings()
+
+
 def default_param_names(model: nn.Module) -> list[str]:
     """Names of the ``weight`` of every ``Conv*d`` and ``Linear`` module, in ``named_parameters()`` order."""
     wanted = set()
@@ -92,11 +116,12 @@ class SABR:
         model: the network whose weights are regularised.
         teta1: lambda initialisation factor, ``lambda_t = teta1 * std(w_t)`` (default 5e-4).
         growth_rate: factor applied to every unfrozen lambda after an epoch without a significant
-            accuracy drop (default 1.1).
+            accuracy drop (default 1.15).
         decrease_rate: divisor applied after an epoch whose drop exceeds ``accuracy_threshold`` (1.2).
-        accuracy_threshold: tolerated drop from the best validation accuracy, as a fraction (0.005).
-        k_epoch: number of consecutive no-growth epochs after which one tensor freezes (3).
+        accuracy_threshold: tolerated drop from the best validation accuracy, as a fraction (0.007).
+        k_epoch: number of consecutive no-growth epochs after which one tensor freezes (2).
         zero_eps: a weight counts as near zero when ``|w| < zero_eps`` (1e-5).
+        (Every default comes from :data:`DEFAULTS`, a :class:`SabrSettings`.)
         params: names of the tensors to regularise; default: weights of every Conv and Linear module.
         structured: group-wise L1 on output channels instead of plain L1 (default False): the term of
             a tensor becomes ``lambda_t * sqrt(g) * sum_c ||w_t[c]||_2`` over its output channels ``c``
@@ -114,12 +139,12 @@ class SABR:
     def __init__(
         self,
         model: nn.Module,
-        teta1: float = 5e-4,
-        growth_rate: float = 1.1,
-        decrease_rate: float = 1.2,
-        accuracy_threshold: float = 0.005,
-        k_epoch: int = 3,
-        zero_eps: float = 1e-5,
+        teta1: float = DEFAULTS.teta1,
+        growth_rate: float = DEFAULTS.growth_rate,
+        decrease_rate: float = DEFAULTS.decrease_rate,
+        accuracy_threshold: float = DEFAULTS.accuracy_threshold,
+        k_epoch: int = DEFAULTS.k_epoch,
+        zero_eps: float = DEFAULTS.zero_eps,
         params: Iterable[str] | None = None,
         structured: bool = False,
     ) -> None:

@@ -1,16 +1,26 @@
 """Everything a run writes for people: ``summary.json`` (the contract), ``summary.md``, plots, the table.
 
-All of it is rendered from one summary dict (see :func:`sabr.pipeline.build_summary`), so the JSON,
+All of it is rendered from one summary dict (see :func:`build_summary`), so the JSON,
 the Markdown, the terminal table and the charts can never disagree.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .checkpoint import write_json
+from torch import nn
+
+from .checkpoint import atomic_write, write_json
+from .metrics import count_macs, sparsity_report
+from .rundir import RunDir
+
+if TYPE_CHECKING:
+    from .experiment import Experiment
+    from .regularizer import SABR
 
 log = logging.getLogger(__name__)
 
@@ -82,27 +92,65 @@ def render_markdown(summary: dict) -> str:
     return "\n".join(out)
 
 
-def write_run_report(run_dir: Path, summary: dict, base_rows: list[dict], sabr_rows: list[dict],
+def build_summary(exp: "Experiment", sabr_model: nn.Module, pruned: nn.Module, reg: "SABR", layer_stats: list,
+                  figures: dict, curve: list[dict], config: dict) -> dict:
+    """The ``summary.json`` contract (fractions in [0, 1], counts as integers)."""
+    params = list(reg.params)
+    sabr_exact = sparsity_report(sabr_model, params)
+    sabr_near = sparsity_report(sabr_model, params, eps=reg.zero_eps)
+    pruned_rep = sparsity_report(pruned, params)
+    macs = count_macs(pruned, exp.example_input())
+    macs_by_weight = {m.weight: m for m in macs.layers}
+    layers = []
+    for s in layer_stats:
+        m = macs_by_weight.get(s.name)
+        layers.append({"name": s.name, "total": s.total, "nonzero": s.nonzero, "sparsity": s.sparsity,
+                       "threshold": s.threshold, "macs_dense": m.macs_dense if m else 0,
+                       "macs_pruned": int(round(m.macs_pruned)) if m else 0})
+    n_params = sum(p.numel() for p in pruned.parameters())
+    return {
+        "dataset": {"name": exp.dataset_name, "classes": list(exp.classes), "num_classes": len(exp.classes),
+                    "train": len(exp.train), "val": len(exp.val), "test": len(exp.test),
+                    "image_size": exp.preprocess.image_size, "channels": exp.preprocess.channels,
+                    "skipped_images": len(exp.skipped)},
+        "model": {"name": exp.model_meta["name"], "params": n_params, "regularised_weights": pruned_rep.total},
+        "base": figures["base"],
+        "sabr": {**figures["sabr"], "sparsity": sabr_near.sparsity, "sparsity_exact": sabr_exact.sparsity,
+                 "zero_eps": reg.zero_eps, "frozen": len(reg.frozen), "tensors": len(params),
+                 "stopped": "all_frozen" if reg.all_frozen else "epoch_limit"},
+        "pruned": {**figures["pruned"], "sparsity": pruned_rep.sparsity, "nonzero": pruned_rep.nonzero,
+                   "total": pruned_rep.total, "sparsity_all_params": pruned_rep.all_sparsity,
+                   "macs_dense": int(macs.macs_dense), "macs_pruned": int(round(macs.macs_pruned)),
+                   "macs_reduction": macs.reduction},
+        "layers": layers,
+        "curve": curve,
+        "config": config,
+    }
+
+
+def write_run_report(run: RunDir | str | Path, summary: dict, base_rows: list[dict], sabr_rows: list[dict],
                      lambda_history: dict[str, list[float]]) -> None:
-    """Write ``summary.json``, ``summary.md``, ``lambdas.csv`` and every plot into ``run_dir``."""
-    run_dir = Path(run_dir)
-    write_json(run_dir / "summary.json", summary)
-    (run_dir / "summary.md").write_text(render_markdown(summary))
+    """Write ``summary.json``, ``summary.md``, ``lambdas.csv`` and every plot into the run folder ``run``."""
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    write_json(run.summary_json, summary)
+    atomic_write({run.summary_md: render_markdown(summary).encode()})
     names = list(lambda_history)
-    with open(run_dir / "lambdas.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["epoch", *names])
-        for i in range(len(lambda_history[names[0]]) if names else 0):
-            w.writerow([i, *(lambda_history[n][i] for n in names)])
-    plot_training_curves(run_dir / PLOTS[0], base_rows, sabr_rows)
-    plot_lambda_history(run_dir / PLOTS[1], lambda_history)
-    plot_layer_sparsity(run_dir / PLOTS[2], summary["layers"])
-    plot_accuracy_vs_sparsity(run_dir / PLOTS[3], summary.get("curve", []), summary["base"]["test_accuracy"],
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(["epoch", *names])
+    for i in range(len(lambda_history[names[0]]) if names else 0):
+        w.writerow([i, *(lambda_history[n][i] for n in names)])
+    atomic_write({run.lambdas_csv: buf.getvalue().encode()})
+    plots = [run.file(name) for name in PLOTS]
+    plot_training_curves(plots[0], base_rows, sabr_rows)
+    plot_lambda_history(plots[1], lambda_history)
+    plot_layer_sparsity(plots[2], summary["layers"])
+    plot_accuracy_vs_sparsity(plots[3], summary.get("curve", []), summary["base"]["test_accuracy"],
                               points={f"SABR before pruning (|w| < {summary['sabr']['zero_eps']:g})":
                                       (summary["sabr"]["sparsity"], summary["sabr"]["test_accuracy"]),
                                       "pruned": (summary["pruned"]["sparsity"], summary["pruned"]["test_accuracy"])},
                               title=f"{summary['model']['name']} on {summary['dataset']['name']}")
-    plot_savings(run_dir / PLOTS[4], run_dir / PLOTS[5], summary)
+    plot_savings(plots[4], plots[5], summary)
 
 
 # --------------------------------------------------------------------------- plots

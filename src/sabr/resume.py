@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write
+from .checkpoint import atomic_write, load_weights_into
 from .errors import CheckpointError
+from .train import FitState
 
-STATE_FILE = "resume.safetensors"
 FORMAT_VERSION = 1
 
 
@@ -77,6 +77,39 @@ def set_rng_state(state: dict) -> None:
 def optimizer_state(state: dict) -> dict:
     """An optimiser ``state_dict`` read back from JSON: its per-parameter keys are integers again."""
     return {**state, "state": {int(k): v for k, v in state["state"].items()}}
+
+
+def training_state(fit: FitState, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+                   generator: torch.Generator, **extra: Any) -> dict:
+    """A training phase's full state after an epoch of :func:`sabr.train.fit`, for :func:`save_state`.
+
+    Holds the epoch, weights, optimiser, scheduler, batch-order generator, global RNG states and
+    history rows; the best weights and accuracy when the loop keeps a best epoch; then ``extra``
+    (e.g. ``sabr=reg.state_dict()``). Tensors are the live ones: copy them to keep them.
+    """
+    state = {"epoch": fit.epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "generator": generator.get_state(), "rng": rng_state(),
+             "rows": fit.rows}
+    if fit.best_model is not None:
+        state.update(best_accuracy=fit.best_accuracy, best_model=fit.best_model)
+    return {**state, **extra}
+
+
+def restore_training(state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+                     generator: torch.Generator) -> FitState:
+    """Load what :func:`training_state` saved back into the phase's objects and the global RNGs.
+
+    Returns the :class:`~sabr.train.FitState` to give :func:`sabr.train.fit` so that training continues
+    after the saved epoch exactly as if it had not stopped.
+    """
+    load_weights_into(model, state["model"], source="the resume state")
+    optimizer.load_state_dict(optimizer_state(state["optimizer"]))
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"])
+    set_rng_state(state["rng"])
+    best = state.get("best_model")
+    return FitState(epoch=int(state["epoch"]), rows=list(state["rows"]),
+                    best_accuracy=state.get("best_accuracy", -1.0), best_model=None if best is None else dict(best))
 
 
 def save_state(path: str | Path, state: dict) -> None:

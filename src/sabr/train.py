@@ -1,4 +1,5 @@
-"""The plain training loop pieces every phase (and every benchmark) uses.
+"""The training loop every phase (and every baseline) uses: :func:`train_epoch`, :func:`evaluate` and
+:func:`fit`, the one epoch loop "train one epoch -> validate -> history row -> keep-best rule -> hooks".
 
 Data live in memory as ``uint8`` tensors (see :mod:`sabr.data`); each batch is normalised on the fly
 with the run's :class:`~sabr.data.Preprocess`, on the training device.
@@ -6,10 +7,11 @@ with the run's :class:`~sabr.data.Preprocess`, on the training device.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +62,15 @@ def batches(split: Split, batch_size: int, generator: torch.Generator | None = N
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
         yield split.images[idx], split.labels[idx]
+
+
+def progress_bar(enabled: bool) -> Callable | None:
+    """A tqdm wrapper ``bar(iterable, total, desc)`` for :func:`train_epoch`'s ``progress``, or None when off."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return lambda it, total, desc="batches": tqdm(it, total=total, desc=desc, unit="batch", leave=False, disable=None)
 
 
 @dataclass
@@ -149,3 +160,108 @@ def predict(model: nn.Module, split: Split, preprocess: Preprocess, device: torc
     model.eval()
     out = [model(preprocess.normalize(images.to(device))).argmax(1).cpu() for images, _ in batches(split, batch_size)]
     return torch.cat(out)
+
+
+# --------------------------------------------------------------------------- the epoch loop
+SEED_OFFSETS = {"base": 0, "sabr": 1, "finetune": 2, "gmp": 3}
+"""Each phase's batch order is drawn from its own generator, seeded with the run's seed plus this offset."""
+
+
+def phase_generator(seed: int, phase: str) -> torch.Generator:
+    """The batch-order generator of ``phase`` (a key of :data:`SEED_OFFSETS`): seeded ``seed + offset``."""
+    return torch.Generator().manual_seed(seed + SEED_OFFSETS[phase])
+
+
+def plateau_scheduler(optimizer: torch.optim.Optimizer, factor: float, min_lr: float = 0.0):
+    """``ReduceLROnPlateau`` on the validation loss with patience 3 (the phases' scheduler)."""
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=3,
+                                                      min_lr=min_lr)
+
+
+KeepRule = Literal["last", "best", "best_or_start"]
+"""Which weights :func:`fit` ends with: the last epoch's; the best-validation epoch's (strictly greater
+accuracy wins, epochs that were not validated do not count); or the best including the starting weights
+(validated before epoch 1)."""
+
+
+@dataclass
+class FitState:
+    """Where :func:`fit` stands: finished epochs, their history rows and the best weights so far.
+
+    ``best_accuracy`` is a fraction (-1 before any validation); ``best_model`` is a ``state_dict`` copy,
+    ``None`` with the ``"last"`` rule or before any validation.
+    """
+
+    epoch: int = 0
+    rows: list[dict] = field(default_factory=list)
+    best_accuracy: float = -1.0
+    best_model: dict[str, torch.Tensor] | None = None
+
+
+@dataclass
+class FitHooks:
+    """The optional, phase-specific steps of :func:`fit`, each called at one point of an epoch.
+
+    Attributes:
+        validate_now: ``validate_now(epoch)`` before validating; False skips validation (and the
+            scheduler and keep-best rule) for that epoch, e.g. while gradual pruning still ramps up.
+        row_fields: ``row_fields(row)`` returns extra history fields for the epoch's row (after the
+            scheduler step), e.g. SABR's ``step`` and its action, drop and lambdas.
+        on_row: ``on_row(row)`` once the row is complete (logging).
+        on_epoch: ``on_epoch(state)`` at the end of every epoch, best weights updated (e.g. to save a
+            resume state).
+        stop: ``stop()`` before every epoch; True ends the loop early (SABR: every tensor frozen).
+    """
+
+    validate_now: Callable[[int], bool] | None = None
+    row_fields: Callable[[dict], dict] | None = None
+    on_row: Callable[[dict], None] | None = None
+    on_epoch: Callable[[FitState], None] | None = None
+    stop: Callable[[], bool] | None = None
+
+
+def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: Callable[[int], EpochStats],
+        validate: Callable[[], tuple[float, float]], epochs: int, keep: KeepRule = "last", scheduler=None,
+        hooks: FitHooks | None = None, state: FitState | None = None) -> FitState:
+    """Train ``model`` for up to ``epochs`` epochs and end with the weights ``keep`` chooses.
+
+    ``optimizer`` is the one ``train`` steps (the rows record its learning rate). Every epoch: ``train(epoch)`` (one pass, e.g. :func:`train_epoch`; epochs count from 1) ->
+    ``validate()`` (``(loss, accuracy)``) -> ``scheduler.step(val_loss)`` when a scheduler is given ->
+    history row (``epoch, train_loss, train_accuracy, val_loss, val_accuracy, lr, seconds`` + the
+    ``row_fields`` hook's) -> keep-best rule -> ``on_epoch``. ``hooks`` (:class:`FitHooks`) adds the
+    phase's own steps. ``state`` continues a loop after its ``epoch`` (resume); the returned
+    :class:`FitState` holds the rows.
+    """
+    hooks = hooks or FitHooks()
+    state = state or FitState()
+    if keep == "best_or_start" and state.epoch == 0:
+        state.best_accuracy = validate()[1]
+        state.best_model = copy.deepcopy(model.state_dict())
+    while state.epoch < epochs and not (hooks.stop is not None and hooks.stop()):
+        state.epoch += 1
+        _fit_epoch(model, optimizer, train, validate, keep, scheduler, hooks, state)
+    if keep != "last" and state.best_model is not None:
+        model.load_state_dict(state.best_model)
+    return state
+
+
+def _fit_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, train: Callable[[int], EpochStats],
+               validate: Callable[[], tuple[float, float]], keep: KeepRule, scheduler, hooks: FitHooks,
+               state: FitState) -> None:
+    """One epoch of :func:`fit`: train, validate, schedule, row, keep-best, ``on_epoch``."""
+    stats = train(state.epoch)
+    row = {"epoch": state.epoch, "train_loss": stats.loss, "train_accuracy": stats.accuracy}
+    if hooks.validate_now is None or hooks.validate_now(state.epoch):
+        row["val_loss"], row["val_accuracy"] = validate()
+        if scheduler is not None:
+            scheduler.step(row["val_loss"])
+    row.update(lr=optimizer.param_groups[0]["lr"], seconds=stats.seconds)
+    if hooks.row_fields is not None:
+        row.update(hooks.row_fields(row))
+    state.rows.append(row)
+    if hooks.on_row is not None:
+        hooks.on_row(row)
+    if keep != "last" and "val_accuracy" in row and row["val_accuracy"] > state.best_accuracy:
+        state.best_accuracy, state.best_model = row["val_accuracy"], copy.deepcopy(model.state_dict())
+    if hooks.on_epoch is not None:
+        hooks.on_epoch(state)

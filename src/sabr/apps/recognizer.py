@@ -127,13 +127,13 @@ class Recognizer:
 
 
 def training_data_folder(model_path: str | Path) -> Path | None:
-    """The image folder a run was trained on (``config.yaml``'s ``data``), when it still exists."""
-    import yaml
+    """The image folder a run was trained on (its saved ``data`` setting), when it still exists."""
+    from ..rundir import RunDir
 
     path = Path(model_path)
-    config = (path if path.is_dir() else path.parent) / "config.yaml"
-    if not config.is_file():
+    run = RunDir(path if path.is_dir() else path.parent)
+    if not run.config.is_file():
         return None
-    data = (yaml.safe_load(config.read_text()) or {}).get("data")
+    data = run.read_config().get("data")
     folder = Path(str(data)).expanduser() if data else None
     return folder if folder is not None and folder.is_dir() else None

@@ -1,0 +1,100 @@
+"""What a run is about: its data, stratified splits, preprocessing and model description.
+
+:func:`prepare` reads the dataset once and fixes all of it in an :class:`Experiment`, which every phase
+(:mod:`sabr.phases`) and every baseline takes; :func:`evaluate_split` measures a model on one split.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .config import RunConfig
+from .data import (IMAGENET_MEAN, IMAGENET_STD, Preprocess, channel_stats, default_channels,
+                   default_image_size, load_dataset, split_dataset)
+from .distributed import DistContext, init_from_env
+from .models import create_model
+from .train import Split, evaluate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Experiment:
+    """Data, splits, preprocessing and model description shared by all phases."""
+
+    config: RunConfig
+    dataset_name: str
+    classes: list[str]
+    train: Split
+    val: Split
+    test: Split
+    preprocess: Preprocess
+    device: torch.device
+    model_meta: dict
+    skipped: list[str] = field(default_factory=list)
+    dist: DistContext = field(default_factory=DistContext)
+
+    def new_model(self) -> nn.Module:
+        """A fresh model as configured, on the experiment's device."""
+        m = self.model_meta
+        return create_model(m["name"], m["num_classes"], m["in_chans"], m["image_size"],
+                            pretrained=self.config.pretrained).to(self.device)
+
+    def metadata(self, phase: str, **figures) -> dict:
+        """Checkpoint metadata: everything :func:`sabr.load_run` needs to rebuild and use the model."""
+        return {"phase": phase, "model": dict(self.model_meta), "classes": list(self.classes),
+                "dataset": self.dataset_name, "preprocess": self.preprocess.to_dict(), **figures}
+
+    def example_input(self) -> torch.Tensor:
+        """A zero batch of one image of the model's input shape, on the experiment's device."""
+        p = self.preprocess
+        return torch.zeros(1, p.channels, p.image_size, p.image_size, device=self.device)
+
+
+def prepare(config: RunConfig, progress: bool = True, dist: DistContext | None = None) -> Experiment:
+    """Read the dataset, split it (72/18/10, stratified, seeded) and fix the preprocessing.
+
+    ``dist`` is the process's place in a distributed job; by default it is read from the environment
+    (:func:`sabr.distributed.init_from_env`: a single process unless launched by ``torchrun``). Every rank
+    reads the whole dataset and makes the same split; training then uses each rank's shard.
+    """
+    size = config.image_size or default_image_size(config.data)
+    channels = config.channels or default_channels(config.data)
+    probe = Preprocess(size, channels)
+    main = dist is None or dist.is_main
+    ds = load_dataset(config.data, probe, config.max_per_class, config.on_bad_image, config.seed, progress and main)
+    splits = split_dataset(ds, seed=config.seed)
+    if config.pretrained and channels == 3:
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        mean, std = channel_stats(ds.images[splits.train])
+    pre = Preprocess(size, channels, mean, std)
+    dist = dist or init_from_env(config.device)
+    device = dist.device
+    model_meta = {"name": config.model, "num_classes": len(ds.classes), "in_chans": channels, "image_size": size}
+    create_model(**model_meta)  # fail early, with a clear message, on a size the model cannot take
+
+    def part(index):
+        return Split(ds.images[index], ds.labels[index])
+
+    log.info("dataset %s: %d classes, %d train / %d val / %d test images of %dx%dx%d",
+             ds.name, len(ds.classes), len(splits.train), len(splits.val), len(splits.test), channels, size, size)
+    return Experiment(config, ds.name, ds.classes, part(splits.train), part(splits.val), part(splits.test),
+                      pre, device, model_meta, ds.skipped, dist)
+
+
+def evaluate_split(exp: Experiment, model: nn.Module, split: Split) -> tuple[float, float]:
+    """``(mean loss, accuracy)`` on ``split``; under distributed training each rank evaluates its share
+    and the sums are reduced, so every rank gets the figures of the whole split."""
+    d = exp.dist
+    if not d.enabled:
+        return evaluate(model, split, exp.preprocess, exp.device)
+    part = Split(split.images[d.rank::d.world_size], split.labels[d.rank::d.world_size])
+    loss, acc = evaluate(model, part, exp.preprocess, exp.device)
+    n = len(part)
+    loss_sum, correct, count = d.all_reduce_sum([loss * n, round(acc * n), n])
+    return loss_sum / max(count, 1), correct / max(count, 1)

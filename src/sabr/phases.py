@@ -1,0 +1,233 @@
+"""The training phases, each a function over an :class:`~sabr.experiment.Experiment` that runs
+:func:`sabr.train.fit`: base training, SABR regularisation, masked fine-tuning; and pruning.
+
+Every phase takes its own settings as arguments (epochs, learning rate, SABR's hyper-parameters), with
+the experiment's :class:`~sabr.config.RunConfig` values as defaults; batch order is seeded per phase
+(:data:`sabr.train.SEED_OFFSETS`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .experiment import Experiment, evaluate_split
+from .metrics import sparsity_report
+from .models import set_dropout
+from .pruning import apply_masks, prune, zero_masks
+from .regularizer import SABR, SabrSettings
+from .resume import restore_training, training_state
+from .train import (EpochStats, FitHooks, FitState, NonFiniteLossError, evaluate, fit, phase_generator,
+                    plateau_scheduler, progress_bar, train_epoch)
+
+log = logging.getLogger(__name__)
+
+
+_NAN_ADVICE = {
+    "base": "lower the learning rate --lr (now {lr:g}), e.g. to {lr10:g}",
+    "sabr": "lower phase 2's learning rate --lr-sabr (now {lr:g}), e.g. to {lr10:g}, or SABR's lambda factor --teta1 "
+            "(now {teta1:g}) or --growth-rate (now {growth:g})",
+}
+
+
+def _labelled(bar: Callable | None, label: str) -> Callable | None:
+    """A progress-bar wrapper for :func:`sabr.train.train_epoch` that shows ``label``."""
+    return bar and (lambda it, total: bar(it, total, label))
+
+
+def _train_one_epoch(exp: Experiment, net: nn.Module, opt, gen: torch.Generator, phase: str, epoch: int,
+                     limit: int, penalty=None, bar=None, **advice) -> EpochStats:
+    """One epoch on this rank's shard; NaN/inf on any rank stops every rank with the same clear error.
+
+    ``advice`` fills the phase's :data:`_NAN_ADVICE` (``teta1``, ``growth`` for phase 2).
+    """
+    try:
+        stats, bad = train_epoch(net, opt, exp.train, exp.preprocess, exp.device, exp.config.batch_size, gen,
+                                 penalty=penalty, shard=exp.dist.shard,
+                                 progress=_labelled(bar, f"{phase} {epoch}/{limit}")), 0
+    except NonFiniteLossError:
+        stats, bad = None, 1
+    if exp.dist.enabled:
+        loss, acc, bad_total = exp.dist.all_reduce_sum(
+            [stats.loss if stats else 0.0, stats.accuracy if stats else 0.0, bad])
+        bad = int(bad_total)
+        if not bad:
+            w = exp.dist.world_size
+            stats = EpochStats(loss / w, acc / w, stats.seconds)
+    if bad:
+        lr = opt.param_groups[0]["lr"]
+        kept = (f"the run folder keeps the last good epoch ({phase} epoch {epoch - 1})" if epoch > 1
+                else "no epoch of this phase finished")
+        raise NonFiniteLossError(
+            f"the training loss became NaN or infinite in phase {'1 (base)' if phase == 'base' else '2 (SABR)'}, "
+            f"epoch {epoch}; the phase was stopped and {kept}. To fix it, "
+            f"{_NAN_ADVICE[phase].format(lr=lr, lr10=lr / 10, **advice)}, and start again (a new --out, or --overwrite)."
+        )
+    return stats
+
+
+def _state_saver(on_epoch: Callable[[dict], None] | None, model: nn.Module, opt, sched, gen: torch.Generator,
+                 **extra: Callable[[], object]) -> Callable[[FitState], None] | None:
+    """:func:`fit`'s ``on_epoch`` hook that hands the phase's full state (see
+    :func:`sabr.resume.training_state`; ``extra`` values are computed then) to a phase's ``on_epoch``."""
+    if on_epoch is None:
+        return None
+    return lambda s: on_epoch(training_state(s, model, opt, sched, gen, **{k: f() for k, f in extra.items()}))
+
+
+def train_base(exp: Experiment, model: nn.Module, *, epochs: int | None = None, lr: float | None = None,
+               progress: bool = True, resume: dict | None = None,
+               on_epoch: Callable[[dict], None] | None = None) -> tuple[nn.Module, list[dict]]:
+    """Phase 1: Adam, ReduceLROnPlateau(val loss, factor 0.1, patience 3); keeps the best-val-accuracy weights.
+
+    Args:
+        exp: the experiment from :func:`prepare`.
+        model: the (freshly created) model; trained in place.
+        epochs: number of epochs (default ``exp.config.epochs_base``).
+        lr: Adam's learning rate (default ``exp.config.lr``).
+        progress: show progress bars (main rank only).
+        resume: a phase-1 state given earlier to ``on_epoch``: training continues after its epoch,
+            with its weights, optimiser, scheduler, batch order, RNG states, best weights and rows.
+        on_epoch: called after every epoch with the phase's full state (tensors and JSON values, see
+            :func:`sabr.resume.training_state`), e.g. to save it with :func:`sabr.resume.save_state`.
+
+    Returns:
+        ``(model with the best epoch's weights, one history row per epoch)``.
+    """
+    cfg = exp.config
+    epochs = cfg.epochs_base if epochs is None else epochs
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr if lr is None else lr)
+    sched = plateau_scheduler(opt, 0.1)
+    gen = phase_generator(cfg.seed, "base")
+    state = restore_training(resume, model, opt, sched, gen) if resume is not None else None
+    net, bar = exp.dist.wrap(model), progress_bar(progress and exp.dist.is_main)
+    hooks = FitHooks(on_row=lambda r: log.info("base  %3d/%d  loss %.4f  train %.2f%%  val %.2f%%", r["epoch"], epochs,
+                                               r["train_loss"], 100 * r["train_accuracy"], 100 * r["val_accuracy"]),
+                     on_epoch=_state_saver(on_epoch, model, opt, sched, gen))
+    state = fit(model, opt, lambda e: _train_one_epoch(exp, net, opt, gen, "base", e, epochs, bar=bar),
+                lambda: evaluate_split(exp, model, exp.val), epochs, keep="best", scheduler=sched, hooks=hooks,
+                state=state)
+    return model, state.rows
+
+
+class _SabrNet:
+    """The network phase 2 trains: DDP synchronises the trainable tensors it was built with, so it is
+    rebuilt whenever SABR has frozen another tensor (a no-op for one process)."""
+
+    def __init__(self, exp: Experiment, model: nn.Module, reg: SABR) -> None:
+        self.exp, self.model, self.reg = exp, model, reg
+        self.net, self.frozen = exp.dist.wrap(model), len(reg.frozen)
+
+    def __call__(self) -> nn.Module:
+        if len(self.reg.frozen) != self.frozen:
+            self.net, self.frozen = self.exp.dist.wrap(self.model), len(self.reg.frozen)
+        return self.net
+
+
+def _sabr_step(reg: SABR, row: dict) -> dict:
+    """SABR's epoch step on the row's validation accuracy, and what it adds to the history row."""
+    result = reg.step(row["val_accuracy"])
+    return {"action": result.action, "drop": result.drop, "mean_lambda": reg.mean_lambda(),
+            "near_zero_sparsity": reg.near_zero_sparsity(), "frozen": len(reg.frozen), "froze": result.frozen or ""}
+
+
+def _log_sabr_row(r: dict, epochs: int, reg: SABR) -> None:
+    log.info("sabr  %3d/%d  loss %.4f  val %.2f%%  %s  near-zero %.1f%%  frozen %d/%d%s", r["epoch"], epochs,
+             r["train_loss"], 100 * r["val_accuracy"], r["action"], 100 * r["near_zero_sparsity"], r["frozen"],
+             len(reg.params), f" (froze {r['froze']})" if r["froze"] else "")
+    if reg.all_frozen:
+        log.info("every regularised tensor is frozen: phase 2 stops after %d epochs", r["epoch"])
+
+
+def train_sabr(exp: Experiment, model: nn.Module, *, epochs: int | None = None, lr: float | None = None,
+               settings: SabrSettings | None = None, progress: bool = True, resume: dict | None = None,
+               on_epoch: Callable[[dict], None] | None = None) -> tuple[nn.Module, SABR, list[dict]]:
+    """Phase 2: L1 with SABR's adaptive per-tensor lambdas, dropout off, until all tensors freeze or the limit.
+
+    ``epochs`` is the limit (default ``exp.config.epochs_sabr``), ``lr`` Adam's learning rate (default
+    ``lr_sabr`` or ``lr``), ``settings`` SABR's hyper-parameters (default ``exp.config.sabr_settings()``);
+    the regularised tensors are ``exp.config.params``. ReduceLROnPlateau(factor 0.51, min 1e-5). Ends
+    with the last epoch's weights. ``resume`` and ``on_epoch`` work as in :func:`train_base`; the state
+    also holds ``sabr`` (``SABR.state_dict()``). Under distributed training the validation accuracy given
+    to ``SABR.step`` is that of the whole validation split (reduced over ranks), so every rank grows,
+    shrinks and freezes the same tensors.
+    """
+    cfg = exp.config
+    epochs = cfg.epochs_sabr if epochs is None else epochs
+    hyper = cfg.sabr_settings() if settings is None else settings
+    set_dropout(model, 0.0)
+    reg = SABR(model, **dataclasses.asdict(hyper), params=cfg.params, structured=cfg.structured)
+    opt = torch.optim.Adam(model.parameters(), lr=(cfg.lr_sabr or cfg.lr) if lr is None else lr)
+    sched = plateau_scheduler(opt, 0.51, min_lr=1e-5)
+    gen = phase_generator(cfg.seed, "sabr")
+    state = None
+    if resume is not None:
+        state = restore_training(resume, model, opt, sched, gen)
+        reg.load_state_dict(resume["sabr"])
+    bar = progress_bar(progress and exp.dist.is_main)
+    net = _SabrNet(exp, model, reg)
+
+    def train(epoch: int) -> EpochStats:
+        return _train_one_epoch(exp, net(), opt, gen, "sabr", epoch, epochs, penalty=reg.penalty, bar=bar,
+                                teta1=hyper.teta1, growth=hyper.growth_rate)
+
+    hooks = FitHooks(row_fields=lambda row: _sabr_step(reg, row), on_row=lambda r: _log_sabr_row(r, epochs, reg),
+                     on_epoch=_state_saver(on_epoch, model, opt, sched, gen, sabr=reg.state_dict),
+                     stop=lambda: reg.all_frozen)
+    state = fit(model, opt, train, lambda: evaluate_split(exp, model, exp.val), epochs, keep="last",
+                scheduler=sched, hooks=hooks, state=state)
+    return model, reg, state.rows
+
+
+def prune_and_evaluate(exp: Experiment, model: nn.Module, teta1: float, gamma: float,
+                       epsilon: float | None = None, params=None) -> tuple[nn.Module, list, float]:
+    """Prune a copy of ``model`` and return ``(pruned copy, per-layer stats, test accuracy)``."""
+    pruned = copy.deepcopy(model)
+    stats = prune(pruned, teta1=teta1, gamma=gamma, epsilon=epsilon, params=params)
+    _, acc = evaluate_split(exp, pruned, exp.test)
+    return pruned, stats, acc
+
+
+def sweep(exp: Experiment, model: nn.Module, teta1_values, gamma: float, params=None) -> list[dict]:
+    """Accuracy vs sparsity: prune copies of ``model`` at each factor and evaluate on the test split."""
+    curve = []
+    for t in sorted(teta1_values):
+        pruned, _, acc = prune_and_evaluate(exp, model, t, gamma, params=params)
+        rep = sparsity_report(pruned, params)
+        curve.append({"teta1": t, "sparsity": rep.sparsity, "test_accuracy": acc})
+    return curve
+
+
+def finetune_masked(exp: Experiment, model: nn.Module, epochs: int, lr: float | None = None,
+                    params=None, progress: bool = False) -> tuple[nn.Module, list[dict]]:
+    """Fine-tune a pruned model in place for ``epochs`` epochs, keeping its zeros exactly zero.
+
+    The zero pattern of the regularised tensors (``params``, default every Conv/Linear weight) is taken
+    once at the start and re-applied after every optimizer step, so the sparsity never drops. Adam at
+    ``lr`` (default: the config's phase-2 rate), no penalty, dropout as the model has it. Every
+    parameter trains: tensors that SABR froze (``requires_grad=False``) are unfrozen. Returns the model
+    (best validation accuracy of the epochs, the starting weights included) and one row per epoch.
+    """
+    cfg = exp.config
+    masks = zero_masks(model, params)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(model.parameters(), lr=lr or cfg.lr_sabr or cfg.lr)
+    gen = phase_generator(cfg.seed, "finetune")
+    bar = progress_bar(progress)
+
+    def train(epoch: int) -> EpochStats:
+        return train_epoch(model, opt, exp.train, exp.preprocess, exp.device, cfg.batch_size, gen,
+                           after_step=lambda: apply_masks(model, masks),
+                           progress=_labelled(bar, f"fine-tune {epoch}/{epochs}"))
+
+    hooks = FitHooks(on_row=lambda r: log.info("fine-tune %3d/%d  loss %.4f  val %.2f%%", r["epoch"], epochs,
+                                               r["train_loss"], 100 * r["val_accuracy"]))
+    state = fit(model, opt, train, lambda: evaluate(model, exp.val, exp.preprocess, exp.device), epochs,
+                keep="best_or_start", hooks=hooks)
+    return model, state.rows
