@@ -60,12 +60,11 @@ def test_duplicates_and_current_floor_are_ignored():
         car.request(8)
 
 
-def test_state_dict_and_bad_arguments():
+def test_state_and_bad_arguments():
     car = Elevator(3)
     car.request(2)
     car.step(0.5)
-    s = car.state_dict()
-    assert s["pending"] == [2] and s["position"] == pytest.approx(0.5) and s["log"][0]["event"] == "request"
+    assert car.pending == [2] and car.position == pytest.approx(0.5) and car.log[0].event == "request"
     with pytest.raises(ConfigError):
         Elevator(1)
     with pytest.raises(ConfigError):

@@ -110,6 +110,3 @@ class RoiDragger:
             self.move(px, py)
         elif event == cv2.EVENT_LBUTTONUP:
             self.release()
-
-    def state_dict(self) -> dict:
-        return {"roi": [self.roi.x, self.roi.y, self.roi.width, self.roi.height], "frame_size": list(self.frame_size)}

@@ -60,9 +60,6 @@ class TemporalSmoother:
         """Forget the history (e.g. when the ROI jumps or the source changes)."""
         self._history.clear()
 
-    def state_dict(self) -> dict:
-        return {"window": self.window, "threshold": self.threshold, "history": [h.tolist() for h in self._history]}
-
 
 class StableGesture:
     """Fires once per held gesture: the same smoothed label, with confidence >= ``min_confidence``,
@@ -97,7 +94,3 @@ class StableGesture:
             self._fired = True
             return label
         return None
-
-    def state_dict(self) -> dict:
-        return {"frames": self.frames, "min_confidence": self.min_confidence, "label": self._label,
-                "count": self._count, "fired": self._fired}
