@@ -11,7 +11,7 @@ from sabr.cli import main
 from sabr.data import open_image
 from sabr.errors import CheckpointError, DataError
 
-from ._apps_fixtures import SIGN, sign_photos, tiny_checkpoint  # noqa: F401 (fixture)
+from ._apps_fixtures import sign_folder, sign_photos, tiny_checkpoint  # noqa: F401 (fixture)
 
 KEYS = {"frame", "label", "confidence", "top3", "smoothed_label", "latency_ms"}
 
@@ -113,9 +113,8 @@ def test_clear_errors(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_references_from_class_folders(tiny_checkpoint):
-    if not SIGN.is_dir():
-        pytest.skip(f"sign-language digits not found at {SIGN}")
-    refs = load_references([str(i) for i in range(10)], SIGN)
+    folder = sign_folder()
+    refs = load_references([str(i) for i in range(10)], folder)
     assert len(refs) == 10 and all(r.ndim == 3 and r.shape[2] == 3 for r in refs)
     with pytest.raises(DataError, match="classes"):
-        load_references(["a", "b"], SIGN)
+        load_references(["a", "b"], folder)
