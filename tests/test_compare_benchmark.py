@@ -43,6 +43,7 @@ def test_curve_helpers():
     assert compare.sparsity_within(curve, base_accuracy=0.99) is None
 
 
+@pytest.mark.slow
 def test_gmp_reaches_its_target_and_keeps_it(exp):
     base = exp.new_model()
     res = compare.run_gmp(exp, base, epochs=2, target=0.7)
@@ -51,6 +52,7 @@ def test_gmp_reaches_its_target_and_keeps_it(exp):
     assert sparsity_report(base).sparsity < 0.01  # the shared base checkpoint is left untouched
 
 
+@pytest.mark.slow
 def test_sabr_ft_starts_from_sabr_snapshot_and_keeps_the_budget(exp):
     base = exp.new_model()
     before = copy.deepcopy(base.state_dict())
