@@ -10,10 +10,15 @@ import argparse
 import logging
 import sys
 from dataclasses import MISSING, Field, fields
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .config import AppSettings, ElevatorSettings, RecognizeSettings, RunConfig, load_yaml
 from .errors import ConfigError, SabrError
+
+if TYPE_CHECKING:  # the CLI imports torch, numpy and the apps only in the commands that need them
+    import numpy as np
+
+    from .apps import Recognizer
 
 log = logging.getLogger("sabr")
 
@@ -139,7 +144,7 @@ def _setup_models(p: argparse.ArgumentParser) -> None:
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'vgg*'")
 
 
-def _load_app(settings: AppSettings):
+def _load_app(settings: AppSettings) -> tuple[Recognizer, list[np.ndarray] | None]:
     """The recogniser (its sparsity and MACs printed) and the reference images, from the shared options."""
     import torch
 
@@ -280,6 +285,7 @@ _EXTRAS = {"cv2": "apps", "onnx": "export", "onnxruntime": "export"}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``sabr`` parser: one sub-command per entry of :data:`COMMANDS`, each with ``--debug`` and ``--quiet``."""
     parser = argparse.ArgumentParser(prog="sabr", description="SABR: Sparsity-Accuracy Balanced Regularization")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -293,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``sabr`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code (2 for a user error)."""
     import os
 
     args = build_parser().parse_args(argv)

@@ -33,6 +33,7 @@ class Event:
     floor: int
 
     def to_dict(self) -> dict:
+        """``{t, event, floor}`` for the JSONL log (``t`` rounded to 0.1 ms)."""
         return {"t": round(self.t, 4), "event": self.event, "floor": self.floor}
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from ..config import ElevatorSettings, RecognizeSettings
 from ..errors import ConfigError, SabrError
 from .elevator import Elevator, render_elevator
-from .recognizer import Recognizer
+from .recognizer import Prediction, Recognizer
 from .render import draw_recognition
 from .roi import Roi, RoiDragger
 from .smoothing import Smoothed, StableGesture, TemporalSmoother
@@ -54,6 +54,7 @@ class Window:
         return (cv2.waitKey(wait_ms) & 0xFF) not in (ord("q"), 27)
 
     def close(self) -> None:
+        """Close the window."""
         import cv2
 
         cv2.destroyWindow(self.title)
@@ -74,10 +75,12 @@ class _Output:
         self.count = 0
 
     def record(self, row: dict) -> None:
+        """Append one JSON line."""
         self._jsonl.write(json.dumps(row) + "\n")
         self._jsonl.flush()
 
     def frame(self, rgb: np.ndarray, name: str) -> None:
+        """Write one annotated frame (``name`` names its PNG), and the snapshot when it is this one."""
         from PIL import Image
 
         if self.frames_dir is not None:
@@ -90,12 +93,15 @@ class _Output:
         self.count += 1
 
     def close(self) -> None:
+        """Close the JSONL file and the video."""
         self._jsonl.close()
         if self.video is not None:
             self.video.close()
 
 
-def _open_output(out, headless, jsonl, video, fps, png, snapshot):
+def _open_output(out: str | Path | None, headless: bool, jsonl: str, video: str, fps: float, png: bool,
+                 snapshot: int | None) -> _Output | None:
+    """The headless output in ``out`` (``None`` when no ``out``); a headless run must have one."""
     if headless and out is None:
         raise ConfigError("--headless needs --out DIR for the annotated frames and the JSONL file.")
     return _Output(Path(out), jsonl, video, fps, png, snapshot) if out is not None else None
@@ -109,6 +115,7 @@ class _Fps:
         self.n = n
 
     def tick(self) -> float | None:
+        """Count one frame; the rate so far (``None`` before the second frame)."""
         self.times = (self.times + [time.perf_counter()])[-self.n:]
         if len(self.times) < 2:
             return None
@@ -176,7 +183,7 @@ def recognize(recognizer: Recognizer, source: FrameSource, settings: RecognizeSe
                             str(s.out) if s.out is not None else None)
 
 
-def _close(*things) -> None:
+def _close(*things: object) -> None:
     """Close each of ``things`` that is not ``None``, in order."""
     for thing in things:
         if thing is not None:
@@ -190,7 +197,7 @@ def _limit(source: FrameSource, max_frames: int | None) -> Iterator[Frame]:
         yield frame
 
 
-def _prediction_row(frame: Frame, pred, smoothed: Smoothed, classes: Sequence[str], roi: Roi) -> dict:
+def _prediction_row(frame: Frame, pred: Prediction, smoothed: Smoothed, classes: Sequence[str], roi: Roi) -> dict:
     """One JSONL line: ``frame``, ``label``, ``confidence``, ``top3``, ``smoothed_label``, ``latency_ms``."""
     return {
         "frame": frame.index,
@@ -356,7 +363,8 @@ def run_elevator(classes: Sequence[str], recognizer: Recognizer | None = None, s
     return ElevatorSummary(car.t, view.frames, [e.to_dict() for e in car.log], str(s.out) if s.out is not None else None)
 
 
-def _script_frames(script: Sequence[ScriptStep], classes: Sequence[str], references, fps: float):
+def _script_frames(script: Sequence[ScriptStep], classes: Sequence[str], references: Sequence[np.ndarray] | None,
+                   fps: float) -> Iterator[tuple[np.ndarray | None, int | None]]:
     """``(camera image or None, scripted label or None)`` per frame, until the last gesture ends."""
     end = max(s.t + s.hold for s in script)
     for i in range(int(np.ceil(end * fps))):

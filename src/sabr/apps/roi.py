@@ -82,6 +82,7 @@ class RoiDragger:
 
     @property
     def dragging(self) -> bool:
+        """Whether a drag is in progress."""
         return self._grab is not None
 
     def press(self, px: int, py: int) -> None:
