@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from dataclasses import MISSING, Field, fields
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 from .config import AppSettings, ElevatorSettings, RecognizeSettings, RunConfig, load_yaml
@@ -178,10 +179,6 @@ def _cmd_recognize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _setup_recognize(p: argparse.ArgumentParser) -> None:
-    add_config_arguments(p, RecognizeSettings)
-
-
 def _cmd_elevator(args: argparse.Namespace) -> int:
     from .apps import open_source, read_script, run_elevator
 
@@ -204,10 +201,6 @@ def _cmd_elevator(args: argparse.Namespace) -> int:
     if summary.out:
         print(f"wrote {summary.out}/events.jsonl and {summary.out}/elevator.mp4 ({summary.frames} frames)")
     return 0
-
-
-def _setup_elevator(p: argparse.ArgumentParser) -> None:
-    add_config_arguments(p, ElevatorSettings)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -267,14 +260,16 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", help="also write the figures to this JSON file")
 
 
-# name -> (help, set-up, handler). A new command adds one line here and its two functions.
+# name -> (help, set-up, handler). A new command adds one line here and its two functions (or its settings
+# dataclass and a handler).
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "run": ("train base, SABR and pruned models and write the report", _setup_run, _cmd_run),
     "prune": ("re-prune a finished run at several thresholds (accuracy vs sparsity)", _setup_prune, _cmd_prune),
     "models": ("list the available models", _setup_models, _cmd_models),
     "recognize": ("recognise gestures from a webcam, video or image folder (on screen or headless)",
-                  _setup_recognize, _cmd_recognize),
-    "elevator": ("simulate a gesture-driven elevator (one floor per class)", _setup_elevator, _cmd_elevator),
+                  partial(add_config_arguments, cls=RecognizeSettings), _cmd_recognize),
+    "elevator": ("simulate a gesture-driven elevator (one floor per class)",
+                 partial(add_config_arguments, cls=ElevatorSettings), _cmd_elevator),
     "export": ("export a run as a sparse checkpoint, a shrunk dense model or ONNX", _setup_export, _cmd_export),
     "bench": ("CPU latency and file sizes: dense, shrunk and sparse-kernel paths", _setup_bench, _cmd_bench),
 }
