@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from sabr.apps import Recognizer, open_source, recognize
+from sabr.apps import RecognizeSettings, Recognizer, open_source, recognize
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
             torch.set_num_threads(n)
             with tempfile.TemporaryDirectory() as tmp:
                 start = time.perf_counter()
-                s = recognize(recognizers[ph], open_source(args.source), out=tmp, headless=True)
+                s = recognize(recognizers[ph], open_source(args.source), RecognizeSettings(out=tmp, headless=True))
                 elapsed = time.perf_counter() - start
             frames = s.frames
             model_ms[ph, n].append(s.latency_ms_median)

@@ -7,17 +7,20 @@ from pathlib import Path
 import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-SIGN = SHARED / "sign-language-digits" / "Dataset"
+from .conftest import shared_path
+
+
+def sign_folder() -> Path:
+    """The sign-language digits (one sub-folder per class); skips the test when they are absent."""
+    return shared_path("sign-language-digits", "Dataset")
 
 
 def sign_photos(per_class: int = 1, classes=range(10)) -> list[Path]:
     """The first ``per_class`` photos of each class of the sign-language digits (skip if absent)."""
-    if not SIGN.is_dir():
-        pytest.skip(f"sign-language digits not found at {SIGN}")
+    folder = sign_folder()
     files = []
     for c in classes:
-        files += sorted((SIGN / str(c)).glob("*.JPG"))[:per_class]
+        files += sorted((folder / str(c)).glob("*.JPG"))[:per_class]
     return files
 
 

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from sabr.apps import Elevator, ScriptStep, read_script, render_elevator, run_elevator
+from sabr.apps import Elevator, ElevatorSettings, ScriptStep, read_script, render_elevator, run_elevator
 from sabr.errors import ConfigError
 
 from ._apps_fixtures import sign_photos, tiny_checkpoint  # noqa: F401 (fixture)
@@ -60,12 +60,11 @@ def test_duplicates_and_current_floor_are_ignored():
         car.request(8)
 
 
-def test_state_dict_and_bad_arguments():
+def test_state_and_bad_arguments():
     car = Elevator(3)
     car.request(2)
     car.step(0.5)
-    s = car.state_dict()
-    assert s["pending"] == [2] and s["position"] == pytest.approx(0.5) and s["log"][0]["event"] == "request"
+    assert car.pending == [2] and car.position == pytest.approx(0.5) and car.log[0].event == "request"
     with pytest.raises(ConfigError):
         Elevator(1)
     with pytest.raises(ConfigError):
@@ -77,8 +76,9 @@ def test_script_debounce_and_event_log(tmp_path):
     script.write_text("# t gesture hold\n0.0 0 1.0\n1.5 4 0.5\n2.5 6 2.0\n3.0 6 1.0\n")
     steps = read_script(script, [str(i) for i in range(10)])
     assert steps[0] == ScriptStep(0.0, 0, 1.0)
-    summary = run_elevator([str(i) for i in range(10)], script=steps, out=tmp_path / "out", headless=True,
-                           fps=10, stable_frames=8, min_confidence=0.7, window=3, threshold=0.6)
+    settings = ElevatorSettings(out=tmp_path / "out", headless=True, fps=10, stable_frames=8, min_confidence=0.7,
+                                window=3, threshold=0.6)
+    summary = run_elevator([str(i) for i in range(10)], script=steps, settings=settings)
     # gesture 0: the current floor, ignored; gesture 4: held 5 frames < 8, ignored; gesture 6 held 2 s: one request
     requests = [e for e in summary.events if e["event"] == "request"]
     assert [r["floor"] for r in requests] == [6]
@@ -134,8 +134,9 @@ def test_video_source_with_model_drains_queue(tiny_checkpoint, tmp_path):
     video = tmp_path / "v.mp4"
     write_video(demo_frames(images, hold=6), video, fps=10)
     rec = Recognizer.from_path(tiny_checkpoint)
-    summary = run_elevator(rec.classes, rec, source=open_source(video), out=tmp_path / "out", headless=True,
-                           stable_frames=3, min_confidence=0.0, threshold=0.0, window=2)
+    settings = ElevatorSettings(out=tmp_path / "out", headless=True, stable_frames=3, min_confidence=0.0,
+                                threshold=0.0, window=2)
+    summary = run_elevator(rec.classes, rec, source=open_source(video), settings=settings)
     requested = [e["floor"] for e in summary.events if e["event"] == "request"]
     arrived = [e["floor"] for e in summary.events if e["event"] == "arrive"]
     assert sorted(requested) == sorted(arrived)  # the video ended, the car still served every request

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from sabr.apps import Recognizer, SourceError, demo_frames, load_any, load_references, open_source, recognize, \
+from sabr.apps import RecognizeSettings, Recognizer, SourceError, demo_frames, load_any, load_references, open_source, recognize, \
     write_video
 from sabr.cli import main
 from sabr.data import open_image
 from sabr.errors import CheckpointError, DataError
 
-from ._apps_fixtures import SIGN, sign_photos, tiny_checkpoint  # noqa: F401 (fixture)
+from ._apps_fixtures import sign_folder, sign_photos, tiny_checkpoint  # noqa: F401 (fixture)
 
 KEYS = {"frame", "label", "confidence", "top3", "smoothed_label", "latency_ms"}
 
@@ -41,8 +41,8 @@ def test_uses_the_training_preprocessing(tiny_checkpoint):
 def test_headless_image_folder_writes_jsonl_and_frames(tiny_checkpoint, photo_folder, tmp_path):
     rec = Recognizer.from_path(tiny_checkpoint)
     out = tmp_path / "out"
-    summary = recognize(rec, open_source(photo_folder), out=out, headless=True, roi_fraction=1.0, window=2,
-                        threshold=0.0, snapshot=1)
+    settings = RecognizeSettings(out=out, headless=True, roi_fraction=1.0, window=2, threshold=0.0, snapshot=1)
+    summary = recognize(rec, open_source(photo_folder), settings)
     rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert summary.frames == len(rows) == 3
     assert [r["frame"] for r in rows] == [0, 1, 2]
@@ -62,7 +62,7 @@ def test_headless_image_folder_writes_jsonl_and_frames(tiny_checkpoint, photo_fo
 
 def test_threshold_withholds_label(tiny_checkpoint, photo_folder, tmp_path):
     rec = Recognizer.from_path(tiny_checkpoint)
-    recognize(rec, open_source(photo_folder), out=tmp_path, headless=True, threshold=1.0)
+    recognize(rec, open_source(photo_folder), RecognizeSettings(out=tmp_path, headless=True, threshold=1.0))
     rows = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert all(r["smoothed_label"] is None for r in rows)
 
@@ -113,9 +113,8 @@ def test_clear_errors(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_references_from_class_folders(tiny_checkpoint):
-    if not SIGN.is_dir():
-        pytest.skip(f"sign-language digits not found at {SIGN}")
-    refs = load_references([str(i) for i in range(10)], SIGN)
+    folder = sign_folder()
+    refs = load_references([str(i) for i in range(10)], folder)
     assert len(refs) == 10 and all(r.ndim == 3 and r.shape[2] == 3 for r in refs)
     with pytest.raises(DataError, match="classes"):
-        load_references(["a", "b"], SIGN)
+        load_references(["a", "b"], folder)

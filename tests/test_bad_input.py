@@ -20,6 +20,8 @@ from sabr.data import Preprocess, load_dataset
 from sabr.errors import CheckpointError, DataError, StorageError
 from sabr.models import create_model
 
+from .conftest import shared_path
+
 RUN = ["--model", "lenet5", "--image-size", "16", "--batch-size", "32", "--sweep", "0.2", "--device", "cpu"]
 
 
@@ -88,9 +90,7 @@ def test_odd_image_modes_and_sizes_are_converted(tmp_path):
 
 
 def test_real_photos_in_odd_modes_are_converted(tmp_path):
-    source = Path(__file__).resolve().parents[2] / "shared" / "data" / "sign-language-digits" / "Dataset"
-    if not source.is_dir():
-        pytest.skip(f"sign-language photos not found at {source}")
+    source = shared_path("sign-language-digits", "Dataset")
     root = tmp_path / "signs"
     for c in ("0", "1"):
         photos = sorted((source / c).iterdir())[:4]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -51,10 +54,26 @@ def test_sparsify_switches_only_sparse_layers():
         assert (fast(x) - model(x)).abs().max() <= 1e-5
 
 
-def test_latencies_are_medians_per_path():
+def test_latencies_are_medians_per_path(monkeypatch):
     lin = nn.Linear(8, 4).eval()
     t = latencies({"a": lin, "b": lin}, torch.randn(2, 8), runs=5, warmup=1)
-    assert set(t) == {"a", "b"} and all(v > 0 for v in t.values())
+    assert set(t) == {"a", "b"} and all(math.isfinite(v) and 0 < v < 1 for v in t.values())
+    # with a fake clock: warm-up calls first, then the paths interleaved call by call, the median of the timed calls
+    clock, calls = [0.0], []
+
+    def path(name, seconds):
+        it = iter(seconds)
+
+        def call(x):
+            calls.append(name)
+            clock[0] += next(it)
+        return call
+
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    t = latencies({"a": path("a", [9, 9, 1, 3, 100, 3, 4]), "b": path("b", [9, 9, 0.5, 0.25, 0.5, 7, 0.5])},
+                  torch.zeros(1), runs=5, warmup=2)
+    assert t == {"a": 3, "b": 0.5}
+    assert calls == ["a", "a", "b", "b"] + ["a", "b"] * 5
 
 
 def test_bench_model_reports_latency_sizes_and_ideal():

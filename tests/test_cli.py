@@ -28,3 +28,18 @@ def test_every_command_has_help(capsys):
             cli.main([name, "--help"])
         assert e.value.code == 0
     assert "--teta1" in capsys.readouterr().out
+
+
+def test_flags_come_from_the_dataclasses():
+    from sabr.config import ElevatorSettings, RecognizeSettings, RunConfig
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["elevator", "--script", "s.txt", "--floors", "3", "--headless", "--stable-frames", "4"])
+    assert ElevatorSettings(**cli._given(args, ElevatorSettings)) == \
+        ElevatorSettings(script="s.txt", floors=3, headless=True, stable_frames=4)
+    args = parser.parse_args(["recognize", "--model", "m", "--source", "0"])
+    assert RecognizeSettings(**cli._given(args, RecognizeSettings)) == RecognizeSettings(model="m", source="0")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["recognize", "--source", "0"])  # --model is required
+    args = parser.parse_args(["prune", "--run", "r"])
+    assert args.teta1 == RunConfig().sweep and args.gamma == RunConfig().gamma

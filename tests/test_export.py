@@ -14,7 +14,7 @@ from sabr.errors import CheckpointError, SabrError
 from sabr.export import export_onnx, save_shrunk, save_sparse, shrink
 from sabr.regularizer import resolve_params
 
-ARCHS = [("compact_cnn", 1, 8), ("vgg11", 3, 32), ("mobilenet_v2", 3, 32)]
+ARCHS = [("compact_cnn", 1, 8), pytest.param("vgg11", 3, 32, marks=pytest.mark.slow), ("mobilenet_v2", 3, 32)]
 
 
 def pruned_model(name: str, channels: int, size: int) -> nn.Module:

@@ -1,5 +1,6 @@
 """zero_masks / apply_masks (sabr.pruning), train_epoch's after_step hook and finetune_masked (sabr.pipeline)."""
 
+import pytest
 import torch
 
 from sabr import RunConfig, apply_masks, prune, sparsity_report, zero_masks
@@ -47,6 +48,7 @@ def test_finetune_masked_keeps_sparsity():
     assert after.sparsity >= before.sparsity > 0.2
 
 
+@pytest.mark.slow
 def test_run_with_finetune_epochs_fine_tunes_the_pruned_model_and_keeps_its_zeros(tmp_path):
     import json
 

@@ -80,6 +80,7 @@ def test_reprune_draws_the_tradeoff(run_dir, capsys):
     assert "teta1" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_refuses_to_overwrite_a_run(run_dir, capsys):
     assert main(["run", "--out", str(run_dir), "--epochs-base", "1", "--quiet"]) == 2
     assert "already holds a run" in capsys.readouterr().err

@@ -7,12 +7,15 @@ from sabr import SabrError
 from sabr.train import SEED_OFFSETS, EpochStats, FitHooks, FitState, fit, phase_generator, resolve_device
 
 
-def test_resolve_device():
+def test_resolve_device(monkeypatch):
     assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(SabrError, match="no CUDA GPU is visible"):
-            resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(SabrError, match="no CUDA GPU is visible"):
+        resolve_device("cuda")
 
 
 def test_each_phase_draws_its_batches_from_seed_plus_its_offset():

@@ -9,11 +9,17 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import MISSING, fields
-from typing import Callable
+from dataclasses import MISSING, Field, fields
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable
 
-from .config import RunConfig, load_yaml
+from .config import AppSettings, ElevatorSettings, RecognizeSettings, RunConfig, load_yaml
 from .errors import ConfigError, SabrError
+
+if TYPE_CHECKING:  # the CLI imports torch, numpy and the apps only in the commands that need them
+    import numpy as np
+
+    from .apps import Recognizer
 
 log = logging.getLogger("sabr")
 
@@ -28,27 +34,52 @@ def _base_type(annotation: str) -> tuple[type, bool]:
     return _TYPES.get(text, str), False
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per :class:`RunConfig` field; unset flags stay absent (so YAML values survive)."""
-    for f in fields(RunConfig):
+def _default(f: Field) -> Any:
+    return f.default if f.default is not MISSING else f.default_factory()
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type = RunConfig) -> None:
+    """One ``--flag`` per field of the dataclass ``cls`` (:class:`RunConfig` or an app's settings).
+
+    A field's metadata gives its help, and optionally ``choices``, ``nargs`` (list fields) or
+    ``switch`` (a plain on-switch such as ``--headless``; other ``bool`` fields get ``--x`` / ``--no-x``);
+    ``cls.required_flags`` names the flags that must be given. The help ends with the field's default
+    unless the default is ``None`` or the help already states it. Unset flags stay absent from the
+    parsed namespace (so a YAML file's values, or the dataclass's defaults, fill them in).
+    """
+    required = getattr(cls, "required_flags", ())
+    for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else f.default_factory()
-        help_text = f"{f.metadata['help']} (default: {default})"
-        if f.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
-            continue
-        typ, is_list = _base_type(f.type)
-        kw = {"nargs": f.metadata.get("nargs", "+")} if is_list else {}
-        if "choices" in f.metadata:
-            kw["choices"] = f.metadata["choices"]
-        parser.add_argument(flag, type=typ, default=argparse.SUPPRESS, help=help_text, **kw)
+        default = _default(f)
+        help_text = f.metadata["help"]
+        if default is not None and "(default" not in help_text and not f.metadata.get("switch"):
+            help_text += f" (default: {default})"
+        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
+        if f.name in required:
+            kw["required"] = True
+        if f.metadata.get("switch"):
+            parser.add_argument(flag, action="store_true", **kw)
+        elif f.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        else:
+            typ, is_list = _base_type(f.type)
+            if is_list:
+                kw["nargs"] = f.metadata.get("nargs", "+")
+            if "choices" in f.metadata:
+                kw["choices"] = f.metadata["choices"]
+            parser.add_argument(flag, type=typ, **kw)
+
+
+def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The fields of ``cls`` given as flags on the command line."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names}
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Defaults, then the ``--config`` YAML file, then the flags given on the command line."""
     values = load_yaml(args.config) if getattr(args, "config", None) else {}
-    names = {f.name for f in fields(RunConfig)}
-    values.update({k: v for k, v in vars(args).items() if k in names})
+    values.update(_given(args, RunConfig))
     return RunConfig.from_dict(values)
 
 
@@ -61,7 +92,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .rundir import RunDir
 
     if args.resume:
-        given = sorted(k for k in vars(args) if k in {f.name for f in fields(RunConfig)} and k != "device")
+        given = sorted(k for k in _given(args, RunConfig) if k != "device")
         if given or args.config or args.overwrite:
             flags = ", ".join("--" + k.replace("_", "-") for k in given) or ("--config" if args.config else "--overwrite")
             raise ConfigError(f"--resume continues {args.resume} with the settings saved in its {RunDir.CONFIG}; "
@@ -97,9 +128,11 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 def _setup_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="a run folder written by `sabr run`")
-    p.add_argument("--teta1", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0],
-                   help="pruning factors to try (default: 0.05 0.1 0.2 0.3 0.5 0.75 1.0)")
-    p.add_argument("--gamma", type=float, default=0.1, help="pruning gamma (default: 0.1)")
+    defaults = {f.name: _default(f) for f in fields(RunConfig)}  # the sweep and gamma of `sabr run`
+    sweep, gamma = defaults["sweep"], defaults["gamma"]
+    p.add_argument("--teta1", type=float, nargs="+", default=sweep,
+                   help=f"pruning factors to try (default: {' '.join(map(str, sweep))})")
+    p.add_argument("--gamma", type=float, default=gamma, help=f"pruning gamma (default: {gamma})")
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -113,42 +146,18 @@ def _setup_models(p: argparse.ArgumentParser) -> None:
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'vgg*'")
 
 
-def _add_app_arguments(p: argparse.ArgumentParser, model_required: bool = True) -> None:
-    """Options shared by the two applications."""
-    p.add_argument("--model", required=model_required,
-                   help="a `sabr run` folder, a checkpoint .safetensors (with its .json beside it), or a "
-                        "`sabr export` file (sparse, shrunk or .onnx)")
-    p.add_argument("--phase", default="pruned", choices=["base", "sabr", "pruned"],
-                   help="which model of a run folder (default: pruned)")
-    p.add_argument("--headless", action="store_true", help="no window: write annotated frames and JSONL to --out")
-    p.add_argument("--out", help="output folder (required with --headless)")
-    p.add_argument("--references", help="one example image per class: a folder of class sub-folders or of one "
-                                        "image per class (default: sampled from the run's training folder)")
-    p.add_argument("--roi", help="region of interest x,y,w,h in pixels (default: a centred square)")
-    p.add_argument("--roi-fraction", type=float, default=0.75,
-                   help="side of the default centred square ROI over the frame's shorter side (default: 0.75)")
-    p.add_argument("--window", type=int, default=5, help="temporal smoothing window, frames (default: 5)")
-    p.add_argument("--threshold", type=float, default=0.6,
-                   help="confidence (fraction) below which no label is claimed (default: 0.6)")
-    p.add_argument("--snapshot", type=int, help="also save this frame (0-based) of the view as OUT/snapshot.png")
-    p.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (default: cpu)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="CPU threads for the model (default: 1: one small frame at a time gains nothing from more, "
-                        "and loses a lot on a busy CPU)")
-
-
-def _load_app(args: argparse.Namespace):
+def _load_app(settings: AppSettings) -> tuple[Recognizer, list[np.ndarray] | None]:
     """The recogniser (its sparsity and MACs printed) and the reference images, from the shared options."""
     import torch
 
     from .apps import Recognizer, load_references, training_data_folder
 
-    if args.threads < 1:
-        raise SabrError(f"--threads must be >= 1, got {args.threads}.")
-    torch.set_num_threads(args.threads)
-    recognizer = Recognizer.from_path(args.model, args.phase, args.device)
+    if settings.threads < 1:
+        raise SabrError(f"--threads must be >= 1, got {settings.threads}.")
+    torch.set_num_threads(settings.threads)
+    recognizer = Recognizer.from_path(settings.model, settings.phase, settings.device)
     print(recognizer.info().describe())
-    folder = args.references or training_data_folder(args.model)
+    folder = settings.references or training_data_folder(settings.model)
     references = load_references(recognizer.classes, folder) if folder else None
     if references is None:
         log.info("no reference images (pass --references DIR); the reference panel shows class names only")
@@ -156,15 +165,13 @@ def _load_app(args: argparse.Namespace):
 
 
 def _cmd_recognize(args: argparse.Namespace) -> int:
-    from .apps import Roi, open_source, recognize
+    from .apps import open_source, recognize
 
-    recognizer, references = _load_app(args)
-    source = open_source(args.source)
+    settings = RecognizeSettings(**_given(args, RecognizeSettings))
+    recognizer, references = _load_app(settings)
+    source = open_source(settings.source)
     log.info("source: %s", source.description)
-    summary = recognize(recognizer, source, out=args.out, headless=args.headless,
-                        roi=Roi.parse(args.roi) if args.roi else None, roi_fraction=args.roi_fraction,
-                        window=args.window, threshold=args.threshold, references=references,
-                        max_frames=args.max_frames, snapshot=args.snapshot)
+    summary = recognize(recognizer, source, settings, references)
     if summary.frames:
         print(f"{summary.frames} frames, latency per frame (preprocessing + model): median "
               f"{summary.latency_ms_median:.2f} ms, p90 {summary.latency_ms_p90:.2f} ms")
@@ -173,52 +180,28 @@ def _cmd_recognize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _setup_recognize(p: argparse.ArgumentParser) -> None:
-    _add_app_arguments(p)
-    p.add_argument("--source", required=True, help="webcam index (0), a video file, or a folder of images")
-    p.add_argument("--max-frames", type=int, help="stop after this many frames")
-
-
 def _cmd_elevator(args: argparse.Namespace) -> int:
     from .apps import open_source, read_script, run_elevator
 
-    if (args.source is None) == (args.script is None):
+    s = ElevatorSettings(**_given(args, ElevatorSettings))
+    if (s.source is None) == (s.script is None):
         raise SabrError("pass exactly one input: --source (webcam, video, image folder) or --script FILE.")
-    if args.model:
-        recognizer, references = _load_app(args)
+    if s.model:
+        recognizer, references = _load_app(s)
         classes = recognizer.classes
-    elif args.script and args.floors:
-        recognizer, references, classes = None, None, [str(i) for i in range(args.floors)]
+    elif s.script and s.floors:
+        recognizer, references, classes = None, None, [str(i) for i in range(s.floors)]
     else:
         raise SabrError("pass --model (a run folder or checkpoint), or --script with --floors N to simulate "
                         "without a model.")
-    summary = run_elevator(
-        classes, recognizer, source=open_source(args.source) if args.source else None,
-        script=read_script(args.script, classes) if args.script else None, out=args.out, headless=args.headless,
-        references=references, fps=args.fps, floors_per_second=args.floors_per_second,
-        door_seconds=args.door_seconds, stable_frames=args.stable_frames, min_confidence=args.min_confidence,
-        window=args.window, threshold=args.threshold, roi_fraction=args.roi_fraction,
-        max_seconds=args.max_seconds, snapshot=args.snapshot)
+    summary = run_elevator(classes, recognizer, source=open_source(s.source) if s.source else None,
+                           script=read_script(s.script, classes) if s.script else None, references=references,
+                           settings=s)
     for e in summary.events:
         print(f"{e['t']:8.2f}s  {e['event']:<11} floor {e['floor']}")
     if summary.out:
         print(f"wrote {summary.out}/events.jsonl and {summary.out}/elevator.mp4 ({summary.frames} frames)")
     return 0
-
-
-def _setup_elevator(p: argparse.ArgumentParser) -> None:
-    _add_app_arguments(p, model_required=False)
-    p.add_argument("--source", help="webcam index (0), a video file, or a folder of images")
-    p.add_argument("--script", help="timed gestures, one '<time s> <gesture> [<hold s>]' per line")
-    p.add_argument("--floors", type=int, help="number of floors for --script without --model")
-    p.add_argument("--fps", type=float, help="simulation frames per second (default: the source's, 10 for a script)")
-    p.add_argument("--floors-per-second", type=float, default=1.0, help="car speed (default: 1.0)")
-    p.add_argument("--door-seconds", type=float, default=2.0, help="time the doors stay open (default: 2.0)")
-    p.add_argument("--stable-frames", type=int, default=8,
-                   help="frames a gesture must hold to request its floor (default: 8)")
-    p.add_argument("--min-confidence", type=float, default=0.7,
-                   help="smoothed confidence each of those frames needs (default: 0.7)")
-    p.add_argument("--max-seconds", type=float, default=120.0, help="simulated time limit (default: 120)")
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -278,14 +261,16 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", help="also write the figures to this JSON file")
 
 
-# name -> (help, set-up, handler). A new command adds one line here and its two functions.
+# name -> (help, set-up, handler). A new command adds one line here and its two functions (or its settings
+# dataclass and a handler).
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "run": ("train base, SABR and pruned models and write the report", _setup_run, _cmd_run),
     "prune": ("re-prune a finished run at several thresholds (accuracy vs sparsity)", _setup_prune, _cmd_prune),
     "models": ("list the available models", _setup_models, _cmd_models),
     "recognize": ("recognise gestures from a webcam, video or image folder (on screen or headless)",
-                  _setup_recognize, _cmd_recognize),
-    "elevator": ("simulate a gesture-driven elevator (one floor per class)", _setup_elevator, _cmd_elevator),
+                  partial(add_config_arguments, cls=RecognizeSettings), _cmd_recognize),
+    "elevator": ("simulate a gesture-driven elevator (one floor per class)",
+                 partial(add_config_arguments, cls=ElevatorSettings), _cmd_elevator),
     "export": ("export a run as a sparse checkpoint, a shrunk dense model or ONNX", _setup_export, _cmd_export),
     "bench": ("CPU latency and file sizes: dense, shrunk and sparse-kernel paths", _setup_bench, _cmd_bench),
 }
@@ -296,6 +281,7 @@ _EXTRAS = {"cv2": "apps", "onnx": "export", "onnxruntime": "export"}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``sabr`` parser: one sub-command per entry of :data:`COMMANDS`, each with ``--debug`` and ``--quiet``."""
     parser = argparse.ArgumentParser(prog="sabr", description="SABR: Sparsity-Accuracy Balanced Regularization")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -309,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``sabr`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code (2 for a user error)."""
     import os
 
     args = build_parser().parse_args(argv)

@@ -153,14 +153,6 @@ def evaluate(model: nn.Module, split: Split, preprocess: Preprocess, device: tor
     return float(loss) / n, float(correct) / n
 
 
-@torch.no_grad()
-def predict(model: nn.Module, split: Split, preprocess: Preprocess, device: torch.device,
-            batch_size: int = 512) -> torch.Tensor:
-    """Predicted labels for every sample of ``split`` (CPU ``int64`` tensor)."""
-    model.eval()
-    out = [model(preprocess.normalize(images.to(device))).argmax(1).cpu() for images, _ in batches(split, batch_size)]
-    return torch.cat(out)
-
 
 # --------------------------------------------------------------------------- the epoch loop
 SEED_OFFSETS = {"base": 0, "sabr": 1, "finetune": 2, "gmp": 3}

@@ -13,14 +13,13 @@ the next stop.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from ..errors import ConfigError
 
-EVENTS = ("request", "depart", "arrive", "doors_open", "doors_close")
 _EPS = 1e-9
 
 
@@ -34,6 +33,7 @@ class Event:
     floor: int
 
     def to_dict(self) -> dict:
+        """``{t, event, floor}`` for the JSONL log (``t`` rounded to 0.1 ms)."""
         return {"t": round(self.t, 4), "event": self.event, "floor": self.floor}
 
 
@@ -146,12 +146,6 @@ class Elevator:
 
     def _emit(self, event: str, floor: int | None) -> None:
         self.log.append(Event(self.t, event, int(floor if floor is not None else self.current_floor)))
-
-    def state_dict(self) -> dict:
-        return {"t": self.t, "position": self.position, "direction": self.direction, "moving": self.moving,
-                "doors_open": self.doors_open, "door_timer": self._door_timer, "pending": list(self.pending),
-                "floors": self.floors, "speed": self.speed, "door_seconds": self.door_seconds,
-                "log": [asdict(e) for e in self.log]}
 
 
 def render_elevator(elevator: Elevator, labels: Sequence[str], camera: np.ndarray | None = None,

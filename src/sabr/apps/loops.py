@@ -18,9 +18,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ..config import ElevatorSettings, RecognizeSettings
 from ..errors import ConfigError, SabrError
 from .elevator import Elevator, render_elevator
-from .recognizer import Recognizer
+from .recognizer import Prediction, Recognizer
 from .render import draw_recognition
 from .roi import Roi, RoiDragger
 from .smoothing import Smoothed, StableGesture, TemporalSmoother
@@ -53,6 +54,7 @@ class Window:
         return (cv2.waitKey(wait_ms) & 0xFF) not in (ord("q"), 27)
 
     def close(self) -> None:
+        """Close the window."""
         import cv2
 
         cv2.destroyWindow(self.title)
@@ -73,10 +75,12 @@ class _Output:
         self.count = 0
 
     def record(self, row: dict) -> None:
+        """Append one JSON line."""
         self._jsonl.write(json.dumps(row) + "\n")
         self._jsonl.flush()
 
     def frame(self, rgb: np.ndarray, name: str) -> None:
+        """Write one annotated frame (``name`` names its PNG), and the snapshot when it is this one."""
         from PIL import Image
 
         if self.frames_dir is not None:
@@ -89,12 +93,15 @@ class _Output:
         self.count += 1
 
     def close(self) -> None:
+        """Close the JSONL file and the video."""
         self._jsonl.close()
         if self.video is not None:
             self.video.close()
 
 
-def _open_output(out, headless, jsonl, video, fps, png, snapshot):
+def _open_output(out: str | Path | None, headless: bool, jsonl: str, video: str, fps: float, png: bool,
+                 snapshot: int | None) -> _Output | None:
+    """The headless output in ``out`` (``None`` when no ``out``); a headless run must have one."""
     if headless and out is None:
         raise ConfigError("--headless needs --out DIR for the annotated frames and the JSONL file.")
     return _Output(Path(out), jsonl, video, fps, png, snapshot) if out is not None else None
@@ -108,6 +115,7 @@ class _Fps:
         self.n = n
 
     def tick(self) -> float | None:
+        """Count one frame; the rate so far (``None`` before the second frame)."""
         self.times = (self.times + [time.perf_counter()])[-self.n:]
         if len(self.times) < 2:
             return None
@@ -124,38 +132,37 @@ class RecognizeSummary:
     out: str | None
 
 
-def recognize(recognizer: Recognizer, source: FrameSource, out: str | Path | None = None, headless: bool = False,
-              roi: Roi | None = None, roi_fraction: float = 0.75, window: int = 5, threshold: float = 0.6,
-              references: Sequence[np.ndarray] | None = None, max_frames: int | None = None,
-              snapshot: int | None = None) -> RecognizeSummary:
+def recognize(recognizer: Recognizer, source: FrameSource, settings: RecognizeSettings | None = None,
+              references: Sequence[np.ndarray] | None = None) -> RecognizeSummary:
     """Classify the ROI of every frame of ``source``.
 
     Args:
         recognizer: the model and its training preprocessing.
-        source: the frames (webcam, video or image folder).
-        out: folder for ``predictions.jsonl`` and the annotated ``annotated.mp4`` (``frames/*.png`` for
-            an image folder); required when ``headless``.
-        headless: no window (a server); otherwise frames are shown and the ROI can be dragged.
-        roi: the box to classify, in pixels; default a centred square of ``roi_fraction`` of the shorter side.
-        window, threshold: temporal smoothing over ``window`` frames; labels below ``threshold`` confidence
-            (fraction) are not claimed.
+        source: the frames (webcam, video or image folder); closed at the end.
+        settings: the loop's options (default: :class:`~sabr.config.RecognizeSettings`'s defaults); it reads
+            ``out`` (folder for ``predictions.jsonl`` and the annotated ``annotated.mp4``, ``frames/*.png``
+            for an image folder; required when ``headless``), ``headless`` (no window; otherwise frames are
+            shown and the ROI can be dragged), ``roi`` (``"x,y,w,h"`` in pixels; default a centred square of
+            ``roi_fraction`` of the shorter side), ``window`` and ``threshold`` (temporal smoothing over
+            ``window`` frames; labels below ``threshold`` confidence are not claimed), ``max_frames`` (stop
+            after this many frames) and ``snapshot`` (index of a frame to also save as ``out/snapshot.png``).
         references: one RGB image per class for the reference panel (``None``: empty frames).
-        max_frames: stop after this many frames.
-        snapshot: index of a frame to also save as ``out/snapshot.png``.
     """
-    output = _open_output(out, headless, "predictions.jsonl", "annotated.mp4", source.fps,
-                          isinstance(source, ImageFolderSource), snapshot)
-    smoother = TemporalSmoother(window, threshold)
+    s = settings or RecognizeSettings()
+    roi = Roi.parse(s.roi) if s.roi else None
+    output = _open_output(s.out, s.headless, "predictions.jsonl", "annotated.mp4", source.fps,
+                          isinstance(source, ImageFolderSource), s.snapshot)
+    smoother = TemporalSmoother(s.window, s.threshold)
     fps_meter = _Fps()
     classes = recognizer.classes
     screen, dragger = None, None
     latencies: list[float] = []
     try:
-        for frame in _limit(source, max_frames):
+        for frame in _limit(source, s.max_frames):
             h, w = frame.image.shape[:2]
             if dragger is None or dragger.frame_size != (w, h):
-                dragger = RoiDragger(roi or Roi.centered(w, h, roi_fraction), (w, h))
-                if not headless and screen is None:
+                dragger = RoiDragger(roi or Roi.centered(w, h, s.roi_fraction), (w, h))
+                if not s.headless and screen is None:
                     screen = Window("sabr recognize (drag the box; q quits)", dragger)
             box = dragger.roi
             pred = recognizer.predict(box.crop(frame.image))
@@ -169,15 +176,18 @@ def recognize(recognizer: Recognizer, source: FrameSource, out: str | Path | Non
             if screen is not None and not screen.show(view):
                 break
     finally:
-        source.close()
-        if output is not None:
-            output.close()
-        if screen is not None:
-            screen.close()
+        _close(source, output, screen)
     lat = np.asarray(latencies)
     return RecognizeSummary(len(lat), float(np.median(lat)) if len(lat) else None,
                             float(np.percentile(lat, 90)) if len(lat) else None,
-                            str(out) if out is not None else None)
+                            str(s.out) if s.out is not None else None)
+
+
+def _close(*things: object) -> None:
+    """Close each of ``things`` that is not ``None``, in order."""
+    for thing in things:
+        if thing is not None:
+            thing.close()
 
 
 def _limit(source: FrameSource, max_frames: int | None) -> Iterator[Frame]:
@@ -187,7 +197,7 @@ def _limit(source: FrameSource, max_frames: int | None) -> Iterator[Frame]:
         yield frame
 
 
-def _prediction_row(frame: Frame, pred, smoothed: Smoothed, classes: Sequence[str], roi: Roi) -> dict:
+def _prediction_row(frame: Frame, pred: Prediction, smoothed: Smoothed, classes: Sequence[str], roi: Roi) -> dict:
     """One JSONL line: ``frame``, ``label``, ``confidence``, ``top3``, ``smoothed_label``, ``latency_ms``."""
     return {
         "frame": frame.index,
@@ -253,12 +263,58 @@ class ElevatorSummary:
     out: str | None
 
 
+class _GestureInput:
+    """Turns each frame (or scripted gesture) into a floor request: classify, smooth, wait until stable."""
+
+    def __init__(self, classes: Sequence[str], recognizer: Recognizer | None, s: ElevatorSettings) -> None:
+        self.classes, self.recognizer, self.roi_fraction = classes, recognizer, s.roi_fraction
+        self.smoother = TemporalSmoother(s.window, s.threshold)
+        self.stable = StableGesture(s.stable_frames, s.min_confidence)
+
+    def update(self, image: np.ndarray | None, scripted: int | None) -> tuple[int | None, str]:
+        """``(floor to request or None, gesture caption)`` for one frame."""
+        gesture = "no gesture"
+        if self.recognizer is not None and image is not None:
+            h, w = image.shape[:2]
+            crop = Roi.centered(w, h, self.roi_fraction).crop(image) if scripted is None else image
+            probs = self.recognizer.predict(crop).probs
+        elif scripted is not None:
+            probs = np.eye(len(self.classes))[scripted]
+        else:
+            self.smoother.reset()
+            self.stable.update(Smoothed(None, 0.0))  # no hand in view: a held gesture ends here
+            return None, gesture
+        smoothed = self.smoother.update(probs)
+        if smoothed.label is not None:
+            gesture = f"gesture {self.classes[smoothed.label]}  {100 * smoothed.confidence:.0f}%"
+        return self.stable.update(smoothed), gesture
+
+
+class _ElevatorView:
+    """Advances the car one frame at a time, draws it, records its new events, shows the view."""
+
+    def __init__(self, car: Elevator, classes: Sequence[str], fps: float, output: _Output | None,
+                 screen: Window | None) -> None:
+        self.car, self.classes, self.dt, self.output, self.screen = car, classes, 1.0 / fps, output, screen
+        self.frames = 0  # frames simulated so far
+        self.written = 0  # car.log[:written] already recorded
+
+    def tick(self, image: np.ndarray | None, gesture: str) -> bool:
+        """One frame; ``False`` when the window was closed."""
+        self.car.step(self.dt)
+        self.frames += 1
+        view = render_elevator(self.car, self.classes, image, gesture)
+        if self.output is not None:
+            for e in self.car.log[self.written:]:
+                self.output.record(e.to_dict())
+            self.written = len(self.car.log)
+            self.output.frame(view, f"{self.frames:06d}")
+        return self.screen is None or self.screen.show(view, max(1, int(1000 * self.dt)))
+
+
 def run_elevator(classes: Sequence[str], recognizer: Recognizer | None = None, source: FrameSource | None = None,
-                 script: Sequence[ScriptStep] | None = None, out: str | Path | None = None, headless: bool = False,
-                 references: Sequence[np.ndarray] | None = None, fps: float | None = None,
-                 floors_per_second: float = 1.0, door_seconds: float = 2.0, stable_frames: int = 8,
-                 min_confidence: float = 0.7, window: int = 5, threshold: float = 0.6,
-                 roi_fraction: float = 0.75, max_seconds: float = 120.0, snapshot: int | None = None) -> ElevatorSummary:
+                 script: Sequence[ScriptStep] | None = None, references: Sequence[np.ndarray] | None = None,
+                 settings: ElevatorSettings | None = None) -> ElevatorSummary:
     """Drive an :class:`Elevator` (one floor per class) with stable gestures.
 
     Input is either ``source`` (frames classified by ``recognizer``) or ``script`` (timed gestures; with a
@@ -267,84 +323,48 @@ def run_elevator(classes: Sequence[str], recognizer: Recognizer | None = None, s
 
     Args:
         classes: class names, one floor each (floor k = class k).
-        fps: simulation frame rate (default: the source's, or 10 for a script).
-        floors_per_second, door_seconds: the car's speed and how long its doors stay open.
-        stable_frames, min_confidence: a request needs the same smoothed label for ``stable_frames`` frames
-            with smoothed confidence >= ``min_confidence``.
-        window, threshold: temporal smoothing (see :class:`TemporalSmoother`).
-        max_seconds: stop the simulation after this many simulated seconds.
-        out: folder for ``events.jsonl`` and ``elevator.mp4``; required when ``headless``.
+        settings: the simulation's options (default: :class:`~sabr.config.ElevatorSettings`'s defaults); it
+            reads ``fps`` (simulation frame rate; ``None``: the source's, or 10 for a script),
+            ``floors_per_second`` and ``door_seconds`` (the car's speed and how long its doors stay open),
+            ``stable_frames`` and ``min_confidence`` (a request needs the same smoothed label for
+            ``stable_frames`` frames with smoothed confidence >= ``min_confidence``), ``window`` and
+            ``threshold`` (temporal smoothing, see :class:`TemporalSmoother`), ``roi_fraction`` (the centred
+            square classified in a source's frames), ``max_seconds`` (simulated time limit), ``out`` (folder
+            for ``events.jsonl`` and ``elevator.mp4``; required when ``headless``), ``headless`` and ``snapshot``.
     """
+    s = settings or ElevatorSettings()
     if (source is None) == (script is None):
         raise ConfigError("the elevator needs exactly one input: a --source or a --script.")
     if source is not None and recognizer is None:
         raise ConfigError("a --source needs a --model to recognise its gestures.")
-    fps = fps or (source.fps if source is not None else 10.0)
-    dt = 1.0 / fps
-    car = Elevator(len(classes), floors_per_second, door_seconds)
-    smoother = TemporalSmoother(window, threshold)
-    stable = StableGesture(stable_frames, min_confidence)
-    output = _open_output(out, headless, "events.jsonl", "elevator.mp4", fps, False, snapshot)
-    screen = None if headless else Window("sabr elevator (q quits)")
-    frames = 0  # frames simulated so far; car.log[:written] already recorded
-    written = 0
-
-    def tick(image, gesture: str) -> bool:
-        """Advance the car one frame, draw it, record new events; False when the window was closed."""
-        nonlocal frames, written
-        car.step(dt)
-        frames += 1
-        view = render_elevator(car, classes, image, gesture)
-        if output is not None:
-            for e in car.log[written:]:
-                output.record(e.to_dict())
-            written = len(car.log)
-            output.frame(view, f"{frames:06d}")
-        return screen is None or screen.show(view, max(1, int(1000 * dt)))
-
+    fps = s.fps or (source.fps if source is not None else 10.0)
+    car = Elevator(len(classes), s.floors_per_second, s.door_seconds)
+    gestures = _GestureInput(classes, recognizer, s)
+    output = _open_output(s.out, s.headless, "events.jsonl", "elevator.mp4", fps, False, s.snapshot)
+    view = _ElevatorView(car, classes, fps, output, None if s.headless else Window("sabr elevator (q quits)"))
     frame_iter = _script_frames(script, classes, references, fps) if script is not None else \
         ((f.image, None) for f in source)
     drain = script is not None or not source.is_live  # a finite input: let the car finish its queue after it
     try:
         for image, scripted in frame_iter:
-            if car.t >= max_seconds:
+            if car.t >= s.max_seconds:
                 break
-            gesture = "no gesture"
-            if recognizer is not None and image is not None:
-                h, w = image.shape[:2]
-                pred = recognizer.predict(Roi.centered(w, h, roi_fraction).crop(image)) if scripted is None \
-                    else recognizer.predict(image)
-                probs = pred.probs
-            elif scripted is not None:
-                probs = np.eye(len(classes))[scripted]
-            else:
-                probs = None
-                smoother.reset()
-                stable.update(Smoothed(None, 0.0))  # no hand in view: a held gesture ends here
-            if probs is not None:
-                smoothed = smoother.update(probs)
-                if smoothed.label is not None:
-                    gesture = f"gesture {classes[smoothed.label]}  {100 * smoothed.confidence:.0f}%"
-                floor = stable.update(smoothed)
-                if floor is not None:
-                    car.request(floor)
-            if not tick(image, gesture):
+            floor, gesture = gestures.update(image, scripted)
+            if floor is not None:
+                car.request(floor)
+            if not view.tick(image, gesture):
                 break
         # let the car finish its queue after a script, video or image folder ends (a camera never "ends")
-        while drain and (car.pending or car.doors_open or car.moving) and car.t < max_seconds:
-            if not tick(None, "no gesture"):
+        while drain and (car.pending or car.doors_open or car.moving) and car.t < s.max_seconds:
+            if not view.tick(None, "no gesture"):
                 break
     finally:
-        if source is not None:
-            source.close()
-        if output is not None:
-            output.close()
-        if screen is not None:
-            screen.close()
-    return ElevatorSummary(car.t, frames, [e.to_dict() for e in car.log], str(out) if out is not None else None)
+        _close(source, output, view.screen)
+    return ElevatorSummary(car.t, view.frames, [e.to_dict() for e in car.log], str(s.out) if s.out is not None else None)
 
 
-def _script_frames(script: Sequence[ScriptStep], classes: Sequence[str], references, fps: float):
+def _script_frames(script: Sequence[ScriptStep], classes: Sequence[str], references: Sequence[np.ndarray] | None,
+                   fps: float) -> Iterator[tuple[np.ndarray | None, int | None]]:
     """``(camera image or None, scripted label or None)`` per frame, until the last gesture ends."""
     end = max(s.t + s.hold for s in script)
     for i in range(int(np.ceil(end * fps))):

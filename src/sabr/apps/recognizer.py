@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, SabrError
+from ..errors import CheckpointError
 from ..export import load_model
 from ..metrics import count_macs, sparsity_report
 
@@ -106,12 +106,6 @@ class Recognizer:
         order = np.argsort(-probs)[:3]
         return Prediction(probs, int(order[0]), float(probs[order[0]]),
                           [(int(k), float(probs[k])) for k in order], latency)
-
-    def check_classes(self, expected: list[str], what: str = "the references") -> None:
-        """Raise :class:`SabrError` when ``expected`` class names differ from the model's."""
-        if list(expected) != self.classes:
-            raise SabrError(f"{what} have classes {list(expected)} but the model was trained on {self.classes}; "
-                            "use references (or a script) made for this model's dataset, or another model.")
 
     def info(self) -> ModelInfo:
         """Name, sparsity (:func:`sabr.sparsity_report`) and MACs (:func:`sabr.count_macs`) of the model."""

@@ -25,8 +25,9 @@ RED = (220, 60, 60)
 FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX
 
 
-def put_text(image: np.ndarray, text: str, org: tuple[int, int], scale: float = 0.5, color=WHITE,
-             background=DARK, thickness: int = 1) -> int:
+def put_text(image: np.ndarray, text: str, org: tuple[int, int], scale: float = 0.5,
+             color: tuple[int, int, int] = WHITE, background: tuple[int, int, int] | None = DARK,
+             thickness: int = 1) -> int:
     """Draw ``text`` with its top-left at ``org`` on a filled box; returns the y below it."""
     import cv2
 

@@ -82,6 +82,7 @@ class RoiDragger:
 
     @property
     def dragging(self) -> bool:
+        """Whether a drag is in progress."""
         return self._grab is not None
 
     def press(self, px: int, py: int) -> None:
@@ -110,6 +111,3 @@ class RoiDragger:
             self.move(px, py)
         elif event == cv2.EVENT_LBUTTONUP:
             self.release()
-
-    def state_dict(self) -> dict:
-        return {"roi": [self.roi.x, self.roi.y, self.roi.width, self.roi.height], "frame_size": list(self.frame_size)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -45,7 +46,7 @@ class TemporalSmoother:
         self.threshold = threshold
         self._history: deque[np.ndarray] = deque(maxlen=window)
 
-    def update(self, probs) -> Smoothed:
+    def update(self, probs: Sequence[float] | np.ndarray) -> Smoothed:
         """Add one frame's class probabilities (a 1-D array summing to 1) and return the smoothed result."""
         p = np.asarray(probs, dtype=np.float64).reshape(-1)
         if self._history and len(self._history[0]) != len(p):
@@ -59,9 +60,6 @@ class TemporalSmoother:
     def reset(self) -> None:
         """Forget the history (e.g. when the ROI jumps or the source changes)."""
         self._history.clear()
-
-    def state_dict(self) -> dict:
-        return {"window": self.window, "threshold": self.threshold, "history": [h.tolist() for h in self._history]}
 
 
 class StableGesture:
@@ -97,7 +95,3 @@ class StableGesture:
             self._fired = True
             return label
         return None
-
-    def state_dict(self) -> dict:
-        return {"frames": self.frames, "min_confidence": self.min_confidence, "label": self._label,
-                "count": self._count, "fired": self._fired}

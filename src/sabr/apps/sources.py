@@ -103,6 +103,7 @@ class VideoSource(FrameSource):
             i += 1
 
     def close(self) -> None:
+        """Release the capture."""
         self._cap.release()
 
 
@@ -134,6 +135,7 @@ class VideoWriter:
         self.frames = 0
 
     def write(self, rgb: np.ndarray) -> None:
+        """Append one RGB frame (resized to the first frame's size)."""
         import cv2
 
         h, w = rgb.shape[:2]
@@ -149,6 +151,7 @@ class VideoWriter:
         self.frames += 1
 
     def close(self) -> None:
+        """Finish the file."""
         if self._writer is not None:
             self._writer.release()
             self._writer = None
