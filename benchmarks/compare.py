@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import logging
 import math
@@ -104,8 +103,7 @@ def _magnitude_result(exp: Experiment, model: nn.Module, epochs: int, prune_fn=g
 
 # --------------------------------------------------------------------------- the methods
 def _sabr_phase2(exp: Experiment, model: nn.Module, epochs: int, on_epoch: Callable[[dict], None]):
-    e = dataclasses.replace(exp, config=dataclasses.replace(exp.config, epochs_sabr=epochs))
-    return train_sabr(e, model, progress=False, on_epoch=on_epoch)
+    return train_sabr(exp, model, epochs=epochs, progress=False, on_epoch=on_epoch)
 
 
 def run_sabr(exp: Experiment, base: nn.Module, epochs: int, snapshot_at: int | None = None,

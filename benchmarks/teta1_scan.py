@@ -51,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.model}: base test {100 * base_acc:.2f}%, val {100 * rows[-1]['val_accuracy']:.2f}%", flush=True)
     results = {"model": args.model, "data": args.data, "base_test_accuracy": base_acc, "scans": []}
     for t in args.teta1:
-        e = dataclasses.replace(exp, config=dataclasses.replace(cfg, teta1=t))
         t0 = time.time()
-        model, reg, r = train_sabr(e, copy.deepcopy(base), progress=False)
-        curve = sweep(e, model, FACTORS, cfg.gamma)
+        settings = dataclasses.replace(cfg.sabr_settings(), teta1=t)
+        model, reg, r = train_sabr(exp, copy.deepcopy(base), settings=settings, progress=False)
+        curve = sweep(exp, model, FACTORS, cfg.gamma)
         print(f"teta1={t}: val {[round(x['val_accuracy'], 4) for x in r]} actions "
               f"{''.join(x['action'][0] for x in r)} frozen {len(reg.frozen)} ({time.time() - t0:.0f} s)")
         for c in curve:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from sabr import SABR, RunConfig, sparsity_report
-from sabr.baselines import (GMPSchedule, accuracy_at, fixed_l1_config, global_magnitude_prune, gmp_sparsity,
+from sabr.baselines import (GMPSchedule, accuracy_at, fixed_l1_settings, global_magnitude_prune, gmp_sparsity,
                             layer_magnitude_prune, magnitude_curve, oneshot_finetune, sparsity_within,
                             train_fixed_l1, train_gmp)
 from sabr.pipeline import prepare
@@ -120,7 +120,8 @@ def test_oneshot_finetune_keeps_the_pruned_zeros(exp):
 
 
 def test_fixed_l1_never_changes_lambdas_nor_freezes(exp):
-    assert fixed_l1_config(exp.config).growth_rate == fixed_l1_config(exp.config).decrease_rate == 1.0
+    fixed = fixed_l1_settings(exp.config.sabr_settings())
+    assert fixed.growth_rate == fixed.decrease_rate == 1.0 and fixed.teta1 == exp.config.teta1
     base = exp.new_model()
     initial = SABR(copy.deepcopy(base), teta1=exp.config.teta1).lambdas
     model, reg, rows = train_fixed_l1(exp, base, epochs=3)

@@ -2,7 +2,6 @@
 
 import ast
 import copy
-import dataclasses
 import json
 import os
 import subprocess
@@ -67,8 +66,7 @@ def test_sabr_ft_starts_from_sabr_snapshot_and_keeps_the_budget():
     assert len(sabr["snapshot"]["rows"]) == 1
     # the snapshot is what a 1-epoch phase 2 ends with: phase 2 is deterministic for a seed
     torch.manual_seed(0)
-    one_epoch = dataclasses.replace(exp, config=dataclasses.replace(exp.config, epochs_sabr=1))
-    short, _, _ = train_sabr(one_epoch, copy.deepcopy(base), progress=False)
+    short, _, _ = train_sabr(exp, copy.deepcopy(base), epochs=1, progress=False)
     snapshot = sabr["snapshot"]["model"].state_dict()
     for name, t in short.state_dict().items():
         assert torch.equal(t, snapshot[name]), name

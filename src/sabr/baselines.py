@@ -5,7 +5,7 @@
 * :func:`oneshot_finetune`: one-shot global magnitude pruning, then a masked fine-tune.
 * :func:`gmp_sparsity` and :func:`train_gmp`: gradual magnitude pruning (Zhu & Gupta 2017) on the cubic
   schedule ``s_t = s_f (1 - (1 - t / T)^3)``.
-* :func:`fixed_l1_config` and :func:`train_fixed_l1`: L1 with SABR's initial lambdas, never adapted and
+* :func:`fixed_l1_settings` and :func:`train_fixed_l1`: L1 with SABR's initial lambdas, never adapted and
   nothing frozen: the ablation that shows what SABR's adaptation and freezing buy.
 * :func:`magnitude_curve`, :func:`accuracy_at`, :func:`sparsity_within`: accuracy-vs-sparsity curves
   and the figures read from them.
@@ -25,15 +25,15 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as tprune
 
-from .config import RunConfig
+from .experiment import Experiment
 from .metrics import sparsity_report
-from .pipeline import Experiment, finetune_masked, train_sabr
+from .phases import finetune_masked, train_sabr
 from .pruning import apply_masks, zero_masks
-from .regularizer import SABR, resolve_params
-from .train import evaluate, train_epoch
+from .regularizer import SABR, SabrSettings, resolve_params
+from .train import EpochStats, FitHooks, evaluate, fit, phase_generator, train_epoch
 
 __all__ = ["global_magnitude_prune", "layer_magnitude_prune", "oneshot_finetune", "gmp_sparsity", "GMPSchedule",
-           "train_gmp", "fixed_l1_config", "train_fixed_l1", "magnitude_curve", "accuracy_at", "sparsity_within"]
+           "train_gmp", "fixed_l1_settings", "train_fixed_l1", "magnitude_curve", "accuracy_at", "sparsity_within"]
 
 PruneFn = Callable[[nn.Module, float], None]
 
@@ -88,7 +88,7 @@ def oneshot_finetune(exp: Experiment, model: nn.Module, epochs: int,
                      sparsity: float) -> tuple[nn.Module, list[dict]]:
     """One-shot global magnitude pruning of ``model`` to ``sparsity``, then ``epochs`` of masked fine-tuning.
 
-    The fine-tune is :func:`sabr.pipeline.finetune_masked` (zeros stay zero, best validation weights
+    The fine-tune is :func:`sabr.phases.finetune_masked` (zeros stay zero, best validation weights
     kept, the pruned start included). Returns the model (pruned in place) and one row per epoch.
     """
     global_magnitude_prune(model, sparsity)
@@ -138,7 +138,7 @@ class GMPSchedule:
 
 
 def train_gmp(exp: Experiment, model: nn.Module, epochs: int, target: float, fraction: float = 0.75,
-              every: int = 10, seed_offset: int = 3) -> tuple[nn.Module, list[dict]]:
+              every: int = 10) -> tuple[nn.Module, list[dict]]:
     """Gradual magnitude pruning (Zhu & Gupta 2017) of ``model`` to ``target`` while training it, in place.
 
     Args:
@@ -149,53 +149,51 @@ def train_gmp(exp: Experiment, model: nn.Module, epochs: int, target: float, fra
         target: final sparsity of every Conv/Linear weight tensor, in [0, 1].
         fraction: share of all optimizer steps over which the sparsity ramps up (:class:`GMPSchedule`).
         every: optimizer steps between two mask updates during the ramp.
-        seed_offset: the batch order's generator is seeded with ``config.seed + seed_offset``.
 
-    Adam, no penalty. Returns the model with the best-validation weights among the epochs that ended
-    with the schedule done (the last weights if none did) and one row per epoch.
+    Adam, no penalty, batch order from :func:`sabr.train.phase_generator` (``"gmp"``). Validation starts
+    once the schedule is done. Returns the model with the best-validation weights among those epochs
+    (the last weights if none) and one row per epoch, with the schedule's ``target_sparsity``.
     """
     cfg = exp.config
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr_sabr or cfg.lr)
-    gen = torch.Generator().manual_seed(cfg.seed + seed_offset)
+    gen = phase_generator(cfg.seed, "gmp")
     steps_per_epoch = math.ceil(len(exp.train) / cfg.batch_size)
     schedule = GMPSchedule(model, target, int(fraction * epochs * steps_per_epoch), every)
-    # The epoch loop (to be replaced by sabr.train's fit() with after_step=schedule and the keep-best rule).
-    best_acc, best_state, rows = -1.0, None, []
-    for epoch in range(1, epochs + 1):
-        stats = train_epoch(model, opt, exp.train, exp.preprocess, exp.device, cfg.batch_size, gen,
-                            after_step=schedule)
-        val_loss, val_acc = evaluate(model, exp.val, exp.preprocess, exp.device)
-        rows.append({"epoch": epoch, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
-                     "val_loss": val_loss, "val_accuracy": val_acc, "seconds": stats.seconds,
-                     "target_sparsity": gmp_sparsity(schedule.step, schedule.ramp, target)})
-        if schedule.done and val_acc > best_acc:
-            best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return model, rows
+
+    def train(epoch: int) -> EpochStats:
+        return train_epoch(model, opt, exp.train, exp.preprocess, exp.device, cfg.batch_size, gen,
+                           after_step=schedule)
+
+    hooks = FitHooks(validate_now=lambda epoch: schedule.done,
+                     row_fields=lambda row: {"target_sparsity": gmp_sparsity(schedule.step, schedule.ramp, target)})
+    state = fit(model, opt, train, lambda: evaluate(model, exp.val, exp.preprocess, exp.device), epochs,
+                keep="best", hooks=hooks)
+    return model, state.rows
 
 
 # --------------------------------------------------------------------------- fixed-lambda L1
 NEVER_FREEZE = 10**9  # a k_epoch no run reaches
 
 
-def fixed_l1_config(config: RunConfig) -> RunConfig:
-    """``config`` with SABR's adaptation off: lambdas never grow or shrink, no tensor ever freezes.
+def fixed_l1_settings(settings: SabrSettings) -> SabrSettings:
+    """``settings`` with SABR's adaptation off: lambdas never grow or shrink, no tensor ever freezes.
 
     Phase 2 with it is plain L1 regularisation with SABR's initial per-tensor lambdas
-    (``teta1 * std(w)``); every other setting (and so the pruning rule) is unchanged.
+    (``teta1 * std(w)``); ``teta1`` and ``zero_eps`` are kept.
     """
-    return dataclasses.replace(config, growth_rate=1.0, decrease_rate=1.0, k_epoch=NEVER_FREEZE)
+    return dataclasses.replace(settings, growth_rate=1.0, decrease_rate=1.0, k_epoch=NEVER_FREEZE)
 
 
 def train_fixed_l1(exp: Experiment, model: nn.Module, epochs: int,
                    on_epoch: Callable[[dict], None] | None = None) -> tuple[nn.Module, SABR, list[dict]]:
-    """Phase 2 (:func:`sabr.pipeline.train_sabr`) for ``epochs`` epochs under :func:`fixed_l1_config`.
+    """Phase 2 (:func:`sabr.phases.train_sabr`) for ``epochs`` epochs under :func:`fixed_l1_settings`.
 
-    Returns ``(model, regulariser, rows)`` as ``train_sabr`` does; ``on_epoch`` is passed on to it.
+    The settings are the experiment's (``exp.config.sabr_settings()``) with the adaptation off; every
+    other setting (and so the pruning rule) is unchanged. Returns ``(model, regulariser, rows)`` as
+    ``train_sabr`` does; ``on_epoch`` is passed on to it.
     """
-    cfg = dataclasses.replace(fixed_l1_config(exp.config), epochs_sabr=epochs)
-    return train_sabr(dataclasses.replace(exp, config=cfg), model, progress=False, on_epoch=on_epoch)
+    settings = fixed_l1_settings(exp.config.sabr_settings())
+    return train_sabr(exp, model, epochs=epochs, settings=settings, progress=False, on_epoch=on_epoch)
 
 
 # --------------------------------------------------------------------------- curves
