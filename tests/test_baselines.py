@@ -110,6 +110,7 @@ def test_train_gmp_reaches_its_target_and_keeps_it(exp):
     assert sparsity_report(model).sparsity == pytest.approx(0.7, abs=2e-3)  # layer-wise: every tensor at 70%
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[-1]["target_sparsity"] == pytest.approx(0.7)
+    assert "val_accuracy" not in rows[0] and "val_accuracy" in rows[1]  # validated once the ramp is done
     assert sparsity_report(base).sparsity < 0.01  # the starting model given as a copy is untouched
 
 
