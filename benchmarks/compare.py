@@ -58,29 +58,30 @@ log = logging.getLogger("compare")
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = "/usr/share/datasets/fashion-mnist"
 SIGNS = str(ROOT.parent / "shared" / "data" / "sign-language-digits" / "Dataset")
+PRUNE_FACTOR = 0.2  # the spec's pruning factor: this protocol predates the budget search (issue #13 replaces it)
 SWEEP = [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0]
 TARGETS = [0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99]
 
 # name -> RunConfig values and the post-base epoch budget; "gpu": only run where CUDA is available.
 CONFIGS: dict[str, dict] = {
     "fashion-lenet5": dict(data=FASHION, model="lenet5", image_size=28, max_per_class=None,
-                           epochs_base=10, epochs=15, ft_epochs=4, lr=1e-3, teta1=0.003),
+                           epochs_base=10, epochs=15, ft_epochs=4, lr=1e-3),
     "fashion-small_vgg": dict(data=FASHION, model="small_vgg", image_size=28, max_per_class=1000,
-                              epochs_base=8, epochs=10, ft_epochs=3, lr=1e-3, teta1=0.03),
+                              epochs_base=8, epochs=10, ft_epochs=3, lr=1e-3),
     "signs-mobilenet_v2": dict(data=SIGNS, model="mobilenet_v2", image_size=64, max_per_class=None,
-                               epochs_base=15, epochs=12, ft_epochs=3, lr=1e-3, teta1=2e-3),
+                               epochs_base=15, epochs=12, ft_epochs=3, lr=1e-3),
     "signs-vgg11": dict(data=SIGNS, model="vgg11", image_size=64, max_per_class=None,
-                        epochs_base=6, epochs=6, ft_epochs=2, lr=1e-4, teta1=0.01),
+                        epochs_base=6, epochs=6, ft_epochs=2, lr=1e-4),
     "signs-mobilenet_v2-128": dict(data=SIGNS, model="mobilenet_v2", image_size=128, max_per_class=None,
-                                   epochs_base=15, epochs=20, ft_epochs=4, lr=1e-3, teta1=2e-3, gpu=True),
+                                   epochs_base=15, epochs=20, ft_epochs=4, lr=1e-3, gpu=True),
     "signs-vgg11-128": dict(data=SIGNS, model="vgg11", image_size=128, max_per_class=None,
-                            epochs_base=15, epochs=20, ft_epochs=4, lr=1e-4, teta1=0.01, gpu=True),
+                            epochs_base=15, epochs=20, ft_epochs=4, lr=1e-4, gpu=True),
 }
 QUICK: dict[str, dict] = {
     "quick-fashion-lenet5": dict(data=FASHION, model="lenet5", image_size=28, max_per_class=100,
-                                 epochs_base=4, epochs=5, ft_epochs=2, lr=1e-3, teta1=0.1),
+                                 epochs_base=4, epochs=5, ft_epochs=2, lr=1e-3),
     "quick-fashion-small_vgg": dict(data=FASHION, model="small_vgg", image_size=28, max_per_class=40,
-                                    epochs_base=3, epochs=4, ft_epochs=2, lr=1e-3, teta1=0.1),
+                                    epochs_base=3, epochs=4, ft_epochs=2, lr=1e-3),
 }
 
 
@@ -124,7 +125,7 @@ def run_sabr(exp: Experiment, base: nn.Module, epochs: int, snapshot_at: int | N
             snap.update(model=copy.deepcopy(model), rows=list(state["rows"]), seconds=time.perf_counter() - started)
 
     model, reg, rows = phase2(exp, model, epochs, on_epoch)
-    pruned, _, acc = prune_and_evaluate(exp, model, cfg.prune_teta1, cfg.gamma)
+    pruned, _, acc = prune_and_evaluate(exp, model, PRUNE_FACTOR, cfg.gamma)
     curve = sabr_curve(exp, model)
     return {"model": pruned, "sabr_model": model, "epochs": len(rows), "rows": rows,
             "sparsity": sparsity_report(pruned).sparsity, "test_accuracy": acc, "curve": curve,
@@ -158,7 +159,7 @@ def run_sabr_ft(exp: Experiment, base: nn.Module, epochs: int, ft_epochs: int, s
     """
     cfg = exp.config
     t = time.perf_counter()
-    pruned, _, _ = prune_and_evaluate(exp, snapshot["model"], cfg.prune_teta1, cfg.gamma)
+    pruned, _, _ = prune_and_evaluate(exp, snapshot["model"], PRUNE_FACTOR, cfg.gamma)
     pruned, rows = finetune_masked(exp, pruned, epochs - len(snapshot["rows"]))
     s, acc = _point(exp, pruned)
     curve = sabr_curve(exp, pruned)

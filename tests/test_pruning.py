@@ -1,5 +1,4 @@
-import statistics
-
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -7,24 +6,22 @@ from torch import nn
 from sabr import prune, prune_threshold
 
 
-def test_threshold_matches_hand_computation():
-    w = torch.tensor([0.001, -0.002, 0.5, -0.4, 0.3, 0.0005, -0.6, 0.05])
-    values = [0.001, -0.002, 0.5, -0.4, 0.3, 0.0005, -0.6, 0.05]
-    s = statistics.stdev(values)  # torch.std is the unbiased std
-    kept = [v for v in values if abs(v) >= 0.1 * s]
-    expected = 0.2 * statistics.stdev(kept)
-    assert prune_threshold(w, teta1=0.2, gamma=0.1) == pytest.approx(expected, rel=1e-5)
-    # by hand: std(w) = 0.35044, so gamma * std = 0.035044; kept = [0.5, -0.4, 0.3, -0.6, 0.05];
-    # std(kept) = 0.46314; threshold = 0.2 * 0.46314 = 0.092628
-    assert kept == [0.5, -0.4, 0.3, -0.6, 0.05]
-    assert prune_threshold(w) == pytest.approx(0.092628, abs=1e-6)
+def test_threshold_is_numpys_population_std_as_in_the_seed():
+    values = np.array([0.001, -0.002, 0.5, -0.4, 0.3, 0.0005, -0.6, 0.05], dtype=np.float32)
+    w = torch.from_numpy(values)
+    kept = values[np.abs(values) >= 0.1 * np.std(values)]  # the seed's code: np.std, no Bessel correction
+    assert prune_threshold(w, teta1=0.2, gamma=0.1) == pytest.approx(0.2 * float(np.std(kept)), rel=1e-6)
+    # by hand: np.std(w) = 0.32781, so gamma * std = 0.032781; kept = [0.5, -0.4, 0.3, -0.6, 0.05];
+    # np.std(kept) = 0.41424; threshold = 0.2 * 0.41424 = 0.082849 (torch's unbiased std gave 0.092628)
+    assert kept.tolist() == pytest.approx([0.5, -0.4, 0.3, -0.6, 0.05])
+    assert prune_threshold(w) == pytest.approx(0.082849, abs=1e-6)
 
 
 def test_empty_kept_falls_back_to_all_weights():
     w = torch.tensor([1.0, 1.0, 1.0, 1.0])  # std 0: every |w| >= 0 is kept, threshold 0
     assert prune_threshold(w) == 0.0
     w = torch.tensor([0.1, -0.1, 0.1, -0.1])
-    assert prune_threshold(w, teta1=0.5, gamma=100.0) == pytest.approx(0.5 * float(w.std()))
+    assert prune_threshold(w, teta1=0.5, gamma=100.0) == pytest.approx(0.5 * float(np.std(w.numpy())))
 
 
 def test_prune_makes_exact_zeros_and_reports():

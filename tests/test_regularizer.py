@@ -1,10 +1,12 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from sabr import SABR, ConfigError
+from sabr.regularizer import auto_threshold
 
 
 def tiny():
@@ -21,13 +23,42 @@ def test_default_params_are_conv_and_linear_weights_in_order():
     assert list(reg.params) == NAMES
 
 
-def test_lambda_is_teta1_times_std():
+def test_lambda_is_teta1_times_numpys_population_std():
     model = tiny()
     reg = SABR(model, teta1=0.01)
     for name, p in model.named_parameters():
         if name in NAMES:
-            assert reg.lambdas[name] == pytest.approx(0.01 * float(p.detach().std()), rel=1e-6)
+            assert reg.lambdas[name] == pytest.approx(0.01 * float(np.std(p.detach().numpy())), rel=1e-6)
             assert reg.history[name] == [reg.lambdas[name]]
+    # a hand-made tensor where the two stds differ by 25%: [1, -1] has np.std 1, torch.std sqrt(2)
+    two = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        two.weight.copy_(torch.tensor([[1.0, -1.0]]))
+    assert SABR(two, teta1=0.5).lambdas["weight"] == 0.5
+
+
+def test_steps_per_epoch_makes_an_epoch_pull_as_hard_as_100_steps():
+    model = tiny()
+    per_step = SABR(model, teta1=0.01)
+    scaled = SABR(model, teta1=0.01, steps_per_epoch=25)
+    assert scaled.lambdas == per_step.lambdas  # the spec's lambdas; only each step's share changes
+    assert scaled.step_scale == 4.0 and per_step.step_scale == 1.0
+    assert float(scaled.penalty().detach()) == pytest.approx(4 * float(per_step.penalty().detach()), rel=1e-6)
+    state = scaled.state_dict()
+    again = SABR(model, teta1=0.01)
+    again.load_state_dict(state)
+    assert again.steps_per_epoch == 25
+
+
+def test_auto_threshold_is_one_standard_error_with_a_floor():
+    # 324 validation images at 90%: sqrt(0.9 * 0.1 / 324) = 0.016667
+    assert auto_threshold(0.9, 324) == pytest.approx(0.0166667, rel=1e-4)
+    assert auto_threshold(0.9, 324, z=2.0) == pytest.approx(0.0333333, rel=1e-4)
+    # 99.69% of 324 images: the standard error 0.0031 is below the floor, the spec's 0.007
+    assert auto_threshold(323 / 324, 324) == 0.007
+    assert auto_threshold(1.0, 10) == 0.007
+    with pytest.raises(ConfigError, match="validation split is empty"):
+        auto_threshold(0.9, 0)
 
 
 def test_growth_when_no_significant_drop():

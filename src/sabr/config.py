@@ -15,6 +15,17 @@ from .errors import ConfigError
 from .regularizer import DEFAULTS as SABR_DEFAULTS
 from .regularizer import SabrSettings
 
+BUDGET_FACTORS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.65, 0.8, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
+"""The pruning factors (``teta1`` of the pruning rule) the budget search tries by default, weakest first."""
+
+PRESETS: dict[str, dict] = {
+    "reference": dict(teta1=5e-4, scale_teta1=False, accuracy_threshold=0.007, growth_rate=1.15, decrease_rate=1.2,
+                      k_epoch=2, prune_teta1=0.2, gamma=0.1, max_drop=None, bn_recalibrate=False, epochs_sabr=40),
+}
+"""``--preset NAME``: values that replace the defaults (flags and YAML keys given with it still win).
+``reference`` is the seed's pipeline: per-step lambdas, the fixed 0.7-point threshold, 40 epochs kept
+to the last, a fixed prune factor 0.2, no budget search and no BatchNorm recalibration."""
+
 
 def _f(default: Any, help: str, **kw) -> Any:
     if isinstance(default, list):
@@ -37,33 +48,49 @@ class RunConfig:
     pretrained: bool = _f(False, "start from torchvision's ImageNet weights (downloads them)")
     # training
     epochs_base: int = _f(30, "phase 1 (base training) epochs")
-    epochs_sabr: int = _f(40, "phase 2 (SABR) epoch limit; it stops earlier once every tensor is frozen")
+    epochs_sabr: int = _f(60, "phase 2 (SABR) epoch limit; it ends earlier once every tensor is frozen or, with a "
+                              "budget, after --patience epochs without gain")
     batch_size: int = _f(64, "mini-batch size")
     lr: float = _f(1e-3, "Adam learning rate of phase 1")
     lr_sabr: float | None = _f(None, "Adam learning rate of phase 2 (default: --lr)")
+    # the accuracy budget
+    max_drop: float | None = _f(0.01, "accuracy budget: the result is the sparsest model whose validation accuracy "
+                                      "is within this fraction of the base model's (0.01 = 1 point)")
+    patience: int = _f(10, "phase 2 ends after this many epochs in a row that found no sparser model within the "
+                           "budget")
     # SABR (phase 2)
-    teta1: float = _f(SABR_DEFAULTS.teta1, "lambda initialisation factor: lambda = teta1 * std(w)")
+    teta1: float = _f(SABR_DEFAULTS.teta1, "lambda initialisation factor: lambda = teta1 * std(w), the pull of "
+                                           "100 optimizer steps (see --scale-teta1)")
+    scale_teta1: bool = _f(True, "apply each lambda over an epoch as 100 steps would, whatever the steps per epoch, "
+                                 "so teta1 means the same on every dataset (off: the spec's per-step lambdas)")
     growth_rate: float = _f(SABR_DEFAULTS.growth_rate,
                             "lambda growth factor after an epoch without a significant drop")
     decrease_rate: float = _f(SABR_DEFAULTS.decrease_rate,
                               "lambda divisor after an epoch whose accuracy drop exceeds the threshold")
-    accuracy_threshold: float = _f(SABR_DEFAULTS.accuracy_threshold,
-                                   "tolerated drop from the best validation accuracy (fraction)")
+    accuracy_threshold: float | str = _f("auto", "tolerated drop from the best validation accuracy (fraction), or "
+                                                 "'auto': one standard error of the validation accuracy, at least "
+                                                 f"{SABR_DEFAULTS.accuracy_threshold:g}")
     k_epoch: int = _f(SABR_DEFAULTS.k_epoch, "epochs without growth before one tensor freezes")
     zero_eps: float = _f(SABR_DEFAULTS.zero_eps, "|w| below this counts as near zero during phase 2")
     structured: bool = _f(False, "group-wise L1 on output channels (removable channels for `sabr export --format shrunk`)")
     params: list[str] | None = _f(None, "names of the tensors to regularise (default: every Conv/Linear weight)",
                                   nargs="+")
     # pruning (phase 3)
-    prune_teta1: float = _f(0.2, "pruning threshold factor: teta1 * std(w[|w| >= gamma*std(w)])")
+    prune_teta1: float | None = _f(None, "pruning threshold factor: teta1 * std(w[|w| >= gamma*std(w)]) (default: "
+                                         "the sparsest factor within the budget, chosen on validation)")
     gamma: float = _f(0.1, "pruning: weights below gamma*std(w) are left out of the threshold's std")
     epsilon: float | None = _f(None, "pruning: one fixed threshold for every tensor instead (plain mode)")
+    bn_recalibrate: bool = _f(True, "re-estimate BatchNorm statistics on training batches after pruning")
     finetune_epochs: int = _f(0, "phase 4 (optional): masked fine-tuning epochs after pruning; zeros stay zero "
                                  "(the 'sabr_ft' row of docs/benchmarks.md)")
-    sweep: list[float] = _f([0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0],
-                            "pruning factors evaluated for the accuracy-vs-sparsity chart", nargs="+")
+    sweep: list[float] = _f(list(BUDGET_FACTORS), "pruning factors the budget search tries on validation (and the "
+                                                  "accuracy-vs-sparsity chart shows)", nargs="+")
     # run
     seed: int = _f(0, "random seed (splits, initialisation, batch order)")
+    threads: int | None = _f(None, "torch CPU threads (default: torch's choice); results are reproducible for one "
+                                   "thread count on one machine")
+    preset: str | None = _f(None, "'reference': the seed's pipeline exactly (teta1 5e-4 per step, threshold 0.007, "
+                                  "prune factor 0.2, no budget); flags given with it still win", choices=["reference"])
     device: str = _f("auto", "'cpu', 'cuda', 'cuda:N' or 'auto'")
     out: str | None = _f(None, "run folder (default: runs/<dataset>-<model>-<time>)")
 
@@ -72,7 +99,7 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for values out of range."""
-        positive = ["epochs_base", "batch_size", "k_epoch"]
+        positive = ["epochs_base", "batch_size", "k_epoch", "patience"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
@@ -83,10 +110,15 @@ class RunConfig:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}.")
         for name in ["teta1", "prune_teta1", "gamma"]:
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}.")
-        if not 0 <= self.accuracy_threshold <= 1:
-            raise ConfigError(f"accuracy_threshold is a fraction in [0, 1], got {self.accuracy_threshold}.")
+        self.accuracy_threshold = _threshold(self.accuracy_threshold)
+        if self.max_drop is not None and not 0 <= self.max_drop <= 1:
+            raise ConfigError(f"max_drop is a fraction in [0, 1] (0.01 = 1 point), got {self.max_drop}.")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {self.threads}.")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {self.preset!r}; available: {', '.join(PRESETS)}.")
         if self.channels not in (None, 1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {self.channels}.")
         if self.image_size is not None and self.image_size < 4:
@@ -97,7 +129,8 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def sabr_settings(self) -> SabrSettings:
-        """Phase 2's hyper-parameters (``teta1``, ``growth_rate``, ...) as a :class:`SabrSettings`."""
+        """Phase 2's hyper-parameters (``teta1``, ``growth_rate``, ...) as a :class:`SabrSettings`
+        (``accuracy_threshold`` may still be ``"auto"``: :func:`sabr.phases.train_sabr` resolves it)."""
         return SabrSettings(**{f.name: getattr(self, f.name) for f in fields(SabrSettings)})
 
     @classmethod
@@ -107,7 +140,23 @@ class RunConfig:
         unknown = sorted(set(values) - names)
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {', '.join(sorted(names))}.")
-        return cls(**values)
+        preset = values.get("preset")
+        if preset is not None and preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}.")
+        return cls(**{**PRESETS.get(preset, {}), **values})
+
+
+def _threshold(value: float | str) -> float | str:
+    """``accuracy_threshold``: ``"auto"`` or a fraction in [0, 1] (a number given as text is read as one)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"accuracy_threshold is 'auto' or a fraction in [0, 1], got {value!r}.") from None
+    if not 0 <= number <= 1:
+        raise ConfigError(f"accuracy_threshold is 'auto' or a fraction in [0, 1], got {value!r}.")
+    return number
 
 
 def load_yaml(path: str | Path) -> dict:

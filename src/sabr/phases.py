@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import logging
+import math
 from typing import Callable
 
 import torch
@@ -19,10 +21,11 @@ from torch import nn
 from .experiment import Experiment, evaluate_split
 from .metrics import sparsity_report
 from .models import set_dropout
-from .pruning import apply_masks, prune, zero_masks
-from .regularizer import SABR, SabrSettings
+from .pruning import apply_masks, prune, recalibrate_batchnorm, zero_masks
+from .budget import BudgetTracker
+from .regularizer import SABR, SabrSettings, auto_threshold
 from .resume import restore_training, training_state
-from .train import (EpochStats, FitHooks, FitState, NonFiniteLossError, evaluate, fit, phase_generator,
+from .train import (EpochStats, FitHooks, FitState, NonFiniteLossError, batches, evaluate, fit, phase_generator,
                     plateau_scheduler, progress_bar, train_epoch)
 
 log = logging.getLogger(__name__)
@@ -129,39 +132,70 @@ class _SabrNet:
         return self.net
 
 
-def _sabr_step(reg: SABR, row: dict) -> dict:
-    """SABR's epoch step on the row's validation accuracy, and what it adds to the history row."""
+def _sabr_step(reg: SABR, budget: BudgetTracker | None, model: nn.Module, row: dict) -> dict:
+    """SABR's epoch step on the row's validation accuracy (and the budget's score of the epoch), and what
+    they add to the history row."""
     result = reg.step(row["val_accuracy"])
-    return {"action": result.action, "drop": result.drop, "mean_lambda": reg.mean_lambda(),
-            "near_zero_sparsity": reg.near_zero_sparsity(), "frozen": len(reg.frozen), "froze": result.frozen or ""}
+    fields = {"action": result.action, "drop": result.drop, "mean_lambda": reg.mean_lambda(),
+              "near_zero_sparsity": reg.near_zero_sparsity(), "frozen": len(reg.frozen), "froze": result.frozen or ""}
+    if budget is not None:
+        fields["prunable_sparsity"] = budget.update(model, row["epoch"], row["val_accuracy"])
+    return fields
 
 
-def _log_sabr_row(r: dict, epochs: int, reg: SABR) -> None:
-    log.info("sabr  %3d/%d  loss %.4f  val %.2f%%  %s  near-zero %.1f%%  frozen %d/%d%s", r["epoch"], epochs,
-             r["train_loss"], 100 * r["val_accuracy"], r["action"], 100 * r["near_zero_sparsity"], r["frozen"],
-             len(reg.params), f" (froze {r['froze']})" if r["froze"] else "")
+def _log_sabr_row(r: dict, epochs: int, reg: SABR, budget: BudgetTracker | None) -> None:
+    prunable = f"  prunable {100 * r['prunable_sparsity']:.1f}%" if "prunable_sparsity" in r else ""
+    log.info("sabr  %3d/%d  loss %.4f  val %.2f%%  %s  near-zero %.1f%%%s  frozen %d/%d%s", r["epoch"], epochs,
+             r["train_loss"], 100 * r["val_accuracy"], r["action"], 100 * r["near_zero_sparsity"], prunable,
+             r["frozen"], len(reg.params), f" (froze {r['froze']})" if r["froze"] else "")
     if reg.all_frozen:
         log.info("every regularised tensor is frozen: phase 2 stops after %d epochs", r["epoch"])
+    elif budget is not None and budget.exhausted:
+        log.info("%d epochs without a sparser model within the budget: phase 2 stops after %d epochs",
+                 budget.patience, r["epoch"])
+
+
+def steps_per_epoch(exp: Experiment) -> int:
+    """Optimizer steps in one epoch of this process (its shard of the training split)."""
+    return math.ceil(math.ceil(len(exp.train) / exp.dist.world_size) / exp.config.batch_size)
+
+
+def resolve_threshold(exp: Experiment, model: nn.Module, settings: SabrSettings) -> SabrSettings:
+    """``settings`` with an ``"auto"`` accuracy threshold replaced by :func:`sabr.regularizer.auto_threshold`
+    of ``model``'s validation accuracy and the validation split's size."""
+    if settings.accuracy_threshold != "auto":
+        return settings
+    _, acc = evaluate_split(exp, model, exp.val)
+    return dataclasses.replace(settings, accuracy_threshold=auto_threshold(acc, len(exp.val)))
 
 
 def train_sabr(exp: Experiment, model: nn.Module, *, epochs: int | None = None, lr: float | None = None,
-               settings: SabrSettings | None = None, progress: bool = True, resume: dict | None = None,
+               settings: SabrSettings | None = None, budget: BudgetTracker | None = None, progress: bool = True,
+               resume: dict | None = None,
                on_epoch: Callable[[dict], None] | None = None) -> tuple[nn.Module, SABR, list[dict]]:
     """Phase 2: L1 with SABR's adaptive per-tensor lambdas, dropout off, until all tensors freeze or the limit.
 
     ``epochs`` is the limit (default ``exp.config.epochs_sabr``), ``lr`` Adam's learning rate (default
-    ``lr_sabr`` or ``lr``), ``settings`` SABR's hyper-parameters (default ``exp.config.sabr_settings()``);
-    the regularised tensors are ``exp.config.params``. ReduceLROnPlateau(factor 0.51, min 1e-5). Ends
-    with the last epoch's weights. ``resume`` and ``on_epoch`` work as in :func:`train_base`; the state
-    also holds ``sabr`` (``SABR.state_dict()``). Under distributed training the validation accuracy given
-    to ``SABR.step`` is that of the whole validation split (reduced over ranks), so every rank grows,
-    shrinks and freezes the same tensors.
+    ``lr_sabr`` or ``lr``), ``settings`` SABR's hyper-parameters (default ``exp.config.sabr_settings()``;
+    an ``"auto"`` threshold is resolved by :func:`resolve_threshold`); the regularised tensors are
+    ``exp.config.params``, and with ``exp.config.scale_teta1`` SABR gets :func:`steps_per_epoch`.
+    ReduceLROnPlateau(factor 0.51, min 1e-5). Without ``budget`` it ends with the last epoch's weights;
+    with a :class:`~sabr.budget.BudgetTracker` it also ends once the tracker is exhausted, and with the
+    weights the tracker kept. ``resume`` and ``on_epoch`` work as in :func:`train_base`; the state also
+    holds ``sabr`` (``SABR.state_dict()``) and ``budget``. Under distributed training the validation
+    accuracy given to ``SABR.step`` is that of the whole validation split (reduced over ranks), so every
+    rank grows, shrinks and freezes the same tensors.
     """
     cfg = exp.config
     epochs = cfg.epochs_sabr if epochs is None else epochs
     hyper = cfg.sabr_settings() if settings is None else settings
+    if resume is None:
+        hyper = resolve_threshold(exp, model, hyper)
+    else:  # the threshold the run started with (an "auto" one was resolved from the base model)
+        hyper = dataclasses.replace(hyper, accuracy_threshold=resume["sabr"]["accuracy_threshold"])
     set_dropout(model, 0.0)
-    reg = SABR(model, **dataclasses.asdict(hyper), params=cfg.params, structured=cfg.structured)
+    reg = SABR(model, **dataclasses.asdict(hyper), params=cfg.params, structured=cfg.structured,
+               steps_per_epoch=steps_per_epoch(exp) if cfg.scale_teta1 else None)
     opt = torch.optim.Adam(model.parameters(), lr=(cfg.lr_sabr or cfg.lr) if lr is None else lr)
     sched = plateau_scheduler(opt, 0.51, min_lr=1e-5)
     gen = phase_generator(cfg.seed, "sabr")
@@ -169,6 +203,8 @@ def train_sabr(exp: Experiment, model: nn.Module, *, epochs: int | None = None, 
     if resume is not None:
         state = restore_training(resume, model, opt, sched, gen)
         reg.load_state_dict(resume["sabr"])
+        if budget is not None:
+            budget.load_state_dict(resume["budget"])
     bar = progress_bar(progress and exp.dist.is_main)
     net = _SabrNet(exp, model, reg)
 
@@ -176,12 +212,33 @@ def train_sabr(exp: Experiment, model: nn.Module, *, epochs: int | None = None, 
         return _train_one_epoch(exp, net(), opt, gen, "sabr", epoch, epochs, penalty=reg.penalty, bar=bar,
                                 teta1=hyper.teta1, growth=hyper.growth_rate)
 
-    hooks = FitHooks(row_fields=lambda row: _sabr_step(reg, row), on_row=lambda r: _log_sabr_row(r, epochs, reg),
-                     on_epoch=_state_saver(on_epoch, model, opt, sched, gen, sabr=reg.state_dict),
-                     stop=lambda: reg.all_frozen)
+    extra = {"sabr": reg.state_dict} | ({"budget": budget.state_dict} if budget is not None else {})
+    hooks = FitHooks(row_fields=lambda row: _sabr_step(reg, budget, model, row),
+                     on_row=lambda r: _log_sabr_row(r, epochs, reg, budget),
+                     on_epoch=_state_saver(on_epoch, model, opt, sched, gen, **extra),
+                     stop=lambda: reg.all_frozen or (budget is not None and budget.exhausted))
     state = fit(model, opt, train, lambda: evaluate_split(exp, model, exp.val), epochs, keep="last",
                 scheduler=sched, hooks=hooks, state=state)
+    if budget is not None:
+        epoch, weights, within = budget.kept()
+        if weights is not None:
+            model.load_state_dict(weights)
+            log.info("phase 2 keeps epoch %d (%s)", epoch, "the sparsest within the budget" if within else
+                     "no epoch fitted the budget: the best validation accuracy")
     return model, reg, state.rows
+
+
+RECALIBRATION_BATCHES = 50
+"""Training batches (in their fixed order, unshuffled) over which BatchNorm statistics are re-estimated."""
+
+
+def bn_recalibrator(exp: Experiment) -> Callable[[nn.Module], None]:
+    """``recalibrate(model)``: :func:`sabr.pruning.recalibrate_batchnorm` over the first
+    :data:`RECALIBRATION_BATCHES` training batches, in order, the same on every process (no shard)."""
+    def recalibrate(model: nn.Module) -> None:
+        first = itertools.islice(batches(exp.train, exp.config.batch_size), RECALIBRATION_BATCHES)
+        recalibrate_batchnorm(model, (exp.preprocess.normalize(x.to(exp.device)) for x, _ in first))
+    return recalibrate
 
 
 def prune_and_evaluate(exp: Experiment, model: nn.Module, teta1: float, gamma: float,

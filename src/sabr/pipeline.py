@@ -9,9 +9,10 @@ phases of :mod:`sabr.phases` (:func:`train_base`, :func:`train_sabr`, :func:`pru
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -19,13 +20,17 @@ import torch
 from torch import nn
 
 from . import report
-from .checkpoint import read_metadata, save_checkpoint, write_json
+from .budget import BudgetTracker, Trial, budget_floor, prune_copy, search_prune_factor
+from .checkpoint import load_weights_into, read_metadata, read_weights, save_checkpoint, write_json
 from .config import RunConfig
 from .distributed import DistContext, init_from_env, shutdown
 from .errors import SabrError
 from .experiment import Experiment, evaluate_split, prepare
 from .export import load_run
-from .phases import finetune_masked, prune_and_evaluate, sweep, train_base, train_sabr
+from .metrics import sparsity_report
+from .models import set_dropout
+from .phases import bn_recalibrator, finetune_masked, prune_and_evaluate, sweep, train_base, train_sabr
+from .pruning import prune
 from .regularizer import SABR
 from .rundir import RunDir
 
@@ -43,10 +48,17 @@ class PhaseResult:
     rows: list[dict]
     val_accuracy: float
     test_accuracy: float
+    extra: dict = field(default_factory=dict)
 
     def figures(self) -> dict:
         """The phase's entry in ``summary.json``."""
-        return {"val_accuracy": self.val_accuracy, "test_accuracy": self.test_accuracy, "epochs": len(self.rows)}
+        return {"val_accuracy": self.val_accuracy, "test_accuracy": self.test_accuracy, "epochs": len(self.rows),
+                **self.extra}
+
+    def saved(self) -> dict:
+        """The phase's figures and rows as a resume state keeps them."""
+        return {"val_accuracy": self.val_accuracy, "test_accuracy": self.test_accuracy, "rows": self.rows,
+                "extra": self.extra}
 
 
 def run(config: RunConfig, progress: bool = True, overwrite: bool = False, resume: bool = False) -> dict:
@@ -71,8 +83,10 @@ def run(config: RunConfig, progress: bool = True, overwrite: bool = False, resum
 
 
 def _run(config: RunConfig, progress: bool, overwrite: bool, resume: bool, dist: DistContext) -> dict:
-    """:func:`run` in this process: folder -> data -> phase 1 -> phase 2 -> pruning (+ fine-tune) -> report."""
+    """:func:`run` in this process: folder -> data -> phase 1 -> phase 2 -> budget -> pruning (+ fine-tune) -> report."""
     started = time.perf_counter()
+    if config.threads:
+        torch.set_num_threads(config.threads)
     if config.out:  # refuse a busy folder before spending time on the data
         RunDir(config.out).check(overwrite, resume)
     torch.manual_seed(config.seed)
@@ -80,15 +94,30 @@ def _run(config: RunConfig, progress: bool, overwrite: bool, resume: bool, dist:
     folder, state, resolved = _open_run(exp, overwrite, resume)
     torch.manual_seed(config.seed)  # the model's initialisation does not depend on the data
     base = _base_phase(exp, folder, exp.new_model(), state, progress)
-    sabr, reg = _sabr_phase(exp, folder, base, state, progress)
-    pruned, layer_stats, curve, pruned_figures = _prune_phase(exp, folder, sabr.model, progress)
+    warnings = _check_base(exp, base)
+    sabr, reg, base_weights = _sabr_phase(exp, folder, base, state, progress)
+    choice = _budget_phase(exp, folder, base, sabr, reg, base_weights, state)
+    pruned, layer_stats, pruned_figures = _prune_phase(exp, folder, sabr.model, choice, progress)
     summary = report.build_summary(exp, sabr.model, pruned, reg, layer_stats, {
-        "base": base.figures(), "sabr": sabr.figures(), "pruned": pruned_figures}, curve, resolved)
-    summary["seconds"] = round(time.perf_counter() - started, 1)
+        "base": base.figures(), "sabr": sabr.figures(), "pruned": pruned_figures}, choice.curve(), resolved)
+    summary.update(budget=choice.summary(base, sabr, pruned_figures), base_pruned=choice.base_figures,
+                   threads=torch.get_num_threads(), warnings=warnings, seconds=round(time.perf_counter() - started, 1))
     if dist.is_main:
         report.write_run_report(folder, summary, base.rows, sabr.rows, reg.history)
         folder.drop_resume()  # the run is complete: nothing left to resume
     return summary
+
+
+def _check_base(exp: Experiment, base: PhaseResult) -> list[str]:
+    """Warnings about the base model that make the run's figures meaningless (logged and kept in the summary)."""
+    chance = 1 / len(exp.classes)
+    if base.val_accuracy >= 2 * chance:
+        return []
+    text = (f"the base model is near chance accuracy ({100 * base.val_accuracy:.1f}% on validation, chance "
+            f"{100 * chance:.1f}%): what SABR keeps or removes from it means nothing; train it longer "
+            "(--epochs-base), lower --lr, or check the data")
+    log.warning(text)
+    return [text]
 
 
 def _open_run(exp: Experiment, overwrite: bool, resume: bool) -> tuple[RunDir, dict | None, dict]:
@@ -146,39 +175,157 @@ def _base_phase(exp: Experiment, folder: RunDir, model: nn.Module, state: dict |
 
 
 def _sabr_phase(exp: Experiment, folder: RunDir, base: PhaseResult, state: dict | None,
-                progress: bool) -> tuple[PhaseResult, SABR]:
-    """Phase 2 from the base model (or from its saved epoch); rank 0 also writes ``sabr_state.json``."""
-    done = {"base": {"val_accuracy": base.val_accuracy, "test_accuracy": base.test_accuracy, "rows": base.rows}}
+                progress: bool) -> tuple[PhaseResult, SABR, dict]:
+    """Phase 2 from the base model (or from its saved epoch, or its saved result when the run resumes in the
+    budget search); rank 0 also writes ``sabr_state.json``. Returns ``(result, regulariser, base weights)``."""
+    cfg = exp.config
+    if state is not None and state["phase"] == "budget":
+        return _saved_sabr(exp, folder, base, state)
     resume = state if state is not None and state["phase"] == "sabr" else None
-    model, reg, rows = train_sabr(exp, base.model, progress=progress, resume=resume,
+    base_weights = _copy_weights(base.model) if resume is None else _read_base_weights(exp, folder)
+    done = {"base": base.saved()}
+    budget = None
+    if cfg.max_drop is not None:
+        budget = BudgetTracker(budget_floor(base.val_accuracy, cfg.max_drop), cfg.patience,
+                               cfg.prune_teta1 or 0.2, cfg.gamma, cfg.params)
+    model, reg, rows = train_sabr(exp, base.model, progress=progress, budget=budget, resume=resume,
                                   on_epoch=_saver(exp, folder, "sabr", done))
+    kept = budget.kept()[0] if budget is not None and budget.kept()[1] is not None else len(rows)
+    stopped = ("all_frozen" if reg.all_frozen else
+               "no_gain" if budget is not None and budget.exhausted else "epoch_limit")
     result = _finish(exp, folder, "sabr", model, rows)
+    result.extra = {"kept_epoch": kept, "stopped": stopped, "accuracy_threshold": reg.accuracy_threshold,
+                    "frozen_tensors": [{"name": r["froze"], "epoch": r["epoch"]} for r in rows if r["froze"]]}
     if exp.dist.is_main:
         write_json(folder.sabr_state, reg.state_dict())
-    return result, reg
+    return result, reg, base_weights
 
 
-def _prune_phase(exp: Experiment, folder: RunDir, model: nn.Module,
-                 progress: bool) -> tuple[nn.Module, list, list[dict], dict]:
-    """Phase 3 (prune a copy, sweep the factors) and the optional masked fine-tune; rank 0 saves ``pruned``.
+def _copy_weights(model: nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    Returns ``(pruned model, per-layer stats, accuracy-vs-sparsity curve, its summary figures)``.
+
+def _read_base_weights(exp: Experiment, folder: RunDir) -> dict:
+    """The base checkpoint's weights (a resumed run's phase 1 lives only there), integrity checked."""
+    path = folder.checkpoint("base")
+    return read_weights(path.with_suffix(".safetensors"), read_metadata(path).get("weights_sha256"))
+
+
+def _saved_sabr(exp: Experiment, folder: RunDir, base: PhaseResult, state: dict) -> tuple[PhaseResult, SABR, dict]:
+    """Phase 2's result as the budget search's resume state saved it."""
+    saved = state["done"]["sabr"]
+    model = base.model
+    set_dropout(model, 0.0)
+    load_weights_into(model, state["sabr_model"], source="the resume state")
+    reg = SABR(model, params=exp.config.params)
+    reg.load_state_dict(state["sabr_state"])
+    result = PhaseResult(model, saved["rows"], saved["val_accuracy"], saved["test_accuracy"], saved["extra"])
+    return result, reg, _read_base_weights(exp, folder)
+
+
+@dataclass
+class BudgetChoice:
+    """What the budget search chose for the SABR model and, the same way, for the base model (``base_*``)."""
+
+    max_drop: float | None
+    floor: float
+    trials: list[Trial]
+    chosen: Trial
+    fits: bool
+    base_trials: list[Trial]
+    base_chosen: Trial
+    base_fits: bool
+    base_model: nn.Module
+    base_figures: dict = field(default_factory=dict)
+
+    def curve(self) -> list[dict]:
+        """The run's accuracy-vs-sparsity chart: every factor tried, on validation, SABR and base side by side."""
+        return [{"teta1": t.factor, "sparsity": t.sparsity, "val_accuracy": t.val_accuracy,
+                 "base_sparsity": b.sparsity, "base_val_accuracy": b.val_accuracy}
+                for t, b in zip(self.trials, self.base_trials)]
+
+    def summary(self, base: PhaseResult, sabr: PhaseResult, pruned: dict) -> dict:
+        """``summary.json``'s ``budget`` entry (fractions; drops are base minus pruned)."""
+        return {"max_drop": self.max_drop, "prune_teta1": self.chosen.factor, "within_budget": self.fits,
+                "val_accuracy": self.chosen.val_accuracy, "val_drop": base.val_accuracy - self.chosen.val_accuracy,
+                "test_drop": base.test_accuracy - pruned["test_accuracy"], "sabr_epoch": sabr.extra["kept_epoch"]}
+
+
+def _budget_phase(exp: Experiment, folder: RunDir, base: PhaseResult, sabr: PhaseResult, reg: SABR,
+                  base_weights: dict, state: dict | None) -> BudgetChoice:
+    """Prune copies of the SABR and the base model at every factor and choose, on validation only.
+
+    With ``prune_teta1`` set (or the ``reference`` preset) that factor is taken; the other factors are still
+    tried for the chart. Each trial is saved in the resume state, so a killed search continues where it stopped.
     """
     cfg = exp.config
-    pruned, layer_stats, test = prune_and_evaluate(exp, model, cfg.prune_teta1, cfg.gamma, cfg.epsilon, cfg.params)
-    curve = sweep(exp, model, cfg.sweep, cfg.gamma, cfg.params)
+    floor = budget_floor(base.val_accuracy, cfg.max_drop) if cfg.max_drop is not None else float("-inf")
+    factors = sorted(set(cfg.sweep) | ({cfg.prune_teta1} if cfg.prune_teta1 is not None else set()))
+    recal = bn_recalibrator(exp) if cfg.bn_recalibrate else None
+    validate = lambda m: evaluate_split(exp, m, exp.val)[1]  # noqa: E731 - the search's only look at data
+    base_model = copy.deepcopy(base.model)
+    load_weights_into(base_model, base_weights, source="the base checkpoint")
+    saved = state.get("trials", {}) if state is not None and state["phase"] == "budget" else {}
+    trials = {k: [Trial(**t) for t in v] for k, v in saved.items()}
+    done = {"base": base.saved(), "sabr": sabr.saved()}
+    results = {}
+    for name, model in (("sabr", sabr.model), ("base", base_model)):
+        def on_trial(ts: list[Trial], name: str = name) -> None:
+            trials[name] = ts
+            if exp.dist.is_main:
+                folder.save_resume({"phase": "budget", "epoch": len(sabr.rows), "done": done,
+                                    "trials": {k: [asdict(t) for t in v] for k, v in trials.items()},
+                                    "sabr_model": sabr.model.state_dict(), "sabr_state": reg.state_dict()})
+        results[name] = search_prune_factor(model, validate, floor, cfg.gamma, cfg.params, recal, factors,
+                                            done=trials.get(name), on_trial=on_trial)
+    (chosen, fits, ts), (b_chosen, b_fits, b_ts) = results["sabr"], results["base"]
+    if cfg.prune_teta1 is not None:
+        chosen = next(t for t in ts if t.factor == cfg.prune_teta1)
+        b_chosen = next(t for t in b_ts if t.factor == cfg.prune_teta1)
+        fits, b_fits = chosen.val_accuracy >= floor, b_chosen.val_accuracy >= floor
+    elif not fits:
+        log.warning("no pruning factor keeps the validation accuracy within the budget (max drop %.2f points): "
+                    "keeping the least-pruned model (factor %g, %.2f%% validation); raise --max-drop or train "
+                    "phase 2 with a smaller --teta1", 100 * cfg.max_drop, chosen.factor, 100 * chosen.val_accuracy)
+    log.info("budget: pruning factor %g -> sparsity %.2f%%, validation %.2f%% (base %.2f%%, floor %.2f%%)",
+             chosen.factor, 100 * chosen.sparsity, 100 * chosen.val_accuracy, 100 * base.val_accuracy, 100 * floor)
+    return BudgetChoice(cfg.max_drop, floor, ts, chosen, fits, b_ts, b_chosen, b_fits, base_model)
+
+
+def _prune_phase(exp: Experiment, folder: RunDir, model: nn.Module, choice: BudgetChoice,
+                 progress: bool) -> tuple[nn.Module, list, dict]:
+    """Phase 3 at the chosen factor (or ``--epsilon``), the base model pruned the same way, the optional
+    masked fine-tune, and the one evaluation on the test split; rank 0 saves ``pruned``.
+
+    Returns ``(pruned model, per-layer stats, its summary figures)``; ``choice.base_figures`` is filled.
+    """
+    cfg = exp.config
+    recal = bn_recalibrator(exp) if cfg.bn_recalibrate else None
+    if cfg.epsilon is not None:
+        pruned = copy.deepcopy(model)
+        layer_stats = prune(pruned, epsilon=cfg.epsilon, params=cfg.params)
+        if recal is not None:
+            recal(pruned)
+    else:
+        pruned, layer_stats = prune_copy(model, choice.chosen.factor, cfg.gamma, cfg.params, recal)
+    base_pruned, _ = prune_copy(choice.base_model, choice.base_chosen.factor, cfg.gamma, cfg.params, recal)
+    _, test = evaluate_split(exp, pruned, exp.test)
     figures = {"test_accuracy": test}
     if cfg.finetune_epochs:
         pruned, rows = finetune_masked(exp, pruned, cfg.finetune_epochs, params=cfg.params,
                                        progress=progress and exp.dist.is_main)
         _, tuned = evaluate_split(exp, pruned, exp.test)
         log.info("masked fine-tune: test accuracy %.2f%% -> %.2f%%", 100 * test, 100 * tuned)
-        figures = {"test_accuracy": tuned, "finetune_epochs": len(rows), "test_accuracy_before_finetune": test}
+        figures.update(test_accuracy=tuned, finetune_epochs=len(rows), test_accuracy_before_finetune=test)
         if exp.dist.is_main:
             folder.write_history("finetune", rows)
+    base_report = sparsity_report(base_pruned, cfg.params)
+    choice.base_figures = {"prune_teta1": choice.base_chosen.factor, "sparsity": base_report.sparsity,
+                           "val_accuracy": choice.base_chosen.val_accuracy, "within_budget": choice.base_fits,
+                           "test_accuracy": evaluate_split(exp, base_pruned, exp.test)[1]}
     if exp.dist.is_main:
         save_checkpoint(pruned, folder.checkpoint("pruned"), exp.metadata("pruned", test_accuracy=figures["test_accuracy"]))
-    return pruned, layer_stats, curve, figures
+    return pruned, layer_stats, figures
 
 
 def resume(run_dir: str | Path, progress: bool = True, device: str | None = None) -> dict:

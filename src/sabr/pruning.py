@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .regularizer import resolve_params
+from .regularizer import population_std, resolve_params
 
 
 @dataclass
@@ -39,19 +39,16 @@ class LayerPruning:
 def prune_threshold(weight: torch.Tensor, teta1: float = 0.2, gamma: float = 0.1) -> float:
     """The SABR pruning threshold of one tensor: ``teta1 * std(w[|w| >= gamma * std(w)])``.
 
-    ``std`` is the unbiased (Bessel-corrected) standard deviation, as ``torch.std``. A tensor with a
-    single element has threshold 0.
+    ``std`` is the population standard deviation (numpy's ``np.std``, as the seed's code), taken in
+    float64. A tensor with a single element has threshold 0.
     """
-    w = weight.detach().float().flatten()
+    w = weight.detach().flatten()
     if w.numel() < 2:
         return 0.0
-    s = w.std()
-    kept = w[w.abs() >= gamma * s]
+    kept = w[w.abs() >= gamma * population_std(w)]
     if kept.numel() == 0:
         kept = w
-    if kept.numel() < 2:
-        return 0.0
-    return float(teta1 * kept.std())
+    return teta1 * population_std(kept)
 
 
 @torch.no_grad()
@@ -84,6 +81,51 @@ def prune(
         nonzero = int(torch.count_nonzero(p))
         stats.append(LayerPruning(name, threshold, total, nonzero, 1.0 - nonzero / total))
     return stats
+
+
+@torch.no_grad()
+def prunable_sparsity(model: nn.Module, teta1: float = 0.2, gamma: float = 0.1,
+                      params: Iterable[str] | None = None) -> float:
+    """The overall sparsity :func:`prune` with these factors would give, without changing the model.
+
+    A cheap figure of merit (thresholds and counts, no forward pass) that phase 2 tracks every epoch.
+    """
+    zeros = total = 0
+    for p in resolve_params(model, params).values():
+        zeros += int((p.abs() < prune_threshold(p, teta1, gamma)).sum())
+        total += p.numel()
+    return zeros / max(total, 1)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Re-estimate every BatchNorm's running mean and variance after pruning; returns how many layers.
+
+    Pruning shifts every layer's output statistics, so the running estimates phase 2 left no longer
+    match and accuracy drops for a reason that has nothing to do with the zeros. The statistics are
+    reset and re-averaged (cumulative average) over ``batches`` (normalised model inputs), the norm
+    layers in train mode and everything else (dropout) in eval mode, with no weight update; the model's
+    modes and the momenta are restored. Give every process the
+    same batches in the same order and the result is identical everywhere.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    for m in norms:
+        m.train()
+    for x in batches:
+        model(x)
+    for m, mode in modes.items():
+        m.training = mode
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return len(norms)
 
 
 @torch.no_grad()

@@ -2,8 +2,10 @@
 
 The rules follow ``spec/SABR.md`` exactly:
 
-* initialisation, once: ``lambda_t = teta1 * std(w_t)`` for every regularised tensor ``t``;
-* :meth:`SABR.penalty` returns ``sum_t lambda_t * sum(|w_t|)`` over the *unfrozen* tensors;
+* initialisation, once: ``lambda_t = teta1 * std(w_t)`` for every regularised tensor ``t`` (``std`` is the
+  population standard deviation, numpy's ``np.std``, as in the seed's code);
+* :meth:`SABR.penalty` returns ``sum_t lambda_t * sum(|w_t|)`` over the *unfrozen* tensors, times
+  ``REFERENCE_STEPS / steps_per_epoch`` when ``steps_per_epoch`` is given (see below);
 * :meth:`SABR.step` runs once per epoch with the validation accuracy ``acc`` (a fraction):
   ``drop = best - acc``; if ``drop > accuracy_threshold`` every unfrozen lambda is divided by
   ``decrease_rate`` and every unfrozen counter goes up by one, and if any unfrozen counter has
@@ -15,9 +17,16 @@ The rules follow ``spec/SABR.md`` exactly:
 Counters are not reset by a freeze: while the accuracy stays below ``best - accuracy_threshold`` the
 remaining tensors keep a counter ``>= k_epoch``, so one more tensor freezes each such epoch.
 
+The penalty is added at every optimizer step, so with the spec's per-step lambdas the L1 pull of one epoch
+grows with the number of steps per epoch, and a ``teta1`` tuned on one dataset is far too strong or weak on
+another. Given ``steps_per_epoch``, every step applies ``REFERENCE_STEPS / steps_per_epoch`` of the
+lambda, so an epoch pulls as hard as ``REFERENCE_STEPS`` (100) steps of the spec's rule whatever the
+dataset size: ``teta1`` then means the same on every dataset (``sabr run`` does this; the ``reference``
+preset and ``steps_per_epoch=None`` keep the spec's per-step rule).
+
 Example::
 
-    reg = SABR(model)
+    reg = SABR(model, steps_per_epoch=len(loader))
     for epoch in range(epochs):
         for x, y in loader:
             loss = F.cross_entropy(model(x), y) + reg.penalty()
@@ -30,6 +39,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -63,6 +73,33 @@ class SabrSettings:
 
 
 DEFAULTS = SabrSettings()
+
+REFERENCE_STEPS = 100
+"""Optimizer steps whose pull one epoch has when :class:`SABR` is given ``steps_per_epoch``."""
+
+AUTO_THRESHOLD_Z = 1.0
+"""``accuracy_threshold="auto"``: this many binomial standard errors of the validation accuracy ..."""
+AUTO_THRESHOLD_FLOOR = DEFAULTS.accuracy_threshold
+"""... and never below this (the spec's 0.007)."""
+
+
+def auto_threshold(val_accuracy: float, val_size: int, z: float = AUTO_THRESHOLD_Z,
+                   floor: float = AUTO_THRESHOLD_FLOOR) -> float:
+    """The tolerated drop ``max(floor, z * sqrt(p (1 - p) / n))`` for a validation split of ``n`` images.
+
+    ``p`` is the validation accuracy the phase starts from (a fraction). Below one standard error of the
+    split, an epoch-to-epoch change of the accuracy is noise: shrinking and freezing on it (as the
+    spec's fixed 0.7 point did on a 324-image split) stops SABR for nothing.
+    """
+    if val_size < 1:
+        raise ConfigError(f"the validation split is empty; the auto accuracy threshold needs images, got {val_size}.")
+    p = min(max(float(val_accuracy), 0.0), 1.0)
+    return max(float(floor), z * math.sqrt(p * (1.0 - p) / val_size))
+
+
+def population_std(t: torch.Tensor) -> float:
+    """numpy's ``np.std`` of a tensor (population std, no Bessel correction), as the seed's code takes it."""
+    return float(t.detach().double().std(correction=0)) if t.numel() > 1 else 0.0
 
 
 def default_param_names(model: nn.Module) -> list[str]:
@@ -122,6 +159,9 @@ class SABR:
         k_epoch: number of consecutive no-growth epochs after which one tensor freezes (2).
         zero_eps: a weight counts as near zero when ``|w| < zero_eps`` (1e-5).
         (Every default comes from :data:`DEFAULTS`, a :class:`SabrSettings`.)
+        steps_per_epoch: optimizer steps (``penalty()`` calls) per epoch, e.g. ``len(train_loader)``; when
+            given, each call applies ``REFERENCE_STEPS / steps_per_epoch`` of every lambda, so ``teta1``
+            means the same whatever the dataset size. ``None`` (default): the spec's per-step rule.
         params: names of the tensors to regularise; default: weights of every Conv and Linear module.
         structured: group-wise L1 on output channels instead of plain L1 (default False): the term of
             a tensor becomes ``lambda_t * sqrt(g) * sum_c ||w_t[c]||_2`` over its output channels ``c``
@@ -147,6 +187,7 @@ class SABR:
         zero_eps: float = DEFAULTS.zero_eps,
         params: Iterable[str] | None = None,
         structured: bool = False,
+        steps_per_epoch: int | None = None,
     ) -> None:
         if teta1 < 0:
             raise ConfigError(f"teta1 must be >= 0, got {teta1}.")
@@ -156,7 +197,10 @@ class SABR:
             raise ConfigError(f"k_epoch must be >= 1, got {k_epoch}.")
         if not 0 <= accuracy_threshold <= 1:
             raise ConfigError(f"accuracy_threshold is a fraction in [0, 1], got {accuracy_threshold}.")
+        if steps_per_epoch is not None and steps_per_epoch < 1:
+            raise ConfigError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}.")
         self.model = model
+        self.steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
         self.teta1 = float(teta1)
         self.growth_rate = float(growth_rate)
         self.decrease_rate = float(decrease_rate)
@@ -165,11 +209,7 @@ class SABR:
         self.zero_eps = float(zero_eps)
         self.structured = bool(structured)
         self.params = resolve_params(model, params)
-        with torch.no_grad():
-            self.lambdas: dict[str, float] = {
-                n: self.teta1 * float(p.detach().float().std()) if p.numel() > 1 else 0.0
-                for n, p in self.params.items()
-            }
+        self.lambdas: dict[str, float] = {n: self.teta1 * population_std(p) for n, p in self.params.items()}
         self.counters: dict[str, int] = {n: 0 for n in self.params}
         self.frozen: set[str] = set()
         self.history: dict[str, list[float]] = {n: [lam] for n, lam in self.lambdas.items()}
@@ -177,12 +217,19 @@ class SABR:
         self.epochs = 0
 
     # ----------------------------------------------------------------- training-time term
+    @property
+    def step_scale(self) -> float:
+        """The share of every lambda one :meth:`penalty` call applies: ``REFERENCE_STEPS / steps_per_epoch``
+        (1 without ``steps_per_epoch``)."""
+        return 1.0 if self.steps_per_epoch is None else REFERENCE_STEPS / self.steps_per_epoch
+
     def penalty(self) -> torch.Tensor:
-        """The L1 term ``sum_t lambda_t * sum(|w_t|)`` over unfrozen tensors, as a scalar tensor.
+        """The L1 term ``step_scale * sum_t lambda_t * sum(|w_t|)`` over unfrozen tensors, as a scalar tensor.
 
         Runs entirely on the parameters' device: lambdas are Python floats, so no host sync happens.
         """
-        terms = [self.lambdas[n] * self._norm(p) for n, p in self.params.items() if n not in self.frozen]
+        scale = self.step_scale
+        terms = [scale * self.lambdas[n] * self._norm(p) for n, p in self.params.items() if n not in self.frozen]
         if not terms:
             first = next(iter(self.params.values()))
             return first.new_zeros(())
@@ -263,6 +310,7 @@ class SABR:
             "k_epoch": self.k_epoch,
             "zero_eps": self.zero_eps,
             "structured": self.structured,
+            "steps_per_epoch": self.steps_per_epoch,
             "params": list(self.params),
             "lambdas": dict(self.lambdas),
             "counters": dict(self.counters),
@@ -283,6 +331,7 @@ class SABR:
             setattr(self, key, float(state[key]))
         self.k_epoch = int(state["k_epoch"])
         self.structured = bool(state.get("structured", False))
+        self.steps_per_epoch = state.get("steps_per_epoch")
         self.lambdas = {n: float(state["lambdas"][n]) for n in self.params}
         self.counters = {n: int(state["counters"][n]) for n in self.params}
         self.history = {n: [float(v) for v in state["history"][n]] for n in self.params}

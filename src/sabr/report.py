@@ -42,16 +42,36 @@ def _count(n: float) -> str:
 def summary_rows(summary: dict) -> list[tuple[str, str, str, str]]:
     """(phase, accuracy, sparsity, note) rows shared by the terminal table and summary.md."""
     b, s, p = summary["base"], summary["sabr"], summary["pruned"]
-    return [
-        ("base", f"{_pct(b['test_accuracy'])} test", "0.00%", f"{b['epochs']} epochs"),
+    rows = [
+        ("base", f"{_pct(b['test_accuracy'])} test ({_pct(b['val_accuracy'])} val)", "0.00%", f"{b['epochs']} epochs"),
         ("SABR", f"{_pct(s['val_accuracy'])} val / {_pct(s['test_accuracy'])} test", _pct(s["sparsity"]),
-         f"{s['epochs']} epochs, {s['frozen']}/{s['tensors']} frozen ({s['stopped'].replace('_', ' ')}), "
+         f"{s['epochs']} epochs{_kept(s)}, {s['frozen']}/{s['tensors']} frozen ({s['stopped'].replace('_', ' ')}), "
          f"|w|<{s['zero_eps']:g}"),
         ("pruned", f"{_pct(p['test_accuracy'])} test", _pct(p["sparsity"]),
          f"{p['nonzero']:,} of {p['total']:,} weights non-zero, {_pct(p['macs_reduction'])} fewer MACs"
+         + _budget_note(summary.get("budget"))
          + (f", then {p['finetune_epochs']} masked fine-tune epochs ({_pct(p['test_accuracy_before_finetune'])} "
             "test before)" if p.get("finetune_epochs") else "")),
     ]
+    bp = summary.get("base_pruned")
+    if bp:
+        rows.append(("base pruned, no SABR", f"{_pct(bp['test_accuracy'])} test", _pct(bp["sparsity"]),
+                     f"the base model through the same pruning choice (factor {bp['prune_teta1']:g}, "
+                     f"{_pct(bp['val_accuracy'])} val{'' if bp['within_budget'] else ', over the budget'})"))
+    return rows
+
+
+def _kept(sabr: dict) -> str:
+    kept = sabr.get("kept_epoch")
+    return f" (kept epoch {kept})" if kept is not None and kept != sabr["epochs"] else ""
+
+
+def _budget_note(budget: dict | None) -> str:
+    if not budget:
+        return ""
+    limit = (f"budget {100 * budget['max_drop']:g} pt" if budget["max_drop"] is not None else "no budget")
+    return (f"; factor {budget['prune_teta1']:g} chosen on validation ({_pct(budget['val_accuracy'])} val, {limit}"
+            f"{'' if budget['within_budget'] else ': NOT met'})")
 
 
 def format_table(summary: dict) -> str:
@@ -85,9 +105,12 @@ def render_markdown(summary: dict) -> str:
     out += [f"| {l['name']} | {l['total']:,} | {l['nonzero']:,} | {_pct(l['sparsity'])} | {l['threshold']:.3g} | "
             f"{l['macs_dense']:,} | {l['macs_pruned']:,} |" for l in summary["layers"]]
     if summary.get("curve"):
-        out += ["", "Accuracy vs sparsity (SABR weights pruned at several factors):", "",
-                "| teta1 | sparsity | test accuracy |", "|---|---|---|"]
-        out += [f"| {c['teta1']:g} | {_pct(c['sparsity'])} | {_pct(c['test_accuracy'])} |" for c in summary["curve"]]
+        out += ["", "The budget search: SABR's and the base model's weights pruned at each factor, on validation:", "",
+                "| factor | SABR sparsity | SABR val | base sparsity | base val |", "|---|---|---|---|---|"]
+        out += [f"| {c['teta1']:g} | {_pct(c['sparsity'])} | {_pct(c['val_accuracy'])} | {_pct(c['base_sparsity'])} "
+                f"| {_pct(c['base_val_accuracy'])} |" for c in summary["curve"]]
+    for w in summary.get("warnings", []):
+        out += ["", f"**Warning:** {w}."]
     out += [""] + [f"![{name[:-4]}]({name})" for name in PLOTS] + [""]
     return "\n".join(out)
 
@@ -132,7 +155,6 @@ def write_run_report(run: RunDir | str | Path, summary: dict, base_rows: list[di
                      lambda_history: dict[str, list[float]]) -> None:
     """Write ``summary.json``, ``summary.md``, ``lambdas.csv`` and every plot into the run folder ``run``."""
     run = run if isinstance(run, RunDir) else RunDir(run)
-    write_json(run.summary_json, summary)
     atomic_write({run.summary_md: render_markdown(summary).encode()})
     names = list(lambda_history)
     buf = io.StringIO(newline="")
@@ -145,12 +167,9 @@ def write_run_report(run: RunDir | str | Path, summary: dict, base_rows: list[di
     plot_training_curves(plots[0], base_rows, sabr_rows)
     plot_lambda_history(plots[1], lambda_history)
     plot_layer_sparsity(plots[2], summary["layers"])
-    plot_accuracy_vs_sparsity(plots[3], summary.get("curve", []), summary["base"]["test_accuracy"],
-                              points={f"SABR before pruning (|w| < {summary['sabr']['zero_eps']:g})":
-                                      (summary["sabr"]["sparsity"], summary["sabr"]["test_accuracy"]),
-                                      "pruned": (summary["pruned"]["sparsity"], summary["pruned"]["test_accuracy"])},
-                              title=f"{summary['model']['name']} on {summary['dataset']['name']}")
+    plot_budget_search(plots[3], summary)
     plot_savings(plots[4], plots[5], summary)
+    write_json(run.summary_json, summary)  # last: a folder without it is visibly unfinished
 
 
 # --------------------------------------------------------------------------- plots
@@ -248,6 +267,32 @@ def plot_accuracy_vs_sparsity(path: Path, curve: list[dict], base_accuracy: floa
     ax.set_title(title or "Accuracy vs sparsity")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_budget_search(path: Path, summary: dict) -> None:
+    """Validation accuracy against sparsity at every pruning factor, SABR's weights and the base model's, with the
+    budget's floor and the chosen model: the picture of what SABR contributed."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    curve, budget = summary.get("curve", []), summary.get("budget") or {}
+    ax.plot([100 * c["sparsity"] for c in curve], [100 * c["val_accuracy"] for c in curve], marker="o",
+            label="SABR weights, pruned at each factor")
+    ax.plot([100 * c["base_sparsity"] for c in curve], [100 * c["base_val_accuracy"] for c in curve], marker="s",
+            color="grey", label="base weights, pruned the same way (no SABR)")
+    base_val = summary["base"]["val_accuracy"]
+    ax.axhline(100 * base_val, color="grey", ls="--", lw=1, label=f"base model ({100 * base_val:.2f}% val)")
+    if budget.get("max_drop") is not None:
+        ax.axhline(100 * (base_val - budget["max_drop"]), color="C3", ls=":", label="budget floor")
+    if budget:
+        ax.scatter([100 * summary["pruned"]["sparsity"]], [100 * budget["val_accuracy"]], s=90, zorder=3, color="C2",
+                   label=f"chosen (factor {budget['prune_teta1']:g}): {100 * summary['pruned']['test_accuracy']:.2f}% test")
+    ax.set_xlabel("sparsity of regularised weights (%)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_ylim(max(0, 100 * base_val - 25), 100.5)
+    ax.set_title(f"{summary['model']['name']} on {summary['dataset']['name']}: the budget search")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
     _save(fig, path)
 
 

@@ -1,0 +1,174 @@
+"""The accuracy budget: the sparsest model whose validation accuracy stays within ``max_drop`` of the base.
+
+SABR's lambdas ramp up exponentially while the validation accuracy holds, so a run that simply stops
+at an epoch limit and prunes with a fixed factor ends wherever the limit cuts the ramp: the same command
+gave 64%, 77% or 97% sparsity with another seed or thread count. The budget makes the outcome a
+property of the model and the data instead:
+
+* during phase 2, :class:`BudgetTracker` keeps the epoch whose *prunable sparsity* (what the pruning
+  rule would remove, :func:`sabr.pruning.prunable_sparsity`) is the highest among the epochs whose
+  validation accuracy is within the budget, and ends the phase once ``patience`` epochs in a row brought
+  no gain (the remaining weights shrinking by less than ``MIN_GAIN``);
+* after it, :func:`search_prune_factor` prunes copies of the kept model at every factor of ``FACTORS``
+  (BatchNorm statistics recalibrated) and chooses the sparsest one within the budget.
+
+Both read the validation split only; the test split is evaluated once, on the result. A tighter budget
+admits a subset of the candidates of a looser one, so it never yields a sparser choice among them.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from .config import BUDGET_FACTORS
+from .pruning import prunable_sparsity, prune
+
+log = logging.getLogger(__name__)
+
+FACTORS = BUDGET_FACTORS
+"""The pruning factors (``teta1`` of the pruning rule) the budget search tries, weakest first."""
+
+MIN_GAIN = 0.01
+"""Phase 2 gains when an epoch within the budget leaves at least 1% fewer prunable weights than the best."""
+
+
+def budget_floor(base_val_accuracy: float, max_drop: float) -> float:
+    """The lowest validation accuracy the budget admits: ``base - max_drop`` (fractions)."""
+    return base_val_accuracy - max_drop
+
+
+@dataclass
+class BudgetTracker:
+    """Phase 2's keep rule under a budget: the sparsest epoch within it, and when to stop looking.
+
+    Args:
+        floor: the lowest admissible validation accuracy (:func:`budget_floor`).
+        patience: epochs in a row without gain after which phase 2 ends.
+        prune_teta1: the pruning factor the prunable sparsity is measured with (the rule's 0.2).
+        gamma: the pruning rule's ``gamma``.
+        params: the regularised tensors (``None``: every Conv/Linear weight).
+    """
+
+    floor: float
+    patience: int
+    prune_teta1: float = 0.2
+    gamma: float = 0.1
+    params: list[str] | None = None
+    best_epoch: int = 0
+    best_sparsity: float = -1.0
+    best_model: dict[str, torch.Tensor] | None = None
+    since_gain: int = 0
+    fallback_epoch: int = 0
+    fallback_accuracy: float = -1.0
+    fallback_model: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+    def update(self, model: nn.Module, epoch: int, val_accuracy: float) -> float:
+        """Score one finished epoch; returns its prunable sparsity. Keeps a copy of the weights on a gain."""
+        sparsity = prunable_sparsity(model, self.prune_teta1, self.gamma, self.params)
+        if val_accuracy >= self.floor and (1 - sparsity) <= (1 - self.best_sparsity) * (1 - MIN_GAIN):
+            self.best_epoch, self.best_sparsity, self.since_gain = epoch, sparsity, 0
+            self.best_model = _copy(model)
+        else:
+            self.since_gain += 1
+        if self.best_model is None and val_accuracy > self.fallback_accuracy:
+            self.fallback_epoch, self.fallback_accuracy, self.fallback_model = epoch, val_accuracy, _copy(model)
+        return sparsity
+
+    @property
+    def exhausted(self) -> bool:
+        """True once ``patience`` epochs in a row brought no gain within the budget."""
+        return self.since_gain >= self.patience
+
+    def kept(self) -> tuple[int, dict[str, torch.Tensor] | None, bool]:
+        """``(epoch, weights, within budget)`` to end phase 2 with: the sparsest epoch within the budget,
+        else (no epoch fitted) the best-validation epoch."""
+        if self.best_model is not None:
+            return self.best_epoch, self.best_model, True
+        return self.fallback_epoch, self.fallback_model, False
+
+    def state_dict(self) -> dict:
+        """Everything the tracker holds (tensors and JSON values), for the resume state."""
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict`."""
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def _copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@dataclass
+class Trial:
+    """One pruning factor tried by :func:`search_prune_factor` (fractions)."""
+
+    factor: float
+    sparsity: float
+    val_accuracy: float
+
+
+def choose(trials: Iterable[Trial], floor: float) -> tuple[Trial, bool]:
+    """The sparsest trial with ``val_accuracy >= floor``, and True; if none fits, the least-pruned one and False.
+
+    Ties in sparsity go to the higher validation accuracy, then to the smaller factor.
+    """
+    trials = list(trials)
+    if not trials:
+        raise ValueError("choose() needs at least one trial")
+    fitting = [t for t in trials if t.val_accuracy >= floor]
+    if fitting:
+        return max(fitting, key=lambda t: (t.sparsity, t.val_accuracy, -t.factor)), True
+    return min(trials, key=lambda t: (t.sparsity, t.factor)), False
+
+
+def prune_copy(model: nn.Module, factor: float, gamma: float, params=None,
+               recalibrate: Callable[[nn.Module], None] | None = None) -> tuple[nn.Module, list]:
+    """A pruned copy of ``model`` at ``factor`` (BatchNorm recalibrated when ``recalibrate`` is given),
+    and :func:`sabr.pruning.prune`'s per-layer figures."""
+    pruned = copy.deepcopy(model)
+    layers = prune(pruned, teta1=factor, gamma=gamma, params=params)
+    if recalibrate is not None:
+        recalibrate(pruned)
+    return pruned, layers
+
+
+def search_prune_factor(model: nn.Module, validate: Callable[[nn.Module], float], floor: float,
+                        gamma: float = 0.1, params=None, recalibrate: Callable[[nn.Module], None] | None = None,
+                        factors: Iterable[float] = FACTORS, done: list[Trial] | None = None,
+                        on_trial: Callable[[list[Trial]], None] | None = None) -> tuple[Trial, bool, list[Trial]]:
+    """Try every pruning factor on copies of ``model`` and :func:`choose` among them.
+
+    Args:
+        model: the trained model (left unchanged).
+        validate: ``validate(pruned copy)`` -> validation accuracy (a fraction). It is the only look at
+            data the search takes: pass the validation split, never the test split.
+        floor: the lowest admissible validation accuracy (:func:`budget_floor`).
+        gamma, params: the pruning rule's ``gamma`` and tensors.
+        recalibrate: applied to each pruned copy before it is validated (BatchNorm statistics).
+        factors: the factors to try.
+        done: trials already made (a resumed search continues after them).
+        on_trial: called with the trials so far after each new one (e.g. to save a resume state).
+
+    Returns:
+        ``(chosen trial, whether it fits the budget, every trial)``.
+    """
+    trials = list(done or [])
+    for factor in factors:
+        if any(t.factor == factor for t in trials):
+            continue
+        pruned, layers = prune_copy(model, factor, gamma, params, recalibrate)
+        zeros = sum(l.total - l.nonzero for l in layers)
+        trials.append(Trial(factor, zeros / sum(l.total for l in layers), float(validate(pruned))))
+        log.debug("budget: factor %g -> sparsity %.4f, val %.4f", factor, trials[-1].sparsity, trials[-1].val_accuracy)
+        if on_trial is not None:
+            on_trial(trials)
+    chosen, fits = choose(trials, floor)
+    return chosen, fits, trials
