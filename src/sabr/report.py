@@ -109,6 +109,10 @@ def render_markdown(summary: dict) -> str:
                 "| factor | SABR sparsity | SABR val | base sparsity | base val |", "|---|---|---|---|---|"]
         out += [f"| {c['teta1']:g} | {_pct(c['sparsity'])} | {_pct(c['val_accuracy'])} | {_pct(c['base_sparsity'])} "
                 f"| {_pct(c['base_val_accuracy'])} |" for c in summary["curve"]]
+    frozen = summary["sabr"].get("frozen_tensors")
+    if frozen is not None:
+        out += ["", "Frozen in phase 2: " + (", ".join(f"`{f['name']}` (epoch {f['epoch']})" for f in frozen)
+                                            or "none") + "."]
     for w in summary.get("warnings", []):
         out += ["", f"**Warning:** {w}."]
     out += [""] + [f"![{name[:-4]}]({name})" for name in PLOTS] + [""]

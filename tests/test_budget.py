@@ -1,0 +1,183 @@
+"""The accuracy budget (sabr.budget) and the pieces it relies on: choice, tracker, BatchNorm recalibration,
+the reference preset, validation-only search, resume inside the search."""
+
+import copy
+import json
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from sabr import RunConfig, prune, sparsity_report
+from sabr import pipeline
+from sabr.budget import MIN_GAIN, BudgetTracker, Trial, choose, search_prune_factor
+from sabr.pruning import prunable_sparsity, recalibrate_batchnorm
+
+
+def test_choose_takes_the_strongest_factor_before_the_first_that_breaks_the_budget():
+    trials = [Trial(0.1, 0.50, 0.99), Trial(0.2, 0.70, 0.985), Trial(0.5, 0.90, 0.97), Trial(1.0, 0.95, 0.90)]
+    assert choose(trials, floor=0.975) == (trials[1], True)
+    assert choose(trials, floor=0.96) == (trials[2], True)
+    assert choose(list(reversed(trials)), floor=0.96) == (trials[2], True)  # order of the list does not matter
+    # nothing fits: the least-pruned trial, flagged
+    assert choose(trials, floor=0.995) == (trials[0], False)
+    # a factor that fits again after one that broke the budget is noise at the edge: not admitted
+    spiky = [Trial(0.4, 0.9877, 0.9877), Trial(0.5, 0.9889, 0.9846), Trial(0.65, 0.9906, 0.9907)]
+    assert choose(spiky, floor=0.9869) == (spiky[0], True)
+
+
+def test_a_tighter_budget_never_chooses_a_sparser_model():
+    rng = random.Random(0)
+    for _ in range(200):
+        sparsities = sorted(rng.random() for _ in range(5))  # a stronger factor never prunes less
+        trials = [Trial(f, s, rng.random()) for f, s in zip((0.1, 0.2, 0.3, 0.5, 1.0), sparsities)]
+        base = rng.random()
+        loose, _ = choose(trials, base - 0.05)
+        tight, fits = choose(trials, base - 0.01)
+        if fits:
+            assert tight.sparsity <= loose.sparsity
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5))
+
+
+def test_tracker_keeps_the_sparsest_epoch_within_the_budget_and_runs_out_of_patience():
+    model = _model()
+    tracker = BudgetTracker(floor=0.9, patience=2)
+    assert tracker.update(model, 1, 0.95) == pytest.approx(prunable_sparsity(model))
+    first = copy.deepcopy(tracker.best_model)
+    with torch.no_grad():  # epoch 2: sparser, but below the floor -> not kept
+        model[0].weight[:, :10] = 0
+    tracker.update(model, 2, 0.85)
+    assert tracker.best_epoch == 1 and tracker.since_gain == 1 and not tracker.exhausted
+    tracker.update(model, 3, 0.91)  # the same weights within the budget: a gain over epoch 1
+    assert tracker.best_epoch == 3 and tracker.since_gain == 0
+    tracker.update(model, 4, 0.99)  # no new zeros: no gain (less than MIN_GAIN fewer weights)
+    tracker.update(model, 5, 0.99)
+    assert tracker.exhausted and tracker.best_epoch == 3
+    epoch, weights, within = tracker.kept()
+    assert (epoch, within) == (3, True)
+    assert not torch.equal(weights["0.weight"], first["0.weight"])
+    again = BudgetTracker(floor=0.9, patience=2)
+    again.load_state_dict(tracker.state_dict())
+    assert again.kept()[0] == 3 and again.exhausted
+
+
+def test_tracker_falls_back_to_the_best_validation_epoch_when_nothing_fits():
+    model = _model()
+    tracker = BudgetTracker(floor=0.99, patience=5)
+    tracker.update(model, 1, 0.80)
+    tracker.update(model, 2, 0.85)
+    tracker.update(model, 3, 0.82)
+    epoch, weights, within = tracker.kept()
+    assert (epoch, within) == (2, False) and weights is not None
+    assert MIN_GAIN == 0.01
+
+
+def test_prunable_sparsity_is_what_prune_then_gives():
+    model = _model()
+    expected = prunable_sparsity(model, 0.5, 0.1)
+    prune(model, teta1=0.5, gamma=0.1)
+    assert sparsity_report(model).sparsity == pytest.approx(expected)
+
+
+def test_batchnorm_recalibration_re_estimates_statistics_without_touching_weights():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5))
+    model.eval()
+    weights = copy.deepcopy(model.state_dict())
+    xs = [torch.randn(8, 1, 6, 6) * 3 + 1 for _ in range(3)]
+    assert recalibrate_batchnorm(model, xs) == 1
+    feats = torch.cat([model[0](x) for x in xs])  # cumulative average = statistics of all the batches
+    bn = model[1]
+    assert torch.allclose(bn.running_mean, feats.mean((0, 2, 3)), atol=1e-5)
+    per_batch_var = torch.stack([model[0](x).var((0, 2, 3), unbiased=True) for x in xs]).mean(0)
+    assert torch.allclose(bn.running_var, per_batch_var, atol=1e-4)
+    assert not model.training and not model[3].training and bn.momentum == 0.1
+    for k in ("0.weight", "0.bias", "1.weight", "1.bias"):
+        assert torch.equal(model.state_dict()[k], weights[k])
+
+
+def test_search_keeps_the_model_and_passes_every_copy_to_validate():
+    model = _model()
+    before = copy.deepcopy(model.state_dict())
+    seen = []
+
+    def validate(m):
+        seen.append(sparsity_report(m).sparsity)
+        return 1.0 - seen[-1]  # accuracy falls as sparsity grows
+
+    chosen, fits, trials = search_prune_factor(model, validate, floor=0.5, factors=[0.1, 0.5, 1.0, 2.0])
+    assert [t.factor for t in trials] == [0.1, 0.5, 1.0, 2.0] and seen == pytest.approx([t.sparsity for t in trials])
+    assert fits and chosen == [t for t in trials if t.val_accuracy >= 0.5][-1]
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    # a resumed search only tries the factors it had not tried
+    seen.clear()
+    again = search_prune_factor(model, validate, floor=0.5, factors=[0.1, 0.5, 1.0, 2.0], done=trials[:2])
+    assert len(seen) == 2 and again[0] == chosen
+
+
+def test_reference_preset_is_the_seeds_pipeline_and_flags_still_win():
+    ref = RunConfig.from_dict({"preset": "reference"})
+    assert (ref.teta1, ref.accuracy_threshold, ref.growth_rate, ref.decrease_rate, ref.k_epoch) == (
+        5e-4, 0.007, 1.15, 1.2, 2)
+    assert (ref.prune_teta1, ref.gamma, ref.max_drop, ref.scale_teta1, ref.bn_recalibrate, ref.epochs_sabr) == (
+        0.2, 0.1, None, False, False, 40)
+    assert RunConfig.from_dict({"preset": "reference", "teta1": 1e-3}).teta1 == 1e-3
+    default = RunConfig()
+    assert (default.max_drop, default.accuracy_threshold, default.prune_teta1, default.scale_teta1) == (
+        0.01, "auto", None, True)
+
+
+TINY = dict(max_per_class=12, epochs_base=2, epochs_sabr=3, patience=2, sweep=[0.1, 0.3, 1.0], device="cpu",
+            batch_size=32)
+
+
+def test_budget_search_reads_validation_only(tmp_path, monkeypatch):
+    calls = {"searching": False, "test_during_search": 0, "val_during_search": 0}
+    real_eval, real_search = pipeline.evaluate_split, pipeline.search_prune_factor
+
+    def spy_eval(exp, model, split):
+        if calls["searching"]:
+            calls["test_during_search" if split is exp.test else "val_during_search"] += 1
+            assert split is exp.val
+        return real_eval(exp, model, split)
+
+    def spy_search(*args, **kwargs):
+        calls["searching"] = True
+        try:
+            return real_search(*args, **kwargs)
+        finally:
+            calls["searching"] = False
+
+    monkeypatch.setattr(pipeline, "evaluate_split", spy_eval)
+    monkeypatch.setattr(pipeline, "search_prune_factor", spy_search)
+    summary = pipeline.run(RunConfig(**TINY, out=str(tmp_path / "run")), progress=False)
+    assert calls["test_during_search"] == 0 and calls["val_during_search"] == 2 * len(TINY["sweep"])
+    b = summary["budget"]
+    assert set(b) >= {"max_drop", "prune_teta1", "val_drop", "test_drop", "sabr_epoch"}
+    assert b["prune_teta1"] in TINY["sweep"] and summary["base_pruned"]["prune_teta1"] in TINY["sweep"]
+
+
+@pytest.mark.slow
+def test_a_run_killed_inside_the_budget_search_resumes_to_the_same_result(tmp_path, monkeypatch):
+    whole = pipeline.run(RunConfig(**TINY, out=str(tmp_path / "whole")), progress=False)
+    real_save, saves = pipeline.RunDir.save_resume, []
+
+    def dying_save(self, state):
+        real_save(self, state)
+        if state["phase"] == "budget":
+            saves.append(len(state["trials"].get("base", [])))
+            if len(saves) == 4:  # every SABR trial and one of the base model's are saved
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline.RunDir, "save_resume", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(RunConfig(**TINY, out=str(tmp_path / "killed")), progress=False)
+    monkeypatch.setattr(pipeline.RunDir, "save_resume", real_save)
+    resumed = pipeline.resume(tmp_path / "killed", progress=False)
+    for key in ("base", "sabr", "pruned", "budget", "base_pruned", "curve", "layers"):
+        assert json.dumps(resumed[key], sort_keys=True) == json.dumps(whole[key], sort_keys=True), key
