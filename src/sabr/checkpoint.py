@@ -123,7 +123,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, metadata: dict | None = 
                              "in_chans": preprocess.channels, "image_size": preprocess.image_size}
         metadata.update(classes=list(classes), preprocess=preprocess.to_dict())
         with torch.device("meta"):
-            load_weights_into(build_model(metadata, trust_model_code=True), model.state_dict(), source=f"{source!r}")
+            _check_fits(build_model(metadata, trust_model_code=True).state_dict(), model.state_dict(), f"{source!r}")
     return save_tensors(model.state_dict(), path, metadata)
 
 
@@ -195,7 +195,12 @@ def build_model(meta: dict, trust_model_code: bool = False) -> nn.Module:
 
 def load_weights_into(model: nn.Module, weights: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Copy ``weights`` into ``model``, refusing (with a clear message) any name or shape mismatch."""
-    own = model.state_dict()
+    _check_fits(model.state_dict(), weights, source)
+    model.load_state_dict(weights)
+
+
+def _check_fits(own: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], source: str) -> None:
+    """Raise :class:`CheckpointError` unless ``weights`` has exactly the names and shapes of ``own``."""
     missing = sorted(set(own) - set(weights))
     unexpected = sorted(set(weights) - set(own))
     wrong = [k for k in own if k in weights and tuple(own[k].shape) != tuple(weights[k].shape)]
@@ -206,7 +211,6 @@ def load_weights_into(model: nn.Module, weights: dict[str, torch.Tensor], source
             f"{source} does not fit this model ({detail}). It was saved from another architecture or number of "
             "classes: use the same --model, --image-size and dataset, or start a new run."
         )
-    model.load_state_dict(weights)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
