@@ -101,3 +101,12 @@ def test_save_checkpoint_from_the_api_feeds_every_tool(tmp_path):
     with pytest.raises(CheckpointError, match="does not fit"):
         sabr.save_checkpoint(nn.Linear(2, 2), tmp_path / "bad.safetensors", source="resnet18", classes=list("ab"),
                              preprocess=sabr.Preprocess(32, 3))
+
+
+def test_resume_of_a_user_code_run_needs_trust(tmp_path):
+    from sabr.pipeline import resume
+    from sabr.rundir import RunDir
+
+    RunDir(tmp_path).write_config({"model": f"{tmp_path}/my_net.py:build@sha256:{'0' * 64}"})
+    with pytest.raises(CheckpointError, match="--trust-model-code"):
+        resume(tmp_path)

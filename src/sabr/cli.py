@@ -245,7 +245,8 @@ def _setup_export(p: argparse.ArgumentParser) -> None:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench_run
 
-    r = bench_run(args.run, phase=args.phase, trust_model_code=args.trust_model_code, batch_sizes=tuple(args.batch_sizes), runs=args.runs,
+    r = bench_run(args.run, phase=args.phase, trust_model_code=args.trust_model_code,
+                  batch_sizes=tuple(args.batch_sizes), runs=args.runs,
                   warmup=args.warmup, max_density=args.max_density, threads=args.threads)
     print(f"{r['model'].get('name', '?')}: MACs {r['macs_dense']:,} -> {int(r['macs_pruned']):,} "
           f"({100 * r['macs_reduction']:.2f}% fewer), ideal speedup {r['ideal_speedup']:.2f}x, "

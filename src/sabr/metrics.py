@@ -184,7 +184,8 @@ def count_macs(
         for h in hooks:
             h.remove()
     if counter.unknown:
-        log.warning("count_macs: no FLOP formula for %s; their MACs are not counted", ", ".join(sorted(counter.unknown)))
+        log.warning("count_macs: no FLOP formula for %s; their MACs are not counted",
+                    ", ".join(sorted(counter.unknown)))
     return _report(model, counter.macs, max(int(example_input.shape[0]), 1), sparsity)
 
 
