@@ -98,3 +98,96 @@ def test_sparsity_report_counts_exact_and_near_zeros():
     assert r.all_total == 28 and r.all_nonzero == 20 and r.all_sparsity == pytest.approx(8 / 28)
     near = sparsity_report(model, eps=1e-5)
     assert near.nonzero == 16
+
+
+def resnet18_macs(size: int, classes: int) -> int:
+    """ResNet-18 by hand: 7x7/2 stem, 3x3/2 max-pool, four stages of two basic blocks (3x3 convs), 1x1/2
+    downsampling shortcuts from stage 2 on, global pool, fc."""
+    h = (size + 6 - 7) // 2 + 1
+    total = 64 * 3 * 49 * h * h
+    h = (h + 2 - 3) // 2 + 1
+    cin = 64
+    for c in [64, 128, 256, 512]:
+        if c != cin:
+            h = (h + 2 - 3) // 2 + 1
+            total += c * cin * h * h                                # 1x1 stride-2 shortcut
+        total += c * cin * 9 * h * h + 3 * c * c * 9 * h * h        # four 3x3 convs per stage
+        cin = c
+    return total + 512 * classes
+
+
+def _divisible(v: float) -> int:
+    new = max(8, int(v + 4) // 8 * 8)
+    return new + 8 if new < 0.9 * v else new
+
+
+def mobilenet_v3_small_macs(size: int, classes: int) -> int:
+    """MobileNetV3-Small by hand from its (in, kernel, expanded, out, SE, stride) table, SE blocks included."""
+    h = conv_out(size, 2)
+    total = 16 * 3 * 9 * h * h
+    for cin, k, exp, cout, se, s in [(16, 3, 16, 16, True, 2), (16, 3, 72, 24, False, 2), (24, 3, 88, 24, False, 1),
+                                     (24, 5, 96, 40, True, 2), (40, 5, 240, 40, True, 1), (40, 5, 240, 40, True, 1),
+                                     (40, 5, 120, 48, True, 1), (48, 5, 144, 48, True, 1), (48, 5, 288, 96, True, 2),
+                                     (96, 5, 576, 96, True, 1), (96, 5, 576, 96, True, 1)]:
+        if exp != cin:
+            total += exp * cin * h * h                          # 1x1 expand
+        h = (h + 2 * ((k - 1) // 2) - k) // s + 1
+        total += exp * k * k * h * h                            # depthwise
+        if se:
+            total += 2 * exp * _divisible(exp // 4)             # squeeze-excite: two 1x1 convs on a 1x1 map
+        total += cout * exp * h * h                             # 1x1 project
+    total += 576 * 96 * h * h                                   # last 1x1 conv
+    return total + 576 * 1024 + 1024 * classes
+
+
+def small_vit():
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128,
+                             num_classes=10)
+
+
+def vit_macs(size=32, patch=8, layers=2, dim=64, mlp=128, classes=10, chans=3) -> int:
+    """ViT by hand: patch embedding; per layer QKV, q k^T, attn v, output projection, MLP; class-token head."""
+    n = (size // patch) ** 2
+    t = n + 1  # patches + class token
+    per_layer = t * dim * 3 * dim + 2 * t * t * dim + t * dim * dim + 2 * t * dim * mlp
+    return dim * chans * patch * patch * n + layers * per_layer + dim * classes
+
+
+def test_resnet18_macs_match_analytic_count():
+    model = create_model("resnet18", num_classes=10, in_chans=3, image_size=64)
+    assert count_macs(model, torch.zeros(2, 3, 64, 64)).macs_dense == resnet18_macs(64, 10)
+    assert resnet18_macs(224, 1000) == 1_814_073_344  # torchvision's "1.81 GFLOPS" (multiply-adds)
+
+
+def test_mobilenet_v3_small_macs_match_analytic_count():
+    model = create_model("mobilenet_v3_small", num_classes=1000, in_chans=3, image_size=224)
+    report = count_macs(model, torch.zeros(1, 3, 224, 224))
+    assert report.macs_dense == mobilenet_v3_small_macs(224, 1000)
+    assert 55e6 < report.macs_dense < 60e6  # torchvision's "0.06 GFLOPS"
+
+
+def test_vit_macs_count_attention_and_every_projection():
+    model = small_vit()
+    report = count_macs(model, torch.zeros(2, 3, 32, 32))
+    assert report.macs_dense == vit_macs()
+    weights = {layer.weight for layer in report.layers}
+    assert "encoder.layers.encoder_layer_0.self_attention.in_proj_weight" in weights
+    assert "encoder.layers.encoder_layer_0.self_attention.out_proj.weight" in weights
+    attention = [l for l in report.layers if l.weight == ""]
+    assert sum(l.macs_dense for l in attention) == 2 * 2 * 17 * 17 * 64  # q k^T and attn v, two layers
+
+
+def test_vit_pruned_macs_scale_only_weight_layers():
+    model = small_vit()
+    qkv = model.encoder.layers[0].self_attention.in_proj_weight
+    with torch.no_grad():
+        qkv[: qkv.shape[0] // 2] = 0.0
+    report = count_macs(model, torch.zeros(1, 3, 32, 32))
+    t, d = 17, 64
+    head = d * 10  # torchvision initialises the ViT head to zeros: all of it counts as pruned
+    assert report.macs_dense - report.macs_pruned == pytest.approx(t * d * 3 * d / 2 + head)
+    for layer in report.layers:
+        if layer.weight == "":
+            assert layer.macs_pruned == layer.macs_dense

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .export import example_input, load_run, save_sparse, save_shrunk, shrink
+from .export import example_input, load_model, save_sparse, save_shrunk, shrink
 from .metrics import count_macs
 
 log = logging.getLogger(__name__)
@@ -185,9 +185,10 @@ def bench_model(model: nn.Module, metadata: dict, batch_sizes: tuple[int, ...] =
     return result
 
 
-def bench_run(run_dir: str | Path, phase: str = "pruned", **kwargs) -> dict:
-    """:func:`bench_model` on one phase of a finished run (default: the pruned model)."""
-    model, meta = load_run(run_dir, phase)
+def bench_run(run_dir: str | Path, phase: str = "pruned", trust_model_code: bool = False, **kwargs) -> dict:
+    """:func:`bench_model` on one phase of a finished run (default: the pruned model), or on a checkpoint file
+    (:func:`sabr.save_checkpoint`); ``trust_model_code``: see :func:`~sabr.export.load_model`."""
+    model, meta = load_model(run_dir, phase, trust_model_code=trust_model_code)
     result = bench_model(model, meta, **kwargs)
     result["run"] = str(run_dir)
     result["model"] = meta.get("model", {})

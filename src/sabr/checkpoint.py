@@ -1,9 +1,11 @@
 """Checkpoints: safetensors weights beside a JSON metadata file. Never pickles.
 
 A checkpoint ``<dir>/<phase>.safetensors`` has its metadata in ``<dir>/<phase>.json``: the model's
-name and constructor arguments, the class names, the preprocessing, and the phase's figures. That is
-enough to rebuild the model without the code that trained it: :func:`load_checkpoint` reads one file;
-:func:`sabr.export.load_model` (the one loader) builds on it for run folders and exports.
+source (a library name, or user code pinned to its file's SHA-256) and constructor arguments, the class
+names, the preprocessing, and the phase's figures. That is enough to rebuild the model without the code
+that trained it: :func:`load_checkpoint` reads one file; :func:`sabr.export.load_model` (the one loader)
+builds on it for run folders and exports. A model from user code is rebuilt only with
+``trust_model_code=True`` (``--trust-model-code``), and only from the very file it was trained with.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch import nn
 
 from .data import Preprocess
 from .errors import CheckpointError, StorageError
-from .models import create_model
+from .models import create_model, display_name, is_user_code, pin
 
 PHASES = ("base", "sabr", "pruned")
 
@@ -92,12 +94,36 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: d
     return path
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, metadata: dict) -> Path:
-    """Save ``model``'s weights to ``path`` (``.safetensors``) and ``metadata`` beside it (``.json``).
+def save_checkpoint(model: nn.Module, path: str | Path, metadata: dict | None = None, *, source: str | None = None,
+                    classes: list[str] | None = None, preprocess: Preprocess | None = None) -> Path:
+    """Save ``model``'s weights to ``path`` (``.safetensors``) and its metadata beside it (``.json``).
 
-    ``metadata`` must hold ``model`` (``{"name", "num_classes", "in_chans", "image_size"}``), and
-    should hold ``classes`` and ``preprocess`` so that :func:`load_checkpoint` returns a usable model.
+    From your own training loop, name the model's source, its classes and its preprocessing, and every
+    ``sabr`` tool (``export``, ``bench``, ``recognize``, :func:`sabr.load_model`) works on the file::
+
+        sabr.save_checkpoint(model, "out/my.safetensors", source="resnet18", classes=names,
+                             preprocess=sabr.Preprocess(64, 3, mean, std))
+
+    Args:
+        model: the network; its weights must fit the model ``source`` builds (checked, on the meta device).
+        path: the ``.safetensors`` file to write (its ``.json`` goes beside it).
+        metadata: extra entries for the ``.json`` (``sabr run`` passes the whole metadata here).
+        source: what ``--model`` takes: a model name, ``timm:<name>``, ``file.py:factory`` or
+            ``package.module:factory`` (user code is recorded with its file's SHA-256).
+        classes: class names in label order (their number is the model's ``num_classes``).
+        preprocess: the :class:`~sabr.data.Preprocess` of training (gives ``in_chans`` and ``image_size``).
     """
+    metadata = dict(metadata or {})
+    if source is not None:
+        if classes is None or preprocess is None:
+            raise CheckpointError("save_checkpoint(source=...) also needs classes=[...] and preprocess=Preprocess(...) "
+                                  "so that the model can be rebuilt and fed.")
+        pinned = pin(source)
+        metadata["model"] = {"name": display_name(pinned), "source": pinned, "num_classes": len(classes),
+                             "in_chans": preprocess.channels, "image_size": preprocess.image_size}
+        metadata.update(classes=list(classes), preprocess=preprocess.to_dict())
+        with torch.device("meta"):
+            _check_fits(build_model(metadata, trust_model_code=True).state_dict(), model.state_dict(), f"{source!r}")
     return save_tensors(model.state_dict(), path, metadata)
 
 
@@ -141,19 +167,40 @@ def read_weights(path: str | Path, sha256: str | None = None) -> dict[str, torch
     return weights
 
 
-def build_model(meta: dict) -> nn.Module:
-    """Construct the (untrained) model that a checkpoint's metadata describes."""
+def check_trusted(source: str, trust_model_code: bool) -> None:
+    """Refuse to import the user code a saved model names unless ``trust_model_code`` says so."""
+    if is_user_code(source) and not trust_model_code:
+        raise CheckpointError(f"this model comes from your own code ({display_name(source)}), which sabr imports "
+                              "only when told to trust it: pass --trust-model-code (Python: trust_model_code=True).")
+
+
+def build_model(meta: dict, trust_model_code: bool = False) -> nn.Module:
+    """Construct the (untrained) model that a checkpoint's metadata describes.
+
+    Args:
+        meta: the checkpoint's metadata (its ``model`` entry).
+        trust_model_code: allow importing the user code the model comes from (the file must be the one the
+            checkpoint recorded); never needed for built-in, torchvision or timm models.
+    """
     m = meta.get("model") or {}
     try:
-        return create_model(m["name"], num_classes=int(m["num_classes"]), in_chans=int(m["in_chans"]),
+        source = m.get("source", m["name"])
+        check_trusted(source, trust_model_code)
+        return create_model(source, num_classes=int(m["num_classes"]), in_chans=int(m["in_chans"]),
                             image_size=int(m["image_size"]))
     except KeyError as exc:
-        raise CheckpointError(f"checkpoint metadata lacks model.{exc.args[0]}; it was not written by sabr.") from exc
+        raise CheckpointError(f"checkpoint metadata lacks model.{exc.args[0]}; write it with sabr.save_checkpoint"
+                              "(model, path, source=..., classes=..., preprocess=...).") from exc
 
 
 def load_weights_into(model: nn.Module, weights: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Copy ``weights`` into ``model``, refusing (with a clear message) any name or shape mismatch."""
-    own = model.state_dict()
+    _check_fits(model.state_dict(), weights, source)
+    model.load_state_dict(weights)
+
+
+def _check_fits(own: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], source: str) -> None:
+    """Raise :class:`CheckpointError` unless ``weights`` has exactly the names and shapes of ``own``."""
     missing = sorted(set(own) - set(weights))
     unexpected = sorted(set(weights) - set(own))
     wrong = [k for k in own if k in weights and tuple(own[k].shape) != tuple(weights[k].shape)]
@@ -164,17 +211,18 @@ def load_weights_into(model: nn.Module, weights: dict[str, torch.Tensor], source
             f"{source} does not fit this model ({detail}). It was saved from another architecture or number of "
             "classes: use the same --model, --image-size and dataset, or start a new run."
         )
-    model.load_state_dict(weights)
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
+                    trust_model_code: bool = False) -> tuple[nn.Module, dict]:
     """Rebuild a model from ``x.safetensors`` + ``x.json``; returns ``(model in eval mode, metadata)``.
 
     ``metadata["preprocess"]`` is turned into a :class:`~sabr.data.Preprocess` under ``metadata["transform"]``.
+    ``trust_model_code``: see :func:`build_model`.
     """
     path = Path(path)
     meta = read_metadata(path)
-    model = build_model(meta)
+    model = build_model(meta, trust_model_code)
     load_weights_into(model, read_weights(path, meta.get("weights_sha256")), source=str(path))
     model.to(device).eval()
     if "preprocess" in meta:

@@ -10,7 +10,6 @@ import argparse
 import logging
 import sys
 from dataclasses import MISSING, Field, fields
-from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 from .config import AppSettings, ElevatorSettings, RecognizeSettings, RunConfig, load_yaml
@@ -83,6 +82,12 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig.from_dict(values)
 
 
+def _add_trust_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-model-code", action="store_true",
+                   help="import the user code (file.py:factory) a saved model was trained with; its file must be "
+                        "unchanged since (SHA-256 checked). Never needed for built-in, torchvision or timm models")
+
+
 # --------------------------------------------------------------------------- commands
 def _cmd_run(args: argparse.Namespace) -> int:
     import os
@@ -97,7 +102,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             flags = ", ".join("--" + k.replace("_", "-") for k in given) or ("--config" if args.config else "--overwrite")
             raise ConfigError(f"--resume continues {args.resume} with the settings saved in its {RunDir.CONFIG}; "
                               f"leave out {flags} (only --device may change).")
-        summary = resume(args.resume, progress=not args.quiet, device=getattr(args, "device", None))
+        summary = resume(args.resume, progress=not args.quiet, device=getattr(args, "device", None),
+                         trust_model_code=args.trust_model_code)
     else:
         summary = run(config_from_args(args), progress=not args.quiet, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
@@ -112,13 +118,15 @@ def _setup_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last finished epoch "
                    "(its saved settings are used)")
+    _add_trust_flag(p)
     add_config_arguments(p)
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
     from .pipeline import reprune
 
-    curve = reprune(args.run, args.teta1, gamma=args.gamma, progress=not args.quiet)
+    curve = reprune(args.run, args.teta1, gamma=args.gamma, progress=not args.quiet,
+                    trust_model_code=args.trust_model_code)
     print(f"{'teta1':>8}  {'sparsity':>9}  {'test accuracy':>13}")
     for c in curve:
         print(f"{c['teta1']:>8g}  {100 * c['sparsity']:>8.2f}%  {100 * c['test_accuracy']:>12.2f}%")
@@ -133,20 +141,26 @@ def _setup_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teta1", type=float, nargs="+", default=sweep,
                    help=f"pruning factors to try (default: {' '.join(map(str, sweep))})")
     p.add_argument("--gamma", type=float, default=gamma, help=f"pruning gamma (default: {gamma})")
+    _add_trust_flag(p)
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from .models import list_models
 
-    print("\n".join(list_models(args.pattern)))
+    names = list_models(args.pattern)
+    if names:
+        print("\n".join(names))
+    if not args.pattern.startswith("timm:"):
+        log.info("also: timm:<name> (pip install timm; list with `sabr models 'timm:*'`), and your own code as "
+                 "path/to/file.py:factory or package.module:factory")
     return 0
 
 
 def _setup_models(p: argparse.ArgumentParser) -> None:
-    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'vgg*'")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*' or 'timm:vit_*'")
 
 
-def _load_app(settings: AppSettings) -> tuple[Recognizer, list[np.ndarray] | None]:
+def _load_app(settings: AppSettings, trust_model_code: bool) -> tuple[Recognizer, list[np.ndarray] | None]:
     """The recogniser (its sparsity and MACs printed) and the reference images, from the shared options."""
     import torch
 
@@ -155,7 +169,7 @@ def _load_app(settings: AppSettings) -> tuple[Recognizer, list[np.ndarray] | Non
     if settings.threads < 1:
         raise SabrError(f"--threads must be >= 1, got {settings.threads}.")
     torch.set_num_threads(settings.threads)
-    recognizer = Recognizer.from_path(settings.model, settings.phase, settings.device)
+    recognizer = Recognizer.from_path(settings.model, settings.phase, settings.device, trust_model_code)
     print(recognizer.info().describe())
     folder = settings.references or training_data_folder(settings.model)
     references = load_references(recognizer.classes, folder) if folder else None
@@ -168,7 +182,7 @@ def _cmd_recognize(args: argparse.Namespace) -> int:
     from .apps import open_source, recognize
 
     settings = RecognizeSettings(**_given(args, RecognizeSettings))
-    recognizer, references = _load_app(settings)
+    recognizer, references = _load_app(settings, args.trust_model_code)
     source = open_source(settings.source)
     log.info("source: %s", source.description)
     summary = recognize(recognizer, source, settings, references)
@@ -187,7 +201,7 @@ def _cmd_elevator(args: argparse.Namespace) -> int:
     if (s.source is None) == (s.script is None):
         raise SabrError("pass exactly one input: --source (webcam, video, image folder) or --script FILE.")
     if s.model:
-        recognizer, references = _load_app(s)
+        recognizer, references = _load_app(s, args.trust_model_code)
         classes = recognizer.classes
     elif s.script and s.floors:
         recognizer, references, classes = None, None, [str(i) for i in range(s.floors)]
@@ -207,7 +221,7 @@ def _cmd_elevator(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_run
 
-    result = export_run(args.run, args.format, args.out, phase=args.phase)
+    result = export_run(args.run, args.format, args.out, phase=args.phase, trust_model_code=args.trust_model_code)
     print(f"wrote {result['path']} ({result['bytes']:,} bytes, {args.format}); "
           f"max abs difference to the dense model: {result['max_abs_diff']:.2e}")
     if args.format == "shrunk":
@@ -220,16 +234,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _setup_export(p: argparse.ArgumentParser) -> None:
     from .export import FORMATS
 
-    p.add_argument("--run", required=True, help="a run folder written by `sabr run`")
+    p.add_argument("--run", required=True, help="a run folder written by `sabr run`, or a checkpoint .safetensors "
+                   "(sabr.save_checkpoint)")
     p.add_argument("--format", required=True, choices=FORMATS, help="sparse, shrunk or onnx (see docs/deployment.md)")
     p.add_argument("--out", help="output file (default: <run>/export/<phase>-<format>.safetensors or .onnx)")
     p.add_argument("--phase", default="pruned", choices=["base", "sabr", "pruned"], help="checkpoint to export")
+    _add_trust_flag(p)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench_run
 
-    r = bench_run(args.run, phase=args.phase, batch_sizes=tuple(args.batch_sizes), runs=args.runs,
+    r = bench_run(args.run, phase=args.phase, trust_model_code=args.trust_model_code,
+                  batch_sizes=tuple(args.batch_sizes), runs=args.runs,
                   warmup=args.warmup, max_density=args.max_density, threads=args.threads)
     print(f"{r['model'].get('name', '?')}: MACs {r['macs_dense']:,} -> {int(r['macs_pruned']):,} "
           f"({100 * r['macs_reduction']:.2f}% fewer), ideal speedup {r['ideal_speedup']:.2f}x, "
@@ -250,7 +267,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _setup_bench(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", required=True, help="a run folder written by `sabr run`")
+    p.add_argument("--run", required=True, help="a run folder written by `sabr run`, or a checkpoint .safetensors "
+                   "(sabr.save_checkpoint)")
     p.add_argument("--phase", default="pruned", choices=["base", "sabr", "pruned"], help="checkpoint to measure")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], help="batch sizes (default: 1 32)")
     p.add_argument("--runs", type=int, default=50, help="timed calls per path and batch size (default: 50)")
@@ -259,6 +277,15 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
                    help="layers with at most this fraction of non-zeros use sparse kernels (default: 0.3)")
     p.add_argument("--threads", type=int, help="torch threads during timing (default: torch's choice)")
     p.add_argument("--json", help="also write the figures to this JSON file")
+    _add_trust_flag(p)
+
+
+def _setup_app(cls: type) -> Callable[[argparse.ArgumentParser], None]:
+    """The flags of an app's settings dataclass, and --trust-model-code."""
+    def setup(p: argparse.ArgumentParser) -> None:
+        add_config_arguments(p, cls)
+        _add_trust_flag(p)
+    return setup
 
 
 # name -> (help, set-up, handler). A new command adds one line here and its two functions (or its settings
@@ -268,16 +295,16 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "prune": ("re-prune a finished run at several thresholds (accuracy vs sparsity)", _setup_prune, _cmd_prune),
     "models": ("list the available models", _setup_models, _cmd_models),
     "recognize": ("recognise gestures from a webcam, video or image folder (on screen or headless)",
-                  partial(add_config_arguments, cls=RecognizeSettings), _cmd_recognize),
+                  _setup_app(RecognizeSettings), _cmd_recognize),
     "elevator": ("simulate a gesture-driven elevator (one floor per class)",
-                 partial(add_config_arguments, cls=ElevatorSettings), _cmd_elevator),
+                 _setup_app(ElevatorSettings), _cmd_elevator),
     "export": ("export a run as a sparse checkpoint, a shrunk dense model or ONNX", _setup_export, _cmd_export),
     "bench": ("CPU latency and file sizes: dense, shrunk and sparse-kernel paths", _setup_bench, _cmd_bench),
 }
 
 
 # optional packages -> the pyproject extra that installs them
-_EXTRAS = {"cv2": "apps", "onnx": "export", "onnxruntime": "export"}
+_EXTRAS = {"cv2": "apps", "onnx": "export", "onnxruntime": "export", "timm": "timm"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,7 +39,8 @@ class RunConfig:
 
     # data and model
     data: str = _f("digits", "dataset: 'digits' (embedded), an image folder (one sub-folder per class) or an IDX folder")
-    model: str = _f("compact_cnn", "model name (see `sabr models`)")
+    model: str = _f("compact_cnn", "model: a name from `sabr models`, timm:<name>, path/to/file.py:factory or "
+                                   "package.module:factory")
     image_size: int | None = _f(None, "input side in pixels (default: 8 for digits, 28 for IDX, 64 for folders)")
     channels: int | None = _f(None, "input channels, 1 or 3 (default: 1 for digits/IDX, 3 for image folders)")
     max_per_class: int | None = _f(None, "use at most this many images per class (quick runs)")

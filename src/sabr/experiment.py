@@ -16,7 +16,7 @@ from .config import RunConfig
 from .data import (IMAGENET_MEAN, IMAGENET_STD, Preprocess, channel_stats, default_channels,
                    default_image_size, load_dataset, split_dataset)
 from .distributed import DistContext, init_from_env
-from .models import create_model
+from .models import create_model, display_name, pin
 from .train import Split, evaluate
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class Experiment:
     def new_model(self) -> nn.Module:
         """A fresh model as configured, on the experiment's device."""
         m = self.model_meta
-        return create_model(m["name"], m["num_classes"], m["in_chans"], m["image_size"],
+        return create_model(m["source"], m["num_classes"], m["in_chans"], m["image_size"],
                             pretrained=self.config.pretrained).to(self.device)
 
     def metadata(self, phase: str, **figures) -> dict:
@@ -75,8 +75,10 @@ def prepare(config: RunConfig, progress: bool = True, dist: DistContext | None =
     pre = Preprocess(size, channels, mean, std)
     dist = dist or init_from_env(config.device)
     device = dist.device
-    model_meta = {"name": config.model, "num_classes": len(ds.classes), "in_chans": channels, "image_size": size}
-    create_model(**model_meta)  # fail early, with a clear message, on a size the model cannot take
+    source = pin(config.model)  # user code: an absolute path and the file's SHA-256
+    model_meta = {"name": display_name(source), "source": source, "num_classes": len(ds.classes),
+                  "in_chans": channels, "image_size": size}
+    create_model(source, len(ds.classes), channels, size)  # fail early, with a clear message, on a bad size
 
     def part(index):
         return Split(ds.images[index], ds.labels[index])

@@ -5,14 +5,18 @@ Nothing here prints or plots; every function takes a model (or tensors) and retu
 
 from __future__ import annotations
 
-import math
+import logging
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
 import torch
 from torch import nn
 
-from .regularizer import resolve_params
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .regularizer import default_param_names, resolve_params
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,11 +71,11 @@ def sparsity_report(model: nn.Module, params: Iterable[str] | None = None, eps: 
 
 @dataclass
 class LayerMacs:
-    """MACs of one Conv or Linear module for one input sample."""
+    """MACs of one weight tensor (or of a module's weight-free products, e.g. attention) for one input sample."""
 
     name: str  # the module's name, e.g. "features.0"
-    kind: str  # "Conv2d", "Linear", ...
-    weight: str  # the weight's parameter name, e.g. "features.0.weight"
+    kind: str  # the module's class: "Conv2d", "Linear", "MultiheadAttention", ...
+    weight: str  # the weight's parameter name, e.g. "features.0.weight"; "" for products of activations only
     macs_dense: int
     sparsity: float
     macs_pruned: float
@@ -90,17 +94,49 @@ class MacsReport:
         return asdict(self)
 
 
-def _layer_macs(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
-    """Dense MACs of one call, per sample, from the shapes actually seen."""
-    batch = out.shape[0] if out.dim() > 1 else 1
-    if isinstance(module, nn.modules.conv._ConvNd):
-        k = math.prod(module.kernel_size)
-        spatial = math.prod(out.shape[2:])
-        return module.out_channels * (module.in_channels // module.groups) * k * spatial
-    if isinstance(module, nn.Linear):
-        positions = out.numel() // (batch * module.out_features) if out.dim() > 1 else 1
-        return module.out_features * module.in_features * positions
-    return 0
+def _flop_formulas() -> dict:
+    """aten op -> FLOP formula (FLOPs = 2 x MACs) of every convolution and matrix product torch knows, plus the
+    CPU attention kernel FlopCounterMode misses (its formula is the generic flash attention's)."""
+    from torch.utils.flop_counter import flop_registry
+
+    aten = torch.ops.aten
+    formulas = dict(flop_registry)
+    cpu_attention = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if cpu_attention is not None and cpu_attention not in formulas:
+        formulas[cpu_attention] = flop_registry[aten._scaled_dot_product_flash_attention]
+    return formulas
+
+
+class _MacCounter(TorchDispatchMode):
+    """Adds up the MACs of every convolution and matrix product run under it, by the weight it uses (found by
+    storage) or, for products of activations only, by the innermost module running."""
+
+    def __init__(self, weights: dict[int, str], stack: list[str]) -> None:
+        super().__init__()
+        self.weights, self.stack, self.formulas = weights, stack, _flop_formulas()
+        self.macs: dict[tuple[str, str], int] = {}
+        self.unknown: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = self.formulas.get(func._overloadpacket)
+        if formula is None:
+            if any(w in func.__name__ for w in ("attention", "conv", "mm", "matmul")):
+                self.unknown.add(func.__name__)
+            return out
+        macs = formula(*args, **kwargs, out_val=out) // 2
+        ptrs = [a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor)]
+        weight = next((self.weights[p] for p in ptrs if p in self.weights), "")
+        key = (weight.rpartition(".")[0] if weight else self.stack[-1], weight)
+        self.macs[key] = self.macs.get(key, 0) + macs
+        return out
+
+
+def _weight_tensors(model: nn.Module) -> dict[int, str]:
+    """Storage address -> parameter name of every weight matrix (see :func:`default_param_names`)."""
+    params = dict(model.named_parameters())
+    return {params[n].untyped_storage().data_ptr(): n for n in default_param_names(model)}
 
 
 @torch.no_grad()
@@ -109,46 +145,65 @@ def count_macs(
     example_input: torch.Tensor,
     sparsity: dict[str, float] | None = None,
 ) -> MacsReport:
-    """Count the MACs of every Conv and Linear module in a real forward pass (per sample).
+    """Count the MACs of every convolution and matrix product in a real forward pass (per sample).
 
-    Works on any model (grouped and depthwise convolutions included): shapes come from forward hooks,
-    never from a table of layer names. Conv: ``out_channels * in_channels / groups * kh * kw * out_h
-    * out_w``; Linear: ``out_features * in_features`` per output position.
+    Works on any model: each aten convolution / matrix product / attention kernel the pass runs is
+    counted with torch's FLOP formulas (:mod:`torch.utils.flop_counter`, FLOPs / 2), never from a table of
+    layer names. A product that reads a weight matrix (Conv, Linear, attention projections) is one layer,
+    named after that weight; products of activations only (attention's ``q k^T`` and ``attn v``) are
+    counted per module with ``weight == ""``. Conv: ``out_channels * in_channels / groups * kh * kw *
+    out_h * out_w``; Linear: ``out_features * in_features`` per output position. Attention's fused
+    fast path is switched off during the pass so that its products are seen.
 
     Args:
         model: the network (its mode is restored afterwards; the pass runs in eval mode).
         example_input: a batch shaped like real inputs, e.g. ``torch.zeros(1, 3, 64, 64)``.
         sparsity: weight name -> sparsity fraction; default: measured from the weights (exact zeros).
-            Pruned MACs of a layer are ``macs * (1 - sparsity)``.
+            Pruned MACs of a weight layer are ``macs * (1 - sparsity)``; products of activations keep
+            their dense count.
     """
     names = {m: n for n, m in model.named_modules()}
-    counts: dict[nn.Module, int] = {}
+    stack: list[str] = [""]
+    def enter(module, args) -> None:
+        stack.append(names[module])
 
-    def hook(module, inputs, output):
-        counts[module] = counts.get(module, 0) + _layer_macs(module, inputs[0], output)
+    def leave(module, args, out) -> None:
+        stack.pop()
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
-    was_training = model.training
+    hooks = [h for m in model.modules() for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    counter = _MacCounter(_weight_tensors(model), stack)
+    was_training, fastpath = model.training, torch.backends.mha.get_fastpath_enabled()
     try:
         model.eval()
-        model(example_input)
+        torch.backends.mha.set_fastpath_enabled(False)
+        with counter:
+            model(example_input)
     finally:
         model.train(was_training)
-        for h in handles:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+        for h in hooks:
             h.remove()
+    if counter.unknown:
+        log.warning("count_macs: no FLOP formula for %s; their MACs are not counted",
+                    ", ".join(sorted(counter.unknown)))
+    return _report(model, counter.macs, max(int(example_input.shape[0]), 1), sparsity)
+
+
+def _report(model: nn.Module, macs: dict[tuple[str, str], int], batch: int,
+            sparsity: dict[str, float] | None) -> MacsReport:
+    """Per-sample :class:`MacsReport` from the counted MACs, in module order."""
+    modules, params = dict(model.named_modules()), dict(model.named_parameters())
+    order = {n: i for i, n in enumerate(modules)}
     layers = []
-    for module, macs in counts.items():
-        name = names[module]
-        weight = f"{name}.weight" if name else "weight"
-        if sparsity is not None and weight in sparsity:
+    for (name, weight), total in sorted(macs.items(), key=lambda kv: (order.get(kv[0][0], 0), kv[0][1] == "")):
+        s = 0.0
+        if weight and sparsity is not None and weight in sparsity:
             s = float(sparsity[weight])
-        else:
-            w = module.weight.detach()
+        elif weight:
+            w = params[weight].detach()
             s = 1.0 - int(torch.count_nonzero(w)) / w.numel()
-        layers.append(LayerMacs(name, type(module).__name__, weight, macs, s, macs * (1.0 - s)))
-    order = {n: i for i, n in enumerate(names.values())}
-    layers.sort(key=lambda layer: order[layer.name])
+        dense = total // batch
+        layers.append(LayerMacs(name, type(modules[name]).__name__, weight, dense, s, dense * (1.0 - s)))
     dense = sum(layer.macs_dense for layer in layers)
     pruned = sum(layer.macs_pruned for layer in layers)
     return MacsReport(layers, dense, pruned, 1.0 - pruned / dense if dense else 0.0)

@@ -21,7 +21,7 @@ from torch import nn
 
 from . import report
 from .budget import BudgetTracker, Trial, budget_floor, prune_copy, search_prune_factor
-from .checkpoint import load_weights_into, read_metadata, read_weights, save_checkpoint, write_json
+from .checkpoint import check_trusted, load_weights_into, read_metadata, read_weights, save_checkpoint, write_json
 from .config import RunConfig
 from .distributed import DistContext, init_from_env, shutdown
 from .errors import SabrError
@@ -133,7 +133,7 @@ def _open_run(exp: Experiment, overwrite: bool, resume: bool) -> tuple[RunDir, d
     dist.barrier()
     state = folder.load_resume() if resume else None
     resolved = config.to_dict() | {"out": str(folder.path), "image_size": exp.preprocess.image_size,
-                                   "channels": exp.preprocess.channels}
+                                   "channels": exp.preprocess.channels, "model": exp.model_meta["source"]}
     if dist.is_main and state is None:
         folder.write_config(resolved)
         folder.write_skipped(exp.skipped)
@@ -328,26 +328,30 @@ def _prune_phase(exp: Experiment, folder: RunDir, model: nn.Module, choice: Budg
     return pruned, layer_stats, figures
 
 
-def resume(run_dir: str | Path, progress: bool = True, device: str | None = None) -> dict:
+def resume(run_dir: str | Path, progress: bool = True, device: str | None = None,
+           trust_model_code: bool = False) -> dict:
     """Continue the run in ``run_dir`` (see :func:`run` with ``resume=True``) with its saved configuration.
 
     ``device`` may override the saved device (e.g. continue on the CPU a run started on a GPU; only a
     run continued on the same kind of device reproduces the uninterrupted figures exactly).
+    ``trust_model_code``: see :func:`sabr.export.load_model`.
     """
     folder = RunDir(run_dir)
     values = folder.read_config() | {"out": str(folder.path)}
+    check_trusted(values.get("model", ""), trust_model_code)
     if device is not None:
         values["device"] = device
     return run(RunConfig.from_dict(values), progress=progress, resume=True)
 
 
-def reprune(run_dir: str | Path, teta1_values, gamma: float = 0.1, progress: bool = True) -> list[dict]:
+def reprune(run_dir: str | Path, teta1_values, gamma: float = 0.1, progress: bool = True,
+            trust_model_code: bool = False) -> list[dict]:
     """Re-prune a finished run's SABR checkpoint at several factors; writes ``tradeoff.json`` and its chart.
 
     The run's own data split is rebuilt from its saved config, so accuracies are on the same test split.
     """
     folder = RunDir(run_dir)
-    model, meta = load_run(folder.path, "sabr")
+    model, meta = load_run(folder.path, "sabr", trust_model_code=trust_model_code)
     if not folder.config.is_file():
         raise SabrError(f"{folder.config} is missing; `sabr prune` needs a run folder written by `sabr run`.")
     cfg = RunConfig.from_dict({**folder.read_config(), "device": "cpu"})

@@ -102,12 +102,20 @@ def population_std(t: torch.Tensor) -> float:
     return float(t.detach().double().std(correction=0)) if t.numel() > 1 else 0.0
 
 
+_ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+
+
 def default_param_names(model: nn.Module) -> list[str]:
-    """Names of the ``weight`` of every ``Conv*d`` and ``Linear`` module, in ``named_parameters()`` order."""
+    """Names of every weight matrix, in ``named_parameters()`` order: the ``weight`` of every ``Conv*d`` and
+    ``Linear`` module (attention output projections included) and the input projections of every
+    ``nn.MultiheadAttention`` (``in_proj_weight``, or ``q/k/v_proj_weight``)."""
     wanted = set()
     for mod_name, module in model.named_modules():
+        prefix = f"{mod_name}." if mod_name else ""
         if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and module.weight is not None:
-            wanted.add(f"{mod_name}.weight" if mod_name else "weight")
+            wanted.add(prefix + "weight")
+        elif isinstance(module, nn.MultiheadAttention):
+            wanted.update(prefix + n for n in _ATTENTION_WEIGHTS if getattr(module, n, None) is not None)
     return [name for name, _ in model.named_parameters() if name in wanted]
 
 

@@ -90,9 +90,10 @@ class Recognizer:
         self.device = next(model.parameters()).device if isinstance(model, nn.Module) else torch.device("cpu")
 
     @classmethod
-    def from_path(cls, path: str | Path, phase: str = "pruned", device: str | torch.device = "cpu") -> "Recognizer":
-        """Load with :func:`load_any`."""
-        model, meta = load_any(path, phase, device)
+    def from_path(cls, path: str | Path, phase: str = "pruned", device: str | torch.device = "cpu",
+                  trust_model_code: bool = False) -> "Recognizer":
+        """Load with :func:`load_any` (``trust_model_code``: see :func:`sabr.export.load_model`)."""
+        model, meta = load_any(path, phase, device, trust_model_code)
         return cls(model, meta)
 
     @torch.no_grad()

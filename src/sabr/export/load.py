@@ -23,7 +23,8 @@ from .sparse import dense_state_dict
 _SUFFIXES = (".safetensors", ".json", ".onnx")
 
 
-def load_model(path: str | Path, phase: str = "pruned", device: str | torch.device = "cpu") -> tuple[Any, dict]:
+def load_model(path: str | Path, phase: str = "pruned", device: str | torch.device = "cpu",
+               trust_model_code: bool = False) -> tuple[Any, dict]:
     """Load any sabr model: a run folder, a phase checkpoint, or a ``sparse`` / ``shrunk`` / ``onnx`` export.
 
     Args:
@@ -31,6 +32,8 @@ def load_model(path: str | Path, phase: str = "pruned", device: str | torch.devi
             (or its ``.json``) written by ``sabr run`` or ``sabr export``.
         phase: for run folders, ``"base"``, ``"sabr"`` or ``"pruned"`` (default).
         device: where to put a PyTorch model (ONNX models always run on the CPU).
+        trust_model_code: allow importing the user code (``file.py:factory``) the model was trained with;
+            the file must be unchanged since (its SHA-256 is checked). ONNX files never need it.
 
     Returns:
         ``(model, metadata)``: an ``nn.Module`` in eval mode (an :class:`OnnxModel` for ``.onnx``,
@@ -39,32 +42,35 @@ def load_model(path: str | Path, phase: str = "pruned", device: str | torch.devi
         :class:`~sabr.data.Preprocess` used in training: call it on a PIL image), plus ``export`` for exports.
 
     Raises:
-        CheckpointError: the path does not exist, is not a sabr file, or its files are damaged.
+        CheckpointError: the path does not exist, is not a sabr file, or its files are damaged; the model
+            comes from user code and ``trust_model_code`` is off, or that code changed after training.
     """
     path = Path(path).expanduser()
     if path.is_dir():
-        return load_checkpoint(_phase_checkpoint(path, phase), device)
+        return load_checkpoint(_phase_checkpoint(path, phase), device, trust_model_code)
     path = _model_file(path)
     meta = read_metadata(path)
     fmt = (meta.get("export") or {}).get("format")
     if path.suffix == ".onnx":
         model: Any = OnnxModel(path)
     elif fmt is None:
-        return load_checkpoint(path, device)
+        return load_checkpoint(path, device, trust_model_code)
     else:
-        model = _load_export(path, meta, fmt).to(device).eval()
+        model = _load_export(path, meta, fmt, trust_model_code).to(device).eval()
     if "preprocess" in meta:
         meta["transform"] = Preprocess.from_dict(meta["preprocess"])
     return model, meta
 
 
-def load_run(run_dir: str | Path, phase: str = "pruned", device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+def load_run(run_dir: str | Path, phase: str = "pruned", device: str | torch.device = "cpu",
+             trust_model_code: bool = False) -> tuple[nn.Module, dict]:
     """Load one phase of a finished ``sabr run``: :func:`load_model` on a run folder.
 
     Args:
         run_dir: the run folder (``--out`` of ``sabr run``).
         phase: ``"base"``, ``"sabr"`` or ``"pruned"`` (default).
         device: where to put the model.
+        trust_model_code: see :func:`load_model`.
 
     Returns:
         ``(model, metadata)`` as for :func:`load_model`.
@@ -72,7 +78,7 @@ def load_run(run_dir: str | Path, phase: str = "pruned", device: str | torch.dev
     run_dir = Path(run_dir).expanduser()
     if not run_dir.is_dir():
         raise CheckpointError(f"run folder {run_dir} does not exist; pass the folder `sabr run` wrote (--out).")
-    return load_model(run_dir, phase, device)
+    return load_model(run_dir, phase, device, trust_model_code)
 
 
 def _phase_checkpoint(run_dir: Path, phase: str) -> Path:
@@ -104,10 +110,10 @@ def _model_file(path: Path) -> Path:
     return path.with_suffix(".safetensors")
 
 
-def _load_export(path: Path, meta: dict, fmt: str) -> nn.Module:
+def _load_export(path: Path, meta: dict, fmt: str, trust_model_code: bool) -> nn.Module:
     """The PyTorch model of a ``sparse`` or ``shrunk`` export (on the CPU)."""
     tensors = read_weights(path, meta.get("weights_sha256"))
-    model = build_model(meta)
+    model = build_model(meta, trust_model_code)
     if fmt == "sparse":
         state = dense_state_dict(tensors, meta["export"]["tensors"])
     elif fmt == "shrunk":

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SabrError
-from .load import load_model, load_run
+from .load import load_model
 from .onnx import export_onnx
 from .shrink import save_shrunk, shrink
 from .sparse import save_sparse
@@ -25,15 +25,18 @@ def example_input(meta: dict, batch: int = 2) -> torch.Tensor:
 
 
 def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, phase: str = "pruned",
-               check_input: torch.Tensor | None = None) -> dict:
+               check_input: torch.Tensor | None = None, trust_model_code: bool = False) -> dict:
     """Export one phase of a run (default: ``pruned``) as ``sparse``, ``shrunk`` or ``onnx``.
 
     Args:
-        run_dir: a folder written by ``sabr run``.
+        run_dir: a folder written by ``sabr run``, or a checkpoint (``.safetensors``) written by
+            :func:`sabr.save_checkpoint`.
         fmt: one of :data:`FORMATS`.
-        out: the output file (default: ``<run_dir>/export/<phase>-<fmt>.safetensors`` or ``.onnx``).
-        phase: which checkpoint to export.
+        out: the output file (default: ``<run_dir>/export/<phase>-<fmt>.safetensors`` or ``.onnx``; for a
+            checkpoint ``<its folder>/export/<its name>-<fmt>...``).
+        phase: which checkpoint of a run folder to export.
         check_input: a batch of real inputs to compare outputs on (default: zeros).
+        trust_model_code: see :func:`~sabr.export.load_model`.
 
     Returns:
         a dict with ``path``, ``format``, ``bytes``, ``max_abs_diff`` (export vs. the dense model on
@@ -41,10 +44,12 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, pha
     """
     if fmt not in FORMATS:
         raise SabrError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}.")
-    model, meta = load_run(run_dir, phase)
+    run_dir = Path(run_dir)
+    model, meta = load_model(run_dir, phase, trust_model_code=trust_model_code)
     x = check_input if check_input is not None else example_input(meta)
     suffix = ".onnx" if fmt == "onnx" else ".safetensors"
-    out = Path(out) if out else Path(run_dir) / "export" / f"{phase}-{fmt}{suffix}"
+    folder, stem = (run_dir, phase) if run_dir.is_dir() else (run_dir.parent, run_dir.stem)
+    out = Path(out) if out else folder / "export" / f"{stem}-{fmt}{suffix}"
     result: dict = {"format": fmt}
     with torch.no_grad():
         reference = model(x)
@@ -57,7 +62,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, pha
         result["params_before"], result["params_after"] = rep.params_before, rep.params_after
     else:
         path, _ = export_onnx(model, out, meta, example_input(meta, 1), check_input=x)
-    loaded, _ = load_model(path)
+    loaded, _ = load_model(path, trust_model_code=trust_model_code)
     with torch.no_grad():
         result["max_abs_diff"] = float((loaded(x) - reference).abs().max())
     result["path"] = str(path)

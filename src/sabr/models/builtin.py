@@ -1,72 +1,15 @@
-"""Model registry and factory.
-
-Every model is a function decorated with :func:`register_model` that takes ``num_classes``,
-``in_chans``, ``image_size`` and ``pretrained`` and returns an ``nn.Module`` producing logits (never a
-Softmax). :func:`create_model` builds any of them by name; :func:`list_models` lists what exists.
-
-Adding a model touches one place: write the function here (or anywhere) and decorate it.
+"""The built-in models: small CNNs for the embedded digits and photos, and two torchvision models with the
+heads of the project description. Each is registered by name with :func:`sabr.models.register_model`.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import logging
-from typing import Callable
-
 import torch
 from torch import nn
 
-from .errors import ConfigError
-
-log = logging.getLogger(__name__)
-
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-_MIN_SIZE: dict[str, int] = {}
-
-
-def register_model(name: str | None = None, min_image_size: int = 1):
-    """Decorator: register a model factory under ``name`` (default: the function's name)."""
-
-    def wrap(fn):
-        key = name or fn.__name__
-        _REGISTRY[key] = fn
-        _MIN_SIZE[key] = min_image_size
-        return fn
-
-    return wrap
-
-
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style ``pattern`` (e.g. ``"vgg*"``), sorted."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
-
-
-def create_model(
-    name: str,
-    num_classes: int,
-    in_chans: int = 3,
-    image_size: int = 64,
-    pretrained: bool = False,
-) -> nn.Module:
-    """Build a registered model adapted to the dataset.
-
-    Args:
-        name: a name from :func:`list_models`.
-        num_classes: size of the output layer (logits).
-        in_chans: input channels (1 for grayscale, 3 for RGB).
-        image_size: side of the square input, in pixels.
-        pretrained: load torchvision's ImageNet weights where they exist (downloads them once).
-    """
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())}.")
-    if num_classes < 2:
-        raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}.")
-    if image_size < _MIN_SIZE[name]:
-        raise ConfigError(
-            f"model {name!r} needs images of at least {_MIN_SIZE[name]}x{_MIN_SIZE[name]} pixels, "
-            f"got {image_size}; pass --image-size {_MIN_SIZE[name]} or larger."
-        )
-    return _REGISTRY[name](num_classes=num_classes, in_chans=in_chans, image_size=image_size, pretrained=pretrained)
+from ..errors import ConfigError
+from . import register_model
+from .external import adapt_first_conv
 
 
 def _flat_features(body: nn.Module, in_chans: int, image_size: int) -> int:
@@ -141,20 +84,6 @@ def small_vgg(num_classes: int, in_chans: int = 1, image_size: int = 28, pretrai
     return _ConvNet(features, classifier)
 
 
-def _adapt_first_conv(conv: nn.Conv2d, in_chans: int) -> nn.Conv2d:
-    """Return ``conv`` taking ``in_chans`` inputs; pretrained RGB filters are summed for grayscale."""
-    if conv.in_channels == in_chans:
-        return conv
-    new = nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    bias=conv.bias is not None)
-    with torch.no_grad():
-        if in_chans == 1:
-            new.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
-        if conv.bias is not None:
-            new.bias.copy_(conv.bias)
-    return new
-
-
 @register_model(min_image_size=32)
 def vgg11(num_classes: int, in_chans: int = 3, image_size: int = 64, pretrained: bool = False) -> nn.Module:
     """torchvision VGG11 with the project description's head: Linear(25088, 512)-ReLU-Dropout-Linear(512, classes).
@@ -164,7 +93,7 @@ def vgg11(num_classes: int, in_chans: int = 3, image_size: int = 64, pretrained:
     from torchvision.models import VGG11_Weights, vgg11 as tv_vgg11
 
     model = tv_vgg11(weights=VGG11_Weights.IMAGENET1K_V1 if pretrained else None)
-    model.features[0] = _adapt_first_conv(model.features[0], in_chans)
+    model.features[0] = adapt_first_conv(model.features[0], in_chans)
     model.classifier = nn.Sequential(
         nn.Linear(512 * 7 * 7, 512), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(512, num_classes)
     )
@@ -180,16 +109,6 @@ def mobilenet_v2(num_classes: int, in_chans: int = 3, image_size: int = 64, pret
     from torchvision.models import MobileNet_V2_Weights, mobilenet_v2 as tv_mobilenet_v2
 
     model = tv_mobilenet_v2(weights=MobileNet_V2_Weights.IMAGENET1K_V1 if pretrained else None)
-    model.features[0][0] = _adapt_first_conv(model.features[0][0], in_chans)
+    model.features[0][0] = adapt_first_conv(model.features[0][0], in_chans)
     model.classifier[-1] = nn.Linear(model.last_channel, num_classes)
     return model
-
-
-def set_dropout(model: nn.Module, p: float) -> int:
-    """Set the probability of every Dropout module to ``p``; returns how many were changed."""
-    n = 0
-    for m in model.modules():
-        if isinstance(m, nn.modules.dropout._DropoutNd):
-            m.p = p
-            n += 1
-    return n
