@@ -10,7 +10,7 @@ def test_missing_optional_package_names_the_extra(monkeypatch, capsys):
     monkeypatch.setitem(cli.COMMANDS, "models", ("list", cli._setup_models, needs_cv2))
     assert cli.main(["models"]) == 2
     err = capsys.readouterr().err
-    assert "pip install -e '.[apps]'" in err and "Traceback" not in err
+    assert "pip install 'torch-sabr[apps]'" in err and "Traceback" not in err
 
 
 def test_unrelated_missing_module_is_not_hidden(monkeypatch):

@@ -11,26 +11,46 @@ Drop the regulariser into any training loop::
 ``SabrSettings`` holds SABR's hyper-parameters and their one set of defaults
 (``SABR(model, **dataclasses.asdict(settings))``). The phases live in :mod:`sabr.phases` (on the one
 epoch loop :func:`sabr.train.fit`), the peers SABR is compared with in :mod:`sabr.baselines`, the run
-folder in :mod:`sabr.rundir`.
+folder in :mod:`sabr.rundir`, the Lightning callback in :mod:`sabr.integrations.lightning`.
+
+The names below are imported on first use (PEP 562), so ``import sabr`` and ``sabr --help`` do not load
+torch.
 """
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import RunConfig
-from .data import Preprocess, load_dataset, split_dataset
-from .errors import CheckpointError, ConfigError, DataError, SabrError, StorageError, TrainingError
-from .bench import bench_model, bench_run, sparsify
-from .export import OnnxModel, export_onnx, export_run, load_model, load_run, save_shrunk, save_sparse, shrink
-from .metrics import count_macs, sparsity_report
-from .models import create_model, list_models, register_model
-from .pruning import apply_masks, prune, prune_threshold, zero_masks
-from .regularizer import SABR, SabrSettings
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._lazy import attach
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "SABR", "SabrSettings", "prune", "prune_threshold", "zero_masks", "apply_masks", "sparsity_report", "count_macs", "load_run", "load_checkpoint",
-    "save_checkpoint", "create_model", "list_models", "register_model", "Preprocess", "load_dataset",
-    "split_dataset", "load_model", "shrink", "save_sparse", "save_shrunk", "export_onnx", "export_run",
-    "OnnxModel", "sparsify", "bench_model", "bench_run", "RunConfig", "SabrError", "DataError", "ConfigError",
-    "CheckpointError", "StorageError", "TrainingError", "__version__",
-]
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "checkpoint": ("load_checkpoint", "save_checkpoint"),
+    "config": ("RunConfig", "SabrSettings"),
+    "data": ("Preprocess", "load_dataset", "split_dataset"),
+    "errors": ("CheckpointError", "ConfigError", "DataError", "SabrError", "StorageError", "TrainingError"),
+    "bench": ("bench_model", "bench_run", "sparsify"),
+    "export": ("OnnxModel", "export_onnx", "export_run", "load_model", "load_run", "save_shrunk", "save_sparse",
+               "shrink"),
+    "metrics": ("count_macs", "sparsity_report"),
+    "models": ("create_model", "list_models", "register_model"),
+    "pruning": ("apply_masks", "prune", "prune_threshold", "zero_masks"),
+    "regularizer": ("SABR",),
+}
+__getattr__, __dir__, __all__ = attach(__name__, _EXPORTS, globals())
+__all__ = __all__ + ["__version__"]
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from .bench import bench_model, bench_run, sparsify
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .config import RunConfig, SabrSettings
+    from .data import Preprocess, load_dataset, split_dataset
+    from .errors import CheckpointError, ConfigError, DataError, SabrError, StorageError, TrainingError
+    from .export import (OnnxModel, export_onnx, export_run, load_model, load_run, save_shrunk, save_sparse,
+                         shrink)
+    from .metrics import count_macs, sparsity_report
+    from .models import create_model, list_models, register_model
+    from .pruning import apply_masks, prune, prune_threshold, zero_masks
+    from .regularizer import SABR
+

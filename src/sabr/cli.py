@@ -151,7 +151,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if names:
         print("\n".join(names))
     if not args.pattern.startswith("timm:"):
-        log.info("also: timm:<name> (pip install timm; list with `sabr models 'timm:*'`), and your own code as "
+        log.info("also: timm:<name> (pip install 'torch-sabr[timm]'; list with `sabr models 'timm:*'`), and your own code as "
                  "path/to/file.py:factory or package.module:factory")
     return 0
 
@@ -232,11 +232,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _setup_export(p: argparse.ArgumentParser) -> None:
-    from .export import FORMATS
-
     p.add_argument("--run", required=True, help="a run folder written by `sabr run`, or a checkpoint .safetensors "
                    "(sabr.save_checkpoint)")
-    p.add_argument("--format", required=True, choices=FORMATS, help="sparse, shrunk or onnx (see docs/deployment.md)")
+    # no argparse choices: they would import sabr.export (torch) for every `sabr --help`; export_run checks it
+    p.add_argument("--format", required=True, help="sparse, shrunk or onnx (see docs/deployment.md)")
     p.add_argument("--out", help="output file (default: <run>/export/<phase>-<format>.safetensors or .onnx)")
     p.add_argument("--phase", default="pruned", choices=["base", "sabr", "pruned"], help="checkpoint to export")
     _add_trust_flag(p)
@@ -304,7 +303,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
 
 
 # optional packages -> the pyproject extra that installs them
-_EXTRAS = {"cv2": "apps", "onnx": "export", "onnxruntime": "export", "timm": "timm"}
+_EXTRAS = {"cv2": "apps", "onnx": "export", "onnxruntime": "export", "timm": "timm", "tensorboard": "tensorboard",
+           "lightning": "lightning"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         if extra is None or args.debug:
             raise
         print(f"sabr {args.command}: error: this command needs the package {exc.name!r}; install it with "
-              f"pip install -e '.[{extra}]' (or pip install 'sabr[{extra}]').", file=sys.stderr)
+              f"pip install 'torch-sabr[{extra}]' (from a clone: pip install -e '.[{extra}]').", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sabr {args.command}: interrupted; files already written in the run folder are complete "

@@ -12,8 +12,33 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .errors import ConfigError
-from .regularizer import DEFAULTS as SABR_DEFAULTS
-from .regularizer import SabrSettings
+
+
+@dataclass(frozen=True)
+class SabrSettings:
+    """SABR's hyper-parameters; the defaults here are the only ones (:class:`sabr.SABR` and ``sabr run`` use them).
+
+    Attributes:
+        teta1: lambda initialisation factor, ``lambda_t = teta1 * std(w_t)``.
+        growth_rate: factor applied to every unfrozen lambda after an epoch without a significant drop.
+        decrease_rate: divisor applied after an epoch whose accuracy drop exceeds ``accuracy_threshold``.
+        accuracy_threshold: tolerated drop from the best validation accuracy, as a fraction.
+        k_epoch: consecutive no-growth epochs after which one tensor freezes.
+        zero_eps: a weight counts as near zero when ``|w| < zero_eps``.
+    """
+
+    teta1: float = 5e-4
+    growth_rate: float = 1.15
+    decrease_rate: float = 1.2
+    accuracy_threshold: float = 0.007
+    k_epoch: int = 2
+    zero_eps: float = 1e-5
+
+
+SABR_DEFAULTS = SabrSettings()
+"""SABR's defaults (also ``sabr.regularizer.DEFAULTS``); defined here, free of torch, so that the command line
+starts fast."""
+
 
 BUDGET_FACTORS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.65, 0.8, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 """The pruning factors (``teta1`` of the pruning rule) the budget search tries by default, weakest first."""

@@ -46,33 +46,13 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from .config import SABR_DEFAULTS as DEFAULTS
+from .config import SabrSettings
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SabrSettings:
-    """SABR's hyper-parameters; the defaults here are the only ones (:class:`SABR` and ``sabr run`` use them).
-
-    Attributes:
-        teta1: lambda initialisation factor, ``lambda_t = teta1 * std(w_t)``.
-        growth_rate: factor applied to every unfrozen lambda after an epoch without a significant drop.
-        decrease_rate: divisor applied after an epoch whose accuracy drop exceeds ``accuracy_threshold``.
-        accuracy_threshold: tolerated drop from the best validation accuracy, as a fraction.
-        k_epoch: consecutive no-growth epochs after which one tensor freezes.
-        zero_eps: a weight counts as near zero when ``|w| < zero_eps``.
-    """
-
-    teta1: float = 5e-4
-    growth_rate: float = 1.15
-    decrease_rate: float = 1.2
-    accuracy_threshold: float = 0.007
-    k_epoch: int = 2
-    zero_eps: float = 1e-5
-
-
-DEFAULTS = SabrSettings()
 
 REFERENCE_STEPS = 100
 """Optimizer steps whose pull one epoch has when :class:`SABR` is given ``steps_per_epoch``."""

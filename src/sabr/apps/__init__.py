@@ -8,7 +8,7 @@ Library entry points (the ``sabr recognize`` and ``sabr elevator`` commands are 
 
 The settings (:class:`RecognizeSettings`, :class:`ElevatorSettings`) are the commands' flags as dataclasses.
 
-Needs OpenCV (``pip install sabr[apps]``; ``opencv-python`` instead of the headless build for windows).
+Needs OpenCV (``pip install "torch-sabr[apps]"``; ``opencv-python`` instead of the headless build for windows).
 """
 
 from ..config import AppSettings, ElevatorSettings, RecognizeSettings
