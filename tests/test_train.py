@@ -87,3 +87,73 @@ def test_hooks_scheduler_stop_and_resume():
     state = resumed.fit(5, keep="best", state=FitState(epoch=3, rows=[{}] * 3, best_accuracy=0.95,
                                                        best_model={"weight": torch.full((1, 1), 7.0)}))
     assert resumed.validated == [4, 5] and len(state.rows) == 5 and resumed.weight == 7  # the saved best stays
+
+
+# --------------------------------------------------------------------------- training options
+def _tiny_split():
+    from sklearn.datasets import load_digits
+
+    from sabr.train import Split
+
+    d = load_digits()
+    images = torch.as_tensor(d.images[:64] / 16 * 255).round().to(torch.uint8)[:, None]
+    return Split(images, torch.as_tensor(d.target[:64]))
+
+
+def _one_epoch(optimizer_name, weight_decay=0.0, amp=False):
+    from sabr.data import Preprocess
+    from sabr.models import create_model
+    from sabr.train import build_optimizer, train_epoch
+
+    torch.manual_seed(0)
+    model = create_model("compact_cnn", 10, 1, 8)
+    opt = build_optimizer(model.parameters(), optimizer_name, lr=0.01, weight_decay=weight_decay, momentum=0.8)
+    before = [p.detach().clone() for p in model.parameters()]
+    stats = train_epoch(model, opt, _tiny_split(), Preprocess(8, 1), torch.device("cpu"), 16,
+                        torch.Generator().manual_seed(0), amp=amp)
+    return model, opt, stats, before
+
+
+@pytest.mark.parametrize("name, cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW),
+                                       ("sgd", torch.optim.SGD)])
+def test_each_optimizer_trains_with_its_weight_decay(name, cls):
+    model, opt, stats, before = _one_epoch(name, weight_decay=0.01)
+    assert type(opt) is cls and opt.param_groups[0]["weight_decay"] == 0.01
+    assert name != "sgd" or opt.param_groups[0]["momentum"] == 0.8
+    assert stats.loss == stats.loss and any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    plain = _one_epoch(name)[0]
+    assert any(not torch.equal(a, b) for a, b in zip(plain.parameters(), model.parameters()))  # decay acts
+
+
+def test_unknown_optimizer_is_refused():
+    from sabr.config import RunConfig
+    from sabr.errors import ConfigError
+    from sabr.train import build_optimizer
+
+    with pytest.raises(ConfigError, match="unknown optimizer 'lion'"):
+        build_optimizer(torch.nn.Linear(1, 1).parameters(), "lion")
+    for bad in ({"weight_decay": -1.0}, {"momentum": 1.0}, {"workers": -1}):
+        with pytest.raises(ConfigError):
+            RunConfig(**bad)
+
+
+def test_amp_changes_nothing_on_the_cpu():
+    a, _, stats_a, _ = _one_epoch("adam")
+    b, _, stats_b, _ = _one_epoch("adam", amp=True)
+    assert stats_a.loss == stats_b.loss
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+
+
+def test_progress_lines_when_the_output_is_not_a_terminal(caplog, monkeypatch):
+    import sys
+
+    from sabr.train import log_progress, progress_bar
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+
+    with caplog.at_level("INFO", logger="sabr.train"):
+        assert list(log_progress(range(4), total=4, desc="base 1/3", interval=0.0)) == [0, 1, 2, 3]
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("base 1/3: batch 1/4 (25%)") and len(lines) == 3  # none once the epoch ends
+    bar = progress_bar(True)  # log lines, not tqdm
+    assert bar(range(2), 2, "x").__class__.__name__ == "generator"

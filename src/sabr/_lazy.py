@@ -1,5 +1,6 @@
 """Lazy package attributes (PEP 562): a package lists which submodule holds each public name, and the
-submodule is imported on the first access (as is a submodule itself, ``sabr.export``), so importing the package (and ``sabr --help``) stays fast."""
+submodule is imported on the first access (as is a submodule itself, ``sabr.export``), so importing the
+package (and ``sabr --help``) stays fast."""
 
 from __future__ import annotations
 

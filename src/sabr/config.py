@@ -77,8 +77,25 @@ class RunConfig:
     epochs_sabr: int = _f(60, "phase 2 (SABR) epoch limit; it ends earlier once every tensor is frozen or, with a "
                               "budget, after --patience epochs without gain")
     batch_size: int = _f(64, "mini-batch size")
-    lr: float = _f(1e-3, "Adam learning rate of phase 1")
-    lr_sabr: float | None = _f(None, "Adam learning rate of phase 2 (default: --lr)")
+    lr: float = _f(1e-3, "learning rate of phase 1")
+    lr_sabr: float | None = _f(None, "learning rate of phase 2 (default: --lr)")
+    # training options (checked by _check_training_options)
+    optimizer: str = _f("adam", "optimizer of every phase: adam, adamw (decoupled weight decay) or sgd (with "
+                                "--momentum)", choices=["adam", "adamw", "sgd"])
+    momentum: float = _f(0.9, "SGD momentum (--optimizer sgd)")
+    weight_decay: float = _f(0.0, "weight decay (L2 for adam and sgd, decoupled for adamw)")
+    augment: list[str] | None = _f(None, "training-time augmentation (default: none): any of crop (random resized "
+                                         "crop), rotate (up to 10 degrees), color (brightness/contrast/saturation "
+                                         "jitter), flip (horizontal: a mirrored hand is another gesture, so not in "
+                                         "standard), or standard (= crop rotate color)", nargs="+",
+                                   choices=["standard", "crop", "rotate", "color", "flip"])
+    stream: bool = _f(False, "read an image folder from disk batch by batch (DataLoader workers, --workers) "
+                             "instead of into memory, for folders that do not fit")
+    workers: int = _f(0, "DataLoader worker processes that read and augment images with --stream (0: the main "
+                         "process)")
+    amp: bool = _f(False, "automatic mixed precision (bfloat16 autocast) on CUDA; no effect on the CPU")
+    log: str | None = _f(None, "also log losses, accuracies, lambdas, sparsity and freeze events to "
+                               "'tensorboard' (<run>/tensorboard/; the tensorboard extra)", choices=["tensorboard"])
     # the accuracy budget
     max_drop: float | None = _f(0.01, "accuracy budget: the result is the sparsest model whose validation accuracy "
                                       "is within this fraction of the base model's (0.01 = 1 point)")
@@ -149,6 +166,7 @@ class RunConfig:
             raise ConfigError(f"channels must be 1 or 3, got {self.channels}.")
         if self.image_size is not None and self.image_size < 4:
             raise ConfigError(f"image_size must be >= 4 pixels, got {self.image_size}.")
+        _check_training_options(self)
 
     def to_dict(self) -> dict:
         """Every field, as plain values (what a run folder saves as its config)."""
@@ -170,6 +188,25 @@ class RunConfig:
         if preset is not None and preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}.")
         return cls(**{**PRESETS.get(preset, {}), **values})
+
+
+def _check_training_options(cfg: RunConfig) -> None:
+    """The ranges of the training options (optimizer, weight decay, augmentation, streaming, AMP, logger)."""
+    from .augment import parse_augment
+
+    if cfg.optimizer not in ("adam", "adamw", "sgd"):
+        raise ConfigError(f"optimizer must be adam, adamw or sgd, got {cfg.optimizer!r}.")
+    if not 0 <= cfg.momentum < 1:
+        raise ConfigError(f"momentum must be in [0, 1), got {cfg.momentum}.")
+    if cfg.weight_decay < 0:
+        raise ConfigError(f"weight_decay must be >= 0, got {cfg.weight_decay}.")
+    if cfg.workers < 0:
+        raise ConfigError(f"workers must be >= 0, got {cfg.workers}.")
+    if cfg.workers and not cfg.stream:
+        raise ConfigError(f"workers={cfg.workers} needs --stream (in-memory data are not read by workers).")
+    if cfg.log not in (None, "tensorboard"):
+        raise ConfigError(f"log must be 'tensorboard' (or left out), got {cfg.log!r}.")
+    parse_augment(cfg.augment)
 
 
 def _threshold(value: float | str) -> float | str:

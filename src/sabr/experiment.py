@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .augment import Augment, parse_augment
 from .config import RunConfig
 from .data import (IMAGENET_MEAN, IMAGENET_STD, Preprocess, channel_stats, default_channels,
                    default_image_size, load_dataset, split_dataset)
 from .distributed import DistContext, init_from_env
 from .models import create_model, display_name, pin
-from .train import Split, evaluate
+from .errors import ConfigError
+from .train import Split, build_optimizer, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,11 @@ class Experiment:
         return {"phase": phase, "model": dict(self.model_meta), "classes": list(self.classes),
                 "dataset": self.dataset_name, "preprocess": self.preprocess.to_dict(), **figures}
 
+    def optimizer(self, params, lr: float) -> torch.optim.Optimizer:
+        """The configured optimizer (``optimizer``, ``weight_decay``, ``momentum``) over ``params`` at ``lr``."""
+        c = self.config
+        return build_optimizer(params, c.optimizer, lr, c.weight_decay, c.momentum)
+
     def example_input(self) -> torch.Tensor:
         """A zero batch of one image of the model's input shape, on the experiment's device."""
         p = self.preprocess
@@ -66,10 +73,14 @@ def prepare(config: RunConfig, progress: bool = True, dist: DistContext | None =
     channels = config.channels or default_channels(config.data)
     probe = Preprocess(size, channels)
     main = dist is None or dist.is_main
-    ds = load_dataset(config.data, probe, config.max_per_class, config.on_bad_image, config.seed, progress and main)
+    ds = _read(config, probe, progress and main)
     splits = split_dataset(ds, seed=config.seed)
     if config.pretrained and channels == 3:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
+    elif config.stream:
+        from .streaming import sample_images
+
+        mean, std = channel_stats(sample_images(ds.images, splits.train, config.seed))
     else:
         mean, std = channel_stats(ds.images[splits.train])
     pre = Preprocess(size, channels, mean, std)
@@ -80,13 +91,32 @@ def prepare(config: RunConfig, progress: bool = True, dist: DistContext | None =
                   "in_chans": channels, "image_size": size}
     create_model(source, len(ds.classes), channels, size)  # fail early, with a clear message, on a bad size
 
-    def part(index):
-        return Split(ds.images[index], ds.labels[index])
+    ops = parse_augment(config.augment)
+
+    def part(index, augment=None):
+        images = ds.images.subset(index, pre) if config.stream else ds.images[index]
+        return Split(images, ds.labels[index], augment)
 
     log.info("dataset %s: %d classes, %d train / %d val / %d test images of %dx%dx%d",
              ds.name, len(ds.classes), len(splits.train), len(splits.val), len(splits.test), channels, size, size)
-    return Experiment(config, ds.name, ds.classes, part(splits.train), part(splits.val), part(splits.test),
-                      pre, device, model_meta, ds.skipped, dist)
+    return Experiment(config, ds.name, ds.classes, part(splits.train, Augment(ops) if ops else None),
+                      part(splits.val), part(splits.test), pre, device, model_meta, ds.skipped, dist)
+
+
+def _read(config: RunConfig, probe: Preprocess, progress: bool):
+    """The dataset in memory, or (``config.stream``) an image folder's file list
+    (:func:`sabr.streaming.scan_folder`)."""
+    if not config.stream:
+        return load_dataset(config.data, probe, config.max_per_class, config.on_bad_image, config.seed, progress)
+    from pathlib import Path
+
+    from .data import _find_idx
+    from .streaming import scan_folder
+
+    if config.data == "digits" or _find_idx(Path(config.data).expanduser()) or not Path(config.data).is_dir():
+        raise ConfigError(f"--stream reads an image folder from disk; {config.data} is not one (the digits and IDX "
+                          "files are read into memory: leave out --stream).")
+    return scan_folder(config.data, probe, config.max_per_class, config.seed, config.workers)
 
 
 def evaluate_split(exp: Experiment, model: nn.Module, split: Split) -> tuple[float, float]:

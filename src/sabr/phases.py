@@ -51,7 +51,7 @@ def _train_one_epoch(exp: Experiment, net: nn.Module, opt, gen: torch.Generator,
     """
     try:
         stats, bad = train_epoch(net, opt, exp.train, exp.preprocess, exp.device, exp.config.batch_size, gen,
-                                 penalty=penalty, shard=exp.dist.shard,
+                                 penalty=penalty, shard=exp.dist.shard, amp=exp.config.amp,
                                  progress=_labelled(bar, f"{phase} {epoch}/{limit}")), 0
     except NonFiniteLossError:
         stats, bad = None, 1
@@ -86,13 +86,14 @@ def _state_saver(on_epoch: Callable[[dict], None] | None, model: nn.Module, opt,
 def train_base(exp: Experiment, model: nn.Module, *, epochs: int | None = None, lr: float | None = None,
                progress: bool = True, resume: dict | None = None,
                on_epoch: Callable[[dict], None] | None = None) -> tuple[nn.Module, list[dict]]:
-    """Phase 1: Adam, ReduceLROnPlateau(val loss, factor 0.1, patience 3); keeps the best-val-accuracy weights.
+    """Phase 1: the configured optimizer (Adam by default), ReduceLROnPlateau(val loss, factor 0.1, patience 3);
+    keeps the best-val-accuracy weights.
 
     Args:
         exp: the experiment from :func:`prepare`.
         model: the (freshly created) model; trained in place.
         epochs: number of epochs (default ``exp.config.epochs_base``).
-        lr: Adam's learning rate (default ``exp.config.lr``).
+        lr: the learning rate (default ``exp.config.lr``).
         progress: show progress bars (main rank only).
         resume: a phase-1 state given earlier to ``on_epoch``: training continues after its epoch,
             with its weights, optimiser, scheduler, batch order, RNG states, best weights and rows.
@@ -104,7 +105,7 @@ def train_base(exp: Experiment, model: nn.Module, *, epochs: int | None = None, 
     """
     cfg = exp.config
     epochs = cfg.epochs_base if epochs is None else epochs
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr if lr is None else lr)
+    opt = exp.optimizer(model.parameters(), lr=cfg.lr if lr is None else lr)
     sched = plateau_scheduler(opt, 0.1)
     gen = phase_generator(cfg.seed, "base")
     state = restore_training(resume, model, opt, sched, gen) if resume is not None else None
@@ -175,7 +176,7 @@ def train_sabr(exp: Experiment, model: nn.Module, *, epochs: int | None = None, 
                on_epoch: Callable[[dict], None] | None = None) -> tuple[nn.Module, SABR, list[dict]]:
     """Phase 2: L1 with SABR's adaptive per-tensor lambdas, dropout off, until all tensors freeze or the limit.
 
-    ``epochs`` is the limit (default ``exp.config.epochs_sabr``), ``lr`` Adam's learning rate (default
+    ``epochs`` is the limit (default ``exp.config.epochs_sabr``), ``lr`` the learning rate (default
     ``lr_sabr`` or ``lr``), ``settings`` SABR's hyper-parameters (default ``exp.config.sabr_settings()``;
     an ``"auto"`` threshold is resolved by :func:`resolve_threshold`); the regularised tensors are
     ``exp.config.params``, and with ``exp.config.scale_teta1`` SABR gets :func:`steps_per_epoch`.
@@ -196,7 +197,7 @@ def train_sabr(exp: Experiment, model: nn.Module, *, epochs: int | None = None, 
     set_dropout(model, 0.0)
     reg = SABR(model, **dataclasses.asdict(hyper), params=cfg.params, structured=cfg.structured,
                steps_per_epoch=steps_per_epoch(exp) if cfg.scale_teta1 else None)
-    opt = torch.optim.Adam(model.parameters(), lr=(cfg.lr_sabr or cfg.lr) if lr is None else lr)
+    opt = exp.optimizer(model.parameters(), lr=(cfg.lr_sabr or cfg.lr) if lr is None else lr)
     sched = plateau_scheduler(opt, 0.51, min_lr=1e-5)
     gen = phase_generator(cfg.seed, "sabr")
     state = None
@@ -265,8 +266,8 @@ def finetune_masked(exp: Experiment, model: nn.Module, epochs: int, lr: float | 
     """Fine-tune a pruned model in place for ``epochs`` epochs, keeping its zeros exactly zero.
 
     The zero pattern of the regularised tensors (``params``, default every Conv/Linear weight) is taken
-    once at the start and re-applied after every optimizer step, so the sparsity never drops. Adam at
-    ``lr`` (default: the config's phase-2 rate), no penalty, dropout as the model has it. Every
+    once at the start and re-applied after every optimizer step, so the sparsity never drops. The configured
+    optimizer at ``lr`` (default: the config's phase-2 rate), no penalty, dropout as the model has it. Every
     parameter trains: tensors that SABR froze (``requires_grad=False``) are unfrozen. Returns the model
     (best validation accuracy of the epochs, the starting weights included) and one row per epoch.
     """
@@ -274,13 +275,13 @@ def finetune_masked(exp: Experiment, model: nn.Module, epochs: int, lr: float | 
     masks = zero_masks(model, params)
     for p in model.parameters():
         p.requires_grad_(True)
-    opt = torch.optim.Adam(model.parameters(), lr=lr or cfg.lr_sabr or cfg.lr)
+    opt = exp.optimizer(model.parameters(), lr=lr or cfg.lr_sabr or cfg.lr)
     gen = phase_generator(cfg.seed, "finetune")
     bar = progress_bar(progress)
 
     def train(epoch: int) -> EpochStats:
         return train_epoch(model, opt, exp.train, exp.preprocess, exp.device, cfg.batch_size, gen,
-                           after_step=lambda: apply_masks(model, masks),
+                           after_step=lambda: apply_masks(model, masks), amp=cfg.amp,
                            progress=_labelled(bar, f"fine-tune {epoch}/{epochs}"))
 
     hooks = FitHooks(on_row=lambda r: log.info("fine-tune %3d/%d  loss %.4f  val %.2f%%", r["epoch"], epochs,

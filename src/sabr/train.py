@@ -1,24 +1,33 @@
 """The training loop every phase (and every baseline) uses: :func:`train_epoch`, :func:`evaluate` and
 :func:`fit`, the one epoch loop "train one epoch -> validate -> history row -> keep-best rule -> hooks".
 
-Data live in memory as ``uint8`` tensors (see :mod:`sabr.data`); each batch is normalised on the fly
-with the run's :class:`~sabr.data.Preprocess`, on the training device.
+Data live in memory as ``uint8`` tensors (see :mod:`sabr.data`), or stream from disk
+(:class:`sabr.streaming.FileImages`); each batch is augmented when the split says so, then normalised on
+the fly with the run's :class:`~sabr.data.Preprocess`, on the training device. :func:`build_optimizer`
+makes every phase's optimizer.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Iterable, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .data import Preprocess
-from .errors import SabrError, TrainingError
+from .errors import ConfigError, SabrError, TrainingError
+
+if TYPE_CHECKING:
+    from .augment import Augment
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(TrainingError):
@@ -27,10 +36,16 @@ class NonFiniteLossError(TrainingError):
 
 @dataclass
 class Split:
-    """One split of a dataset, in memory: ``uint8`` images ``(N, C, H, W)`` and ``int64`` labels."""
+    """One split of a dataset: ``uint8`` images ``(N, C, H, W)`` (a tensor in memory, or a
+    :class:`sabr.streaming.FileImages` read from disk) and ``int64`` labels.
+
+    ``augment`` (:class:`sabr.augment.Augment`) changes the images of shuffled passes (training) only;
+    ordered passes (evaluation, BatchNorm recalibration) see them as stored.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
+    augment: Augment | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -48,10 +63,12 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def batches(split: Split, batch_size: int, generator: torch.Generator | None = None,
             shard: tuple[int, int] = (0, 1)):
-    """Yield ``(uint8 images, labels)`` mini-batches; shuffled when a ``generator`` is given.
+    """Yield ``(uint8 images, labels)`` mini-batches; shuffled (and augmented, when the split says so)
+    when a ``generator`` is given, which then also draws the augmentation.
 
     ``shard=(rank, world_size)`` keeps every ``world_size``-th sample from ``rank`` on (distributed
-    training); every shard gets the same number of batches.
+    training); every shard gets the same number of batches. Streamed images are read by DataLoader
+    workers (:meth:`sabr.streaming.FileImages.batches`) in the same order.
     """
     n = len(split)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
@@ -59,15 +76,57 @@ def batches(split: Split, batch_size: int, generator: torch.Generator | None = N
     if world > 1:
         per = math.ceil(n / world)
         order = torch.cat([order, order[: per * world - n]])[rank::world]
-    for i in range(0, len(order), batch_size):
-        idx = order[i:i + batch_size]
-        yield split.images[idx], split.labels[idx]
+    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    augment = split.augment if generator is not None else None
+    if hasattr(split.images, "batches"):  # streamed from disk
+        yield from split.images.batches(chunks, split.labels, augment, generator)
+        return
+    for idx in chunks:
+        images = split.images[idx]
+        yield (images if augment is None else augment.batch(images, generator)), split.labels[idx]
+
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+"""The optimizers :func:`build_optimizer` makes (``--optimizer``)."""
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], name: str = "adam", lr: float = 1e-3,
+                    weight_decay: float = 0.0, momentum: float = 0.9) -> torch.optim.Optimizer:
+    """``adam`` (L2 ``weight_decay``), ``adamw`` (decoupled ``weight_decay``) or ``sgd`` (``momentum``,
+    L2 ``weight_decay``) over ``params`` at learning rate ``lr``."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}.")
+
+
+PROGRESS_INTERVAL = 30.0
+"""Seconds between two progress lines in a log (when the output is not a terminal)."""
+
+
+def log_progress(iterable, total: int, desc: str = "batches", interval: float = PROGRESS_INTERVAL):
+    """Yield from ``iterable`` and log ``desc: batch i/total (p%), r batches/s`` (INFO) at most every
+    ``interval`` seconds: the progress of an epoch where no progress bar shows (CI, ``nohup`` logs)."""
+    start = last = time.perf_counter()
+    for i, item in enumerate(iterable, 1):
+        yield item
+        now = time.perf_counter()
+        if now - last >= interval and i < total:
+            log.info("%s: batch %d/%d (%.0f%%), %.1f batches/s", desc, i, total, 100 * i / max(total, 1),
+                     i / (now - start))
+            last = now
 
 
 def progress_bar(enabled: bool) -> Callable | None:
-    """A tqdm wrapper ``bar(iterable, total, desc)`` for :func:`train_epoch`'s ``progress``, or None when off."""
+    """A wrapper ``bar(iterable, total, desc)`` for :func:`train_epoch`'s ``progress``, or None when off: a
+    tqdm bar on a terminal, else (tqdm would show nothing) :func:`log_progress` lines."""
     if not enabled:
         return None
+    if not sys.stderr.isatty():
+        return lambda it, total, desc="batches": log_progress(it, total, desc)
     from tqdm.auto import tqdm
 
     return lambda it, total, desc="batches": tqdm(it, total=total, desc=desc, unit="batch", leave=False, disable=None)
@@ -92,8 +151,12 @@ def train_epoch(
     shard: tuple[int, int] = (0, 1),
     progress: Callable | None = None,
     after_step: Callable[[], None] | None = None,
+    amp: bool = False,
 ) -> EpochStats:
-    """One pass over ``split``: cross-entropy (+ ``penalty()`` when given), Adam step per batch.
+    """One pass over ``split``: cross-entropy (+ ``penalty()`` when given), one optimizer step per batch.
+
+    ``amp`` runs the forward pass and the cross-entropy in bfloat16 autocast on CUDA (the penalty and the
+    step stay in float32); on the CPU it changes nothing.
 
     ``after_step()``, when given, runs after every optimizer step (e.g. to re-apply a pruning mask
     for masked fine-tuning, or to advance a gradual pruning schedule).
@@ -113,8 +176,9 @@ def train_epoch(
     for images, labels in it:
         x = preprocess.normalize(images.to(device, non_blocking=True))
         y = labels.to(device, non_blocking=True)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
         if penalty is not None:
             loss = loss + penalty()
         optimizer.zero_grad(set_to_none=True)
