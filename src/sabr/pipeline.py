@@ -27,6 +27,7 @@ from .distributed import DistContext, init_from_env, shutdown
 from .errors import SabrError
 from .experiment import Experiment, evaluate_split, prepare
 from .export import load_run
+from .integrations.tensorboard import logger_for
 from .metrics import sparsity_report
 from .models import set_dropout
 from .phases import bn_recalibrator, finetune_masked, prune_and_evaluate, sweep, train_base, train_sabr
@@ -147,10 +148,15 @@ def _open_run(exp: Experiment, overwrite: bool, resume: bool) -> tuple[RunDir, d
 
 
 def _saver(exp: Experiment, folder: RunDir, phase: str, done: dict) -> Callable[[dict], None]:
-    """A phase's ``on_epoch``: rank 0 saves its state with the figures of the phases already ``done``."""
+    """A phase's ``on_epoch``: rank 0 saves its state with the figures of the phases already ``done`` (and logs
+    the epoch to TensorBoard with ``--log tensorboard``)."""
+    board = logger_for(exp.config.log, folder.path) if exp.dist.is_main else None
+
     def on_epoch(phase_state: dict) -> None:
         if exp.dist.is_main:
             folder.save_resume({**phase_state, "phase": phase, "done": done})
+        if board is not None:
+            board.log_epoch(phase, phase_state)
     return on_epoch
 
 
