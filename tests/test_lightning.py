@@ -105,7 +105,7 @@ def test_trainer_matches_sabr_and_resumes_from_a_checkpoint(tmp_path):
 def test_penalty_gradient_is_added_as_lightning_scales_the_loss():
     from types import SimpleNamespace
 
-    module, x, y = Digits(), torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    module, x, y = Digits().eval(), torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])  # eval: no dropout
     callback = SABRCallback(teta1=0.5)
     callback.sabr = SABR(module, teta1=0.5)
     trainer = SimpleNamespace(accumulate_grad_batches=2, precision_plugin=SimpleNamespace())
