@@ -206,9 +206,10 @@ class RunDir:
         atomic_write({self.config: yaml.safe_dump(values, sort_keys=False).encode()})
 
     def write_skipped(self, names: list[str]) -> None:
-        """List the unreadable image files left out of the dataset (nothing is written for none)."""
+        """List the unreadable image files left out of the dataset (nothing is written for none), one per line,
+        each as the file system spells it (a name that is not UTF-8 keeps its bytes)."""
         if names:
-            atomic_write({self.skipped_images: ("\n".join(names) + "\n").encode()})
+            atomic_write({self.skipped_images: ("\n".join(names) + "\n").encode("utf-8", "surrogateescape")})
 
     def write_history(self, phase: str, rows: list[dict]) -> None:
         """``history_<phase>.csv``: one row per epoch, the columns in first-seen order (nothing for no rows)."""
