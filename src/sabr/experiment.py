@@ -17,6 +17,7 @@ from .data import (IMAGENET_MEAN, IMAGENET_STD, Preprocess, channel_stats, defau
                    default_image_size, load_dataset, split_dataset)
 from .distributed import DistContext, init_from_env
 from .models import create_model, display_name, pin
+from .regularizer import resolve_params
 from .train import Split, evaluate
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ def prepare(config: RunConfig, progress: bool = True, dist: DistContext | None =
     """
     size = config.image_size or default_image_size(config.data)
     channels = config.channels or default_channels(config.data)
+    check_model(config.model, size, channels, config.params)  # before the data are read
     probe = Preprocess(size, channels)
     main = dist is None or dist.is_main
     ds = load_dataset(config.data, probe, config.max_per_class, config.on_bad_image, config.seed, progress and main)
@@ -78,7 +80,6 @@ def prepare(config: RunConfig, progress: bool = True, dist: DistContext | None =
     source = pin(config.model)  # user code: an absolute path and the file's SHA-256
     model_meta = {"name": display_name(source), "source": source, "num_classes": len(ds.classes),
                   "in_chans": channels, "image_size": size}
-    create_model(source, len(ds.classes), channels, size)  # fail early, with a clear message, on a bad size
 
     def part(index):
         return Split(ds.images[index], ds.labels[index])
@@ -87,6 +88,17 @@ def prepare(config: RunConfig, progress: bool = True, dist: DistContext | None =
              ds.name, len(ds.classes), len(splits.train), len(splits.val), len(splits.test), channels, size, size)
     return Experiment(config, ds.name, ds.classes, part(splits.train), part(splits.val), part(splits.test),
                       pre, device, model_meta, ds.skipped, dist)
+
+
+def check_model(name: str, image_size: int, channels: int, params: list[str] | None = None) -> None:
+    """Refuse, before any work, a model that cannot be built for this input or lacks a ``params`` name.
+
+    The model is built on the ``meta`` device (no memory is allocated); the class count does not change
+    the parameter names, so two classes stand in for the dataset's.
+    """
+    with torch.device("meta"):
+        model = create_model(name, num_classes=2, in_chans=channels, image_size=image_size)
+    resolve_params(model, params)
 
 
 def evaluate_split(exp: Experiment, model: nn.Module, split: Split) -> tuple[float, float]:
