@@ -1,3 +1,4 @@
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,3 +19,25 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is not present (the shared data folder sits beside the checkout)")
     return path
+
+
+TINY = ["--quiet", "--max-per-class", "10", "--epochs-base", "1", "--epochs-sabr", "1", "--sweep", "0.2",
+        "--device", "cpu"]
+"""``sabr run`` flags for a real run of a few seconds (digits, 10 images per class)."""
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """A tiny real run interrupted before its budget search (``killed``: config, checkpoints, resume state)
+    and the same run resumed to the end (``done``)."""
+    root = tmp_path_factory.mktemp("tiny-runs")
+    import sabr.pipeline as pipeline
+    from sabr.cli import main
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(pipeline, "_budget_phase", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main(["run", *TINY, "--out", str(root / "done")]) == 130
+    mp.undo()
+    shutil.copytree(root / "done", root / "killed")
+    assert main(["run", "--quiet", "--resume", str(root / "done")]) == 0
+    return {"killed": root / "killed", "done": root / "done"}

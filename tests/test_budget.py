@@ -15,15 +15,18 @@ from sabr.budget import MIN_GAIN, BudgetTracker, Trial, choose, search_prune_fac
 from sabr.pruning import prunable_sparsity, recalibrate_batchnorm
 
 
-def test_choose_takes_the_strongest_factor_before_the_first_that_breaks_the_budget():
+def test_choose_keeps_one_step_from_the_first_factor_that_breaks_the_budget():
     trials = [Trial(0.1, 0.50, 0.99), Trial(0.2, 0.70, 0.985), Trial(0.5, 0.90, 0.97), Trial(1.0, 0.95, 0.90)]
-    assert choose(trials, floor=0.975) == (trials[1], True)
-    assert choose(trials, floor=0.96) == (trials[2], True)
-    assert choose(list(reversed(trials)), floor=0.96) == (trials[2], True)  # order of the list does not matter
+    assert choose(trials, floor=0.96) == (trials[1], True)  # 1.0 breaks it: 0.5 is on the edge, 0.2 is kept
+    assert choose(list(reversed(trials)), floor=0.96) == (trials[1], True)  # the list's order does not matter
+    assert choose(trials, floor=0.975) == (trials[0], True)
+    assert choose(trials, floor=0.988) == (trials[0], True)  # only the weakest fits: no margin to keep
+    assert choose(trials, floor=0.5) == (trials[3], True)  # every factor fits: the strongest
     # nothing fits: the least-pruned trial, flagged
     assert choose(trials, floor=0.995) == (trials[0], False)
     # a factor that fits again after one that broke the budget is noise at the edge: not admitted
-    spiky = [Trial(0.4, 0.9877, 0.9877), Trial(0.5, 0.9889, 0.9846), Trial(0.65, 0.9906, 0.9907)]
+    spiky = [Trial(0.3, 0.9863, 0.9877), Trial(0.4, 0.9877, 0.9877), Trial(0.5, 0.9889, 0.9846),
+             Trial(0.65, 0.9906, 0.9907)]
     assert choose(spiky, floor=0.9869) == (spiky[0], True)
 
 
@@ -112,7 +115,7 @@ def test_search_keeps_the_model_and_passes_every_copy_to_validate():
 
     chosen, fits, trials = search_prune_factor(model, validate, floor=0.5, factors=[0.1, 0.5, 1.0, 2.0])
     assert [t.factor for t in trials] == [0.1, 0.5, 1.0, 2.0] and seen == pytest.approx([t.sparsity for t in trials])
-    assert fits and chosen == [t for t in trials if t.val_accuracy >= 0.5][-1]
+    assert fits and chosen == choose(trials, 0.5)[0]
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     # a resumed search only tries the factors it had not tried
     seen.clear()

@@ -1,3 +1,4 @@
+import json
 import pickle
 
 import pytest
@@ -32,7 +33,9 @@ def test_saving_is_byte_reproducible(tmp_path):
 
 def test_other_model_or_class_count_is_refused(tmp_path):
     save_checkpoint(create_model("compact_cnn", 3, 1, 8), tmp_path / "m", meta())
-    (tmp_path / "m.json").write_text((tmp_path / "m.json").read_text().replace('"num_classes": 3', '"num_classes": 5'))
+    edited = json.loads((tmp_path / "m.json").read_text())
+    edited["model"]["num_classes"], edited["classes"] = 5, list("abcde")  # consistent metadata, other weights
+    (tmp_path / "m.json").write_text(json.dumps(edited))
     with pytest.raises(CheckpointError, match="another architecture or number of classes"):
         load_checkpoint(tmp_path / "m.safetensors")
 
@@ -49,7 +52,8 @@ def test_pickle_is_never_executed(tmp_path):
     path = tmp_path / "evil.safetensors"
     marker = tmp_path / "pickle-was-executed"
     path.write_bytes(pickle.dumps({"weight": Boom(marker)}))
-    (tmp_path / "evil.json").write_text('{"model": {"name": "compact_cnn", "num_classes": 3, "in_chans": 1, "image_size": 8}}')
+    (tmp_path / "evil.json").write_text('{"model": {"name": "compact_cnn", "num_classes": 3, "in_chans": 1, "image_size": 8}, '
+                                          f'"weights_sha256": "{"0" * 64}"}}')
     with pytest.raises(CheckpointError, match="only loads safetensors"):
         load_checkpoint(path)
     assert not marker.exists()

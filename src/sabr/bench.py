@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ConfigError
 from .export import example_input, load_model, save_sparse, save_shrunk, shrink
 from .metrics import count_macs
 
@@ -137,6 +138,19 @@ def file_sizes(model: nn.Module, metadata: dict, shrunk: nn.Module | None = None
     return sizes
 
 
+def check_options(batch_sizes: tuple[int, ...] = (1, 32), runs: int = 50, warmup: int = 5, max_density: float = 0.3,
+                  threads: int | None = None) -> None:
+    """Refuse options :func:`bench_model` cannot measure with (raises :class:`~sabr.errors.ConfigError`)."""
+    if not batch_sizes or any(int(b) != b or b < 1 for b in batch_sizes):
+        raise ConfigError(f"batch sizes must be whole numbers >= 1, got {list(batch_sizes)}.")
+    if runs < 1 or warmup < 0:
+        raise ConfigError(f"--runs must be >= 1 and --warmup >= 0, got {runs} and {warmup}.")
+    if not 0 <= max_density <= 1:  # NaN fails this too
+        raise ConfigError(f"--max-density is a fraction in [0, 1], got {max_density}.")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}.")
+
+
 def bench_model(model: nn.Module, metadata: dict, batch_sizes: tuple[int, ...] = (1, 32), runs: int = 50,
                 warmup: int = 5, max_density: float = 0.3, threads: int | None = None) -> dict:
     """Latency (per batch size) and file sizes of a pruned model and of its faster forms.
@@ -152,6 +166,7 @@ def bench_model(model: nn.Module, metadata: dict, batch_sizes: tuple[int, ...] =
         max_density: see :func:`sparsify`.
         threads: ``torch.set_num_threads`` during the measurement (default: leave as is).
     """
+    check_options(batch_sizes, runs, warmup, max_density, threads)
     model = model.cpu().eval()
     x1 = example_input(metadata, 1)
     macs = count_macs(model, x1)
@@ -188,6 +203,7 @@ def bench_model(model: nn.Module, metadata: dict, batch_sizes: tuple[int, ...] =
 def bench_run(run_dir: str | Path, phase: str = "pruned", trust_model_code: bool = False, **kwargs) -> dict:
     """:func:`bench_model` on one phase of a finished run (default: the pruned model), or on a checkpoint file
     (:func:`sabr.save_checkpoint`); ``trust_model_code``: see :func:`~sabr.export.load_model`."""
+    check_options(**kwargs)
     model, meta = load_model(run_dir, phase, trust_model_code=trust_model_code)
     result = bench_model(model, meta, **kwargs)
     result["run"] = str(run_dir)

@@ -60,8 +60,22 @@ def atomic_write(files: dict[Path, bytes]) -> None:
             os.replace(tmp, current)
     except OSError as exc:
         for tmp in tmps.values():
-            tmp.unlink(missing_ok=True)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:  # e.g. a read-only file system: the clean-up must not hide the real error
+                pass
         raise _storage_error(current, exc) from exc
+
+
+def make_folder(path: str | Path) -> Path:
+    """Create the folder ``path`` (and its parents); a failure is a :class:`~sabr.errors.StorageError`."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot create the folder {path} ({exc.strerror or exc}); choose a place on a writable "
+                           "disk.") from None
+    return path
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -133,9 +147,48 @@ def read_metadata(path: str | Path) -> dict:
     if not meta_path.is_file():
         raise CheckpointError(f"{meta_path} is missing: a sabr checkpoint is a .safetensors file with its .json beside it.")
     try:
-        return json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{meta_path} is not valid JSON ({exc}); the checkpoint metadata is damaged.") from exc
+    check_metadata(meta, meta_path)
+    return meta
+
+
+def check_metadata(meta: Any, source: str | Path = "checkpoint metadata") -> None:
+    """Refuse metadata that does not describe its weights consistently (raises :class:`CheckpointError`).
+
+    Checked: ``model`` names a model with whole-number ``num_classes``, ``in_chans`` (1 or 3) and
+    ``image_size``; ``classes`` (if present) has one name per output; ``preprocess`` (if present) has
+    the model's input size and channels and one mean and std per channel; ``weights_sha256`` is present
+    (except for ONNX exports, whose graph holds the weights), so the integrity check cannot be switched
+    off by deleting it.
+    """
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{source}: {what}; the metadata was edited or damaged. Restore it from the run "
+                               "folder (or retrain) -- sabr does not guess.")
+
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+        raise bad("it holds no 'model' entry")
+    m = meta["model"]
+    shape = {k: m.get(k) for k in ("num_classes", "in_chans", "image_size")}
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape.values()):
+        raise bad(f"model {shape} needs positive whole numbers")
+    if m["in_chans"] not in (1, 3):
+        raise bad(f"model.in_chans is {m['in_chans']}, not 1 or 3")
+    classes = meta.get("classes")
+    if classes is not None and (not isinstance(classes, list) or len(classes) != m["num_classes"]):
+        raise bad(f"'classes' has {len(classes) if isinstance(classes, list) else 'no list of'} names for a model "
+                  f"with {m['num_classes']} outputs")
+    pre = meta.get("preprocess")
+    if pre is not None:
+        channels, size = (pre.get("channels"), pre.get("image_size")) if isinstance(pre, dict) else (None, None)
+        if (channels, size) != (m["in_chans"], m["image_size"]):
+            raise bad(f"preprocess gives {channels} channel(s) of {size} pixels but the model takes "
+                      f"{m['in_chans']} of {m['image_size']}")
+        if not all(isinstance(pre.get(k), list) and len(pre[k]) in (1, channels) for k in ("mean", "std")):
+            raise bad("preprocess.mean / std need one value per channel")
+    if (meta.get("export") or {}).get("format") != "onnx" and not isinstance(meta.get("weights_sha256"), str):
+        raise bad("'weights_sha256' is missing, so the weights' integrity cannot be checked")
 
 
 def read_weights(path: str | Path, sha256: str | None = None) -> dict[str, torch.Tensor]:

@@ -326,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     args = build_parser().parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # names that are not valid text print escaped, never crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
     if os.environ.get("RANK", "0") != "0" and not args.debug:
         level = logging.WARNING  # under torchrun the other ranks stay quiet

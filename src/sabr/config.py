@@ -7,6 +7,9 @@ becomes ``--epochs-base``), so a YAML file uses exactly the same keys as the fla
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,6 +43,12 @@ SABR_DEFAULTS = SabrSettings()
 starts fast."""
 
 
+MAX_IMAGE_SIZE = 1024
+"""The largest ``image_size`` accepted: the whole dataset is held in memory at that size (a 1024x1024 RGB
+image is 3 MB), and no registered model needs more."""
+MAX_SEED = 2**32 - 1
+"""Seeds are 0 .. 2**32 - 1 (what NumPy and scikit-learn accept)."""
+
 BUDGET_FACTORS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.65, 0.8, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 """The pruning factors (``teta1`` of the pruning rule) the budget search tries by default, weakest first."""
 
@@ -66,24 +75,26 @@ class RunConfig:
     data: str = _f("digits", "dataset: 'digits' (embedded), an image folder (one sub-folder per class) or an IDX folder")
     model: str = _f("compact_cnn", "model: a name from `sabr models`, timm:<name>, path/to/file.py:factory or "
                                    "package.module:factory")
-    image_size: int | None = _f(None, "input side in pixels (default: 8 for digits, 28 for IDX, 64 for folders)")
-    channels: int | None = _f(None, "input channels, 1 or 3 (default: 1 for digits/IDX, 3 for image folders)")
-    max_per_class: int | None = _f(None, "use at most this many images per class (quick runs)")
+    image_size: int | None = _f(None, "input side in pixels (default: 8 for digits, 28 for IDX, 64 for folders; at most "
+                                         f"{MAX_IMAGE_SIZE})", min=4, max=MAX_IMAGE_SIZE)
+    channels: int | None = _f(None, "input channels, 1 or 3 (default: 1 for digits/IDX, 3 for image folders)",
+                               choices=[1, 3])
+    max_per_class: int | None = _f(None, "use at most this many images per class (quick runs)", min=1)
     on_bad_image: str = _f("skip", "unreadable image files: 'skip' (listed in the run folder) or 'error'",
                            choices=["skip", "error"])
     pretrained: bool = _f(False, "start from torchvision's ImageNet weights (downloads them)")
     # training
-    epochs_base: int = _f(30, "phase 1 (base training) epochs")
+    epochs_base: int = _f(30, "phase 1 (base training) epochs", min=1)
     epochs_sabr: int = _f(60, "phase 2 (SABR) epoch limit; it ends earlier once every tensor is frozen or, with a "
-                              "budget, after --patience epochs without gain")
-    batch_size: int = _f(64, "mini-batch size")
-    lr: float = _f(1e-3, "learning rate of phase 1")
-    lr_sabr: float | None = _f(None, "learning rate of phase 2 (default: --lr)")
+                              "budget, after --patience epochs without gain", min=0)
+    batch_size: int = _f(64, "mini-batch size", min=1)
+    lr: float = _f(1e-3, "learning rate of phase 1", gt=0)
+    lr_sabr: float | None = _f(None, "learning rate of phase 2 (default: --lr)", gt=0)
     # training options (checked by _check_training_options)
     optimizer: str = _f("adam", "optimizer of every phase: adam, adamw (decoupled weight decay) or sgd (with "
                                 "--momentum)", choices=["adam", "adamw", "sgd"])
-    momentum: float = _f(0.9, "SGD momentum (--optimizer sgd)")
-    weight_decay: float = _f(0.0, "weight decay (L2 for adam and sgd, decoupled for adamw)")
+    momentum: float = _f(0.9, "SGD momentum (--optimizer sgd)", min=0)
+    weight_decay: float = _f(0.0, "weight decay (L2 for adam and sgd, decoupled for adamw)", min=0)
     augment: list[str] | None = _f(None, "training-time augmentation (default: none): any of crop (random resized "
                                          "crop), rotate (up to 10 degrees), color (brightness/contrast/saturation "
                                          "jitter), flip (horizontal: a mirrored hand is another gesture, so not in "
@@ -92,46 +103,46 @@ class RunConfig:
     stream: bool = _f(False, "read an image folder from disk batch by batch (DataLoader workers, --workers) "
                              "instead of into memory, for folders that do not fit")
     workers: int = _f(0, "DataLoader worker processes that read and augment images with --stream (0: the main "
-                         "process)")
+                         "process)", min=0)
     amp: bool = _f(False, "automatic mixed precision (bfloat16 autocast) on CUDA; no effect on the CPU")
     log: str | None = _f(None, "also log losses, accuracies, lambdas, sparsity and freeze events to "
                                "'tensorboard' (<run>/tensorboard/; the tensorboard extra)", choices=["tensorboard"])
     # the accuracy budget
     max_drop: float | None = _f(0.01, "accuracy budget: the result is the sparsest model whose validation accuracy "
-                                      "is within this fraction of the base model's (0.01 = 1 point)")
+                                      "is within this fraction of the base model's (0.01 = 1 point)", min=0, max=1)
     patience: int = _f(10, "phase 2 ends after this many epochs in a row that found no sparser model within the "
-                           "budget")
+                           "budget", min=1)
     # SABR (phase 2)
     teta1: float = _f(SABR_DEFAULTS.teta1, "lambda initialisation factor: lambda = teta1 * std(w), the pull of "
-                                           "100 optimizer steps (see --scale-teta1)")
+                                           "100 optimizer steps (see --scale-teta1)", min=0)
     scale_teta1: bool = _f(True, "apply each lambda over an epoch as 100 steps would, whatever the steps per epoch, "
                                  "so teta1 means the same on every dataset (off: the spec's per-step lambdas)")
     growth_rate: float = _f(SABR_DEFAULTS.growth_rate,
-                            "lambda growth factor after an epoch without a significant drop")
+                            "lambda growth factor after an epoch without a significant drop", gt=0)
     decrease_rate: float = _f(SABR_DEFAULTS.decrease_rate,
-                              "lambda divisor after an epoch whose accuracy drop exceeds the threshold")
+                              "lambda divisor after an epoch whose accuracy drop exceeds the threshold", gt=0)
     accuracy_threshold: float | str = _f("auto", "tolerated drop from the best validation accuracy (fraction), or "
                                                  "'auto': one standard error of the validation accuracy, at least "
                                                  f"{SABR_DEFAULTS.accuracy_threshold:g}")
-    k_epoch: int = _f(SABR_DEFAULTS.k_epoch, "epochs without growth before one tensor freezes")
-    zero_eps: float = _f(SABR_DEFAULTS.zero_eps, "|w| below this counts as near zero during phase 2")
+    k_epoch: int = _f(SABR_DEFAULTS.k_epoch, "epochs without growth before one tensor freezes", min=1)
+    zero_eps: float = _f(SABR_DEFAULTS.zero_eps, "|w| below this counts as near zero during phase 2", gt=0)
     structured: bool = _f(False, "group-wise L1 on output channels (removable channels for `sabr export --format shrunk`)")
     params: list[str] | None = _f(None, "names of the tensors to regularise (default: every Conv/Linear weight)",
                                   nargs="+")
     # pruning (phase 3)
     prune_teta1: float | None = _f(None, "pruning threshold factor: teta1 * std(w[|w| >= gamma*std(w)]) (default: "
-                                         "the sparsest factor within the budget, chosen on validation)")
-    gamma: float = _f(0.1, "pruning: weights below gamma*std(w) are left out of the threshold's std")
-    epsilon: float | None = _f(None, "pruning: one fixed threshold for every tensor instead (plain mode)")
+                                         "the sparsest factor within the budget, chosen on validation)", min=0)
+    gamma: float = _f(0.1, "pruning: weights below gamma*std(w) are left out of the threshold's std", min=0)
+    epsilon: float | None = _f(None, "pruning: one fixed threshold for every tensor instead (plain mode)", min=0)
     bn_recalibrate: bool = _f(True, "re-estimate BatchNorm statistics on training batches after pruning")
     finetune_epochs: int = _f(0, "phase 4 (optional): masked fine-tuning epochs after pruning; zeros stay zero "
-                                 "(the 'sabr_ft' row of docs/benchmarks.md)")
+                                 "(the 'sabr_ft' row of docs/benchmarks.md)", min=0)
     sweep: list[float] = _f(list(BUDGET_FACTORS), "pruning factors the budget search tries on validation (and the "
-                                                  "accuracy-vs-sparsity chart shows)", nargs="+")
+                                                  "accuracy-vs-sparsity chart shows)", nargs="+", min=0)
     # run
-    seed: int = _f(0, "random seed (splits, initialisation, batch order)")
+    seed: int = _f(0, "random seed (splits, initialisation, batch order)", min=0, max=MAX_SEED)
     threads: int | None = _f(None, "torch CPU threads (default: torch's choice); results are reproducible for one "
-                                   "thread count on one machine")
+                                   "thread count on one machine", min=1)
     preset: str | None = _f(None, "'reference': the seed's pipeline exactly (teta1 5e-4 per step, threshold 0.007, "
                                   "prune factor 0.2, no budget); flags given with it still win", choices=["reference"])
     device: str = _f("auto", "'cpu', 'cuda', 'cuda:N' or 'auto'")
@@ -141,31 +152,17 @@ class RunConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` for values out of range."""
-        positive = ["epochs_base", "batch_size", "k_epoch", "patience"]
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        for name in ["epochs_sabr", "finetune_epochs"]:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}.")
-        for name in ["lr", "growth_rate", "decrease_rate", "zero_eps"]:
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}.")
-        for name in ["teta1", "prune_teta1", "gamma"]:
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        """Coerce every value to its field's type and check its range; raise :class:`ConfigError` otherwise.
+
+        Values are read as the command line reads its strings (see :func:`check_fields`), so a YAML
+        ``lr: 1e-3`` (text to PyYAML) is the number 0.001 and ``sweep: 0.5`` is the list ``[0.5]``.
+        """
+        check_fields(self)
         self.accuracy_threshold = _threshold(self.accuracy_threshold)
-        if self.max_drop is not None and not 0 <= self.max_drop <= 1:
-            raise ConfigError(f"max_drop is a fraction in [0, 1] (0.01 = 1 point), got {self.max_drop}.")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads must be >= 1, got {self.threads}.")
-        if self.preset is not None and self.preset not in PRESETS:
-            raise ConfigError(f"unknown preset {self.preset!r}; available: {', '.join(PRESETS)}.")
-        if self.channels not in (None, 1, 3):
-            raise ConfigError(f"channels must be 1 or 3, got {self.channels}.")
-        if self.image_size is not None and self.image_size < 4:
-            raise ConfigError(f"image_size must be >= 4 pixels, got {self.image_size}.")
+        if not _DEVICE.fullmatch(self.device):
+            raise ConfigError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}.")
+        if self.params is not None:
+            self.params = list(dict.fromkeys(self.params))
         _check_training_options(self)
 
     def to_dict(self) -> dict:
@@ -190,22 +187,104 @@ class RunConfig:
         return cls(**{**PRESETS.get(preset, {}), **values})
 
 
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+def check_fields(obj: Any) -> None:
+    """Validate the dataclass ``obj`` in place, field by field, from its annotations and metadata.
+
+    Each value is coerced like a command-line string: ``int`` fields take whole numbers (``"5"``, and
+    ``5.0``; ``2.5`` is refused), ``float`` fields take any finite number (``"1e-3"``; NaN and infinity
+    are refused), ``str`` fields take text (a number becomes its text: ``data: 12`` is the folder ``12``),
+    ``bool`` fields take true/false (yes/no, on/off, 1/0), list fields take one value or a list of them;
+    ``None`` only where the field allows it. Then the field's metadata ``min`` / ``gt`` / ``max`` bounds
+    and ``choices`` are checked. Raises :class:`ConfigError` naming the field, the value and the rule.
+    """
+    for f in fields(obj):
+        value = _coerce(f.name, f.type, getattr(obj, f.name))
+        for item in value if isinstance(value, list) else [value]:
+            _check_range(f.name, item, f.metadata)
+        setattr(obj, f.name, value)
+
+
+def _coerce(name: str, annotation: str, value: Any) -> Any:
+    kinds = [k.strip() for k in str(annotation).split("|")]
+    if value is None:
+        if "None" in kinds:
+            return None
+        raise ConfigError(f"{name} needs a value, got none.")
+    kinds = [k for k in kinds if k != "None"]
+    if kinds == ["float", "str"]:  # a number or a keyword (accuracy_threshold): its own rule
+        return value
+    if kinds[0].startswith("list["):
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        if not items:
+            raise ConfigError(f"{name} needs at least one value, got an empty list.")
+        return [_scalar(name, kinds[0][5:-1], v) for v in items]
+    return _scalar(name, kinds[0], value)
+
+
+def _scalar(name: str, kind: str, value: Any) -> Any:
+    """One value as ``kind`` (``int``, ``float``, ``str`` or ``bool``), read the way the command line reads it."""
+    text = value.strip() if isinstance(value, str) else None
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if text is not None and text.lower() in _TRUE | _FALSE:
+            return text.lower() in _TRUE
+        raise ConfigError(f"{name} is true or false, got {value!r}.")
+    if kind == "str":
+        if isinstance(value, (str, int, float, os.PathLike)) and not isinstance(value, bool):
+            return str(value) if not isinstance(value, os.PathLike) else os.fspath(value)
+        raise ConfigError(f"{name} is text, got {value!r}.")
+    number = _number(value, text)
+    if number is None or not math.isfinite(number):
+        what = "a whole number" if kind == "int" else "a finite number"
+        raise ConfigError(f"{name} must be {what}, got {value!r}.")
+    if kind == "int":
+        if not float(number).is_integer():
+            raise ConfigError(f"{name} must be a whole number, got {value!r}.")
+        return int(number)
+    return float(number)
+
+
+def _number(value: Any, text: str | None) -> float | int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if text is not None:
+        for parse in (int, float):
+            try:
+                return parse(text)
+            except ValueError:
+                pass
+    return None
+
+
+def _check_range(name: str, value: Any, meta: Any) -> None:
+    if value is None:
+        return
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, meta['choices']))}, got {value!r}.")
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"{name} must be >= {meta['min']}, got {value!r}.")
+    if "gt" in meta and not value > meta["gt"]:
+        raise ConfigError(f"{name} must be > {meta['gt']}, got {value!r}.")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"{name} must be <= {meta['max']}, got {value!r}.")
+
+
 def _check_training_options(cfg: RunConfig) -> None:
-    """The ranges of the training options (optimizer, weight decay, augmentation, streaming, AMP, logger)."""
+    """What :func:`check_fields` cannot say of the training options: momentum below 1, workers only with
+    streaming, the augmentation names."""
     from .augment import parse_augment
 
-    if cfg.optimizer not in ("adam", "adamw", "sgd"):
-        raise ConfigError(f"optimizer must be adam, adamw or sgd, got {cfg.optimizer!r}.")
-    if not 0 <= cfg.momentum < 1:
+    if cfg.momentum >= 1:
         raise ConfigError(f"momentum must be in [0, 1), got {cfg.momentum}.")
-    if cfg.weight_decay < 0:
-        raise ConfigError(f"weight_decay must be >= 0, got {cfg.weight_decay}.")
-    if cfg.workers < 0:
-        raise ConfigError(f"workers must be >= 0, got {cfg.workers}.")
     if cfg.workers and not cfg.stream:
         raise ConfigError(f"workers={cfg.workers} needs --stream (in-memory data are not read by workers).")
-    if cfg.log not in (None, "tensorboard"):
-        raise ConfigError(f"log must be 'tensorboard' (or left out), got {cfg.log!r}.")
     parse_augment(cfg.augment)
 
 
@@ -230,7 +309,12 @@ def load_yaml(path: str | Path) -> dict:
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist.")
     try:
-        values = yaml.safe_load(p.read_text()) or {}
+        values = yaml.safe_load(p.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {p} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as "
+                          "UTF-8.") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p} ({exc.strerror or exc}).") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
     if not isinstance(values, dict):
@@ -258,14 +342,21 @@ class AppSettings:
     references: str | None = _f(None, "one example image per class: a folder of class sub-folders or of one image "
                                       "per class (default: sampled from the run's training folder)")
     roi: str | None = _f(None, "region of interest x,y,w,h in pixels (default: a centred square)")
-    roi_fraction: float = _f(0.75, "side of the default centred square ROI over the frame's shorter side")
-    window: int = _f(5, "temporal smoothing window, frames")
-    threshold: float = _f(0.6, "confidence (fraction) below which no label is claimed")
-    snapshot: int | None = _f(None, "also save this frame (0-based) of the view as OUT/snapshot.png")
+    roi_fraction: float = _f(0.75, "side of the default centred square ROI over the frame's shorter side",
+                             gt=0, max=1)
+    window: int = _f(5, "temporal smoothing window, frames", min=1)
+    threshold: float = _f(0.6, "confidence (fraction) below which no label is claimed", min=0, max=1)
+    snapshot: int | None = _f(None, "also save this frame (0-based) of the view as OUT/snapshot.png",
+                                 min=0)
     device: str = _f("cpu", "'cpu' or 'cuda'")
     threads: int = _f(1, "CPU threads for the model (default: 1: one small frame at a time gains nothing from more, "
-                         "and loses a lot on a busy CPU)")
+                         "and loses a lot on a busy CPU)", min=1)
     source: str | None = _f(None, "webcam index (0), a video file, or a folder of images")
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # every value by type and range, before a model is loaded or a file opened
+        if not _DEVICE.fullmatch(self.device):
+            raise ConfigError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}.")
 
 
 @dataclass
@@ -273,7 +364,7 @@ class RecognizeSettings(AppSettings):
     """Everything that defines a ``sabr recognize`` (see :class:`AppSettings`)."""
 
     required_flags: ClassVar[tuple[str, ...]] = ("model", "source")  # on the command line
-    max_frames: int | None = _f(None, "stop after this many frames")
+    max_frames: int | None = _f(None, "stop after this many frames", min=1)
 
 
 @dataclass
@@ -281,10 +372,11 @@ class ElevatorSettings(AppSettings):
     """Everything that defines a ``sabr elevator`` (see :class:`AppSettings`); one floor per class."""
 
     script: str | None = _f(None, "timed gestures, one '<time s> <gesture> [<hold s>]' per line")
-    floors: int | None = _f(None, "number of floors for --script without --model")
-    fps: float | None = _f(None, "simulation frames per second (default: the source's, 10 for a script)")
-    floors_per_second: float = _f(1.0, "car speed")
-    door_seconds: float = _f(2.0, "time the doors stay open")
-    stable_frames: int = _f(8, "frames a gesture must hold to request its floor")
-    min_confidence: float = _f(0.7, "smoothed confidence each of those frames needs")
-    max_seconds: float = _f(120.0, "simulated time limit")
+    floors: int | None = _f(None, "number of floors for --script without --model", min=2)
+    fps: float | None = _f(None, "simulation frames per second (default: the source's, 10 for a script)",
+                              gt=0)
+    floors_per_second: float = _f(1.0, "car speed", gt=0)
+    door_seconds: float = _f(2.0, "time the doors stay open", min=0)
+    stable_frames: int = _f(8, "frames a gesture must hold to request its floor", min=1)
+    min_confidence: float = _f(0.7, "smoothed confidence each of those frames needs", min=0, max=1)
+    max_seconds: float = _f(120.0, "simulated time limit", gt=0)

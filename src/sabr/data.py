@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 import re
 import struct
 from dataclasses import asdict, dataclass, field
@@ -111,8 +112,15 @@ def open_image(path: str | Path) -> Image.Image:
             if im.mode == "CMYK":
                 im = im.convert("RGB")
             return im.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read image {printable(str(path))}: {exc}") from exc
+
+
+def printable(name: str) -> str:
+    """``name`` as valid text: a file or class name whose bytes are not UTF-8 (e.g. from an old Latin-1
+    archive; Python holds those bytes as surrogates) gets them as ``\\xNN`` escapes, so it can be printed,
+    logged and drawn. Valid names are returned unchanged."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 # --------------------------------------------------------------------------- datasets
@@ -277,17 +285,26 @@ def _load_idx(path: Path, idx: dict[str, tuple[Path, Path]], pre: Preprocess) ->
 
 def list_image_folder(path: Path) -> tuple[list[str], list[list[Path]]]:
     """Class names (natural order) and each class's image files (natural order)."""
-    class_dirs = sorted((d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")),
+    class_dirs = sorted((d for d in _entries(path) if d.is_dir() and not d.name.startswith(".")),
                         key=lambda d: natural_key(d.name))
     if not class_dirs:
         raise DataError(f"{path} has no class sub-folders; arrange images as {path}/<class name>/<image>.jpg.")
-    files = [sorted((f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES),
+    files = [sorted((f for f in _entries(d) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES),
                     key=lambda f: natural_key(f.name)) for d in class_dirs]
     empty = [d.name for d, fs in zip(class_dirs, files) if not fs]
     if empty:
         raise DataError(f"class folder(s) {', '.join(empty)} in {path} hold no .jpg/.jpeg/.png image; "
                         "add images or remove the folder(s).")
     return [d.name for d in class_dirs], files
+
+
+def _entries(folder: Path) -> list[Path]:
+    """The entries of ``folder``; an unreadable folder (permissions, I/O error) is a :class:`DataError`."""
+    try:
+        return list(folder.iterdir())
+    except OSError as exc:
+        raise DataError(f"cannot read the folder {printable(str(folder))} ({exc.strerror or exc}); make it "
+                        "readable (e.g. chmod -R a+rX) or leave it out of --data.") from None
 
 
 def _load_folder(path: Path, pre: Preprocess, on_bad_image: str, progress: bool,
@@ -313,7 +330,8 @@ def _load_folder(path: Path, pre: Preprocess, on_bad_image: str, progress: bool,
             continue
         labels.append(label)
     if skipped:
-        log.warning("skipped %d unreadable image file(s) in %s (first: %s)", len(skipped), path, skipped[0])
+        log.warning("skipped %d unreadable image file(s) in %s (first: %s)", len(skipped), printable(str(path)),
+                    printable(skipped[0]))
     missing = sorted(set(range(len(classes))) - set(labels))
     if missing:
         raise DataError(f"class folder(s) {', '.join(classes[i] for i in missing)} in {path} hold no readable image.")

@@ -19,6 +19,7 @@ from .data import (IMAGENET_MEAN, IMAGENET_STD, Preprocess, channel_stats, defau
 from .distributed import DistContext, init_from_env
 from .models import create_model, display_name, pin
 from .errors import ConfigError
+from .regularizer import resolve_params
 from .train import Split, build_optimizer, evaluate
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ def prepare(config: RunConfig, progress: bool = True, dist: DistContext | None =
     """
     size = config.image_size or default_image_size(config.data)
     channels = config.channels or default_channels(config.data)
+    check_model(config.model, size, channels, config.params)  # before the data are read
     probe = Preprocess(size, channels)
     main = dist is None or dist.is_main
     ds = _read(config, probe, progress and main)
@@ -89,7 +91,6 @@ def prepare(config: RunConfig, progress: bool = True, dist: DistContext | None =
     source = pin(config.model)  # user code: an absolute path and the file's SHA-256
     model_meta = {"name": display_name(source), "source": source, "num_classes": len(ds.classes),
                   "in_chans": channels, "image_size": size}
-    create_model(source, len(ds.classes), channels, size)  # fail early, with a clear message, on a bad size
 
     ops = parse_augment(config.augment)
 
@@ -117,6 +118,17 @@ def _read(config: RunConfig, probe: Preprocess, progress: bool):
         raise ConfigError(f"--stream reads an image folder from disk; {config.data} is not one (the digits and IDX "
                           "files are read into memory: leave out --stream).")
     return scan_folder(config.data, probe, config.max_per_class, config.seed, config.workers)
+
+
+def check_model(name: str, image_size: int, channels: int, params: list[str] | None = None) -> None:
+    """Refuse, before any work, a model that cannot be built for this input or lacks a ``params`` name.
+
+    The model is built on the ``meta`` device (no memory is allocated); the class count does not change
+    the parameter names, so two classes stand in for the dataset's.
+    """
+    with torch.device("meta"):
+        model = create_model(name, num_classes=2, in_chans=channels, image_size=image_size)
+    resolve_params(model, params)
 
 
 def evaluate_split(exp: Experiment, model: nn.Module, split: Split) -> tuple[float, float]:

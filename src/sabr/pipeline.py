@@ -106,6 +106,7 @@ def _run(config: RunConfig, progress: bool, overwrite: bool, resume: bool, dist:
     if dist.is_main:
         report.write_run_report(folder, summary, base.rows, sabr.rows, reg.history)
         folder.drop_resume()  # the run is complete: nothing left to resume
+        folder.unlock()
     return summary
 
 

@@ -12,7 +12,7 @@ A plain mode with one fixed ``epsilon`` threshold for every tensor exists too.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
@@ -31,9 +31,6 @@ class LayerPruning:
     total: int
     nonzero: int
     sparsity: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def prune_threshold(weight: torch.Tensor, teta1: float = 0.2, gamma: float = 0.1) -> float:

@@ -187,9 +187,12 @@ def _plt():
 
 
 def _save(fig, path: Path) -> None:
+    """Render ``fig`` to PNG bytes, then write them atomically (a full disk leaves no half-written plot)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     _plt().close(fig)
+    atomic_write({Path(path): buf.getvalue()})
 
 
 def plot_training_curves(path: Path, base_rows: list[dict], sabr_rows: list[dict]) -> None:

@@ -11,19 +11,27 @@ Layout of ``<out>/`` (see :class:`RunDir`)::
     summary.json           the results (written last), ``summary.md`` and ``lambdas.csv`` beside it
     tradeoff.json / .png   ``sabr prune --run``'s re-pruning curve
     export/                ``sabr export``'s files
+    .lock                  held (``flock``) by the run writing the folder; the OS releases it when that process ends
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
+import hashlib
 import io
+import os
+import shutil
 from datetime import datetime
 from pathlib import Path
 
-from .checkpoint import PHASES, atomic_write
+from .checkpoint import PHASES, atomic_write, make_folder
 from .config import load_yaml
-from .errors import CheckpointError, SabrError
+from .errors import CheckpointError, SabrError, StorageError
 from .resume import load_state, save_state
+
+
+_HELD: dict[str, int] = {}  # run folders locked by this process -> the lock file's descriptor
 
 
 class RunDir:
@@ -43,6 +51,7 @@ class RunDir:
     EXPORT = "export"
     TRADEOFF_JSON = "tradeoff.json"
     TRADEOFF_PNG = "tradeoff.png"
+    LOCK = ".lock"
     CHECKPOINTS = PHASES
 
     def __init__(self, path: str | Path) -> None:
@@ -114,13 +123,59 @@ class RunDir:
                             "continue it, or --overwrite to replace it.")
 
     def open(self, overwrite: bool = False, resume: bool = False) -> "RunDir":
-        """:meth:`check`, then create the folder; ``overwrite`` also drops an old resume state."""
+        """:meth:`check`, create the folder and :meth:`lock` it, check again (now that no other run can change
+        it); ``overwrite`` then deletes everything the old run left there (all but the lock file)."""
         self.check(overwrite, resume)
         if not resume:
-            self.path.mkdir(parents=True, exist_ok=True)
+            make_folder(self.path)
+        self.lock()
+        self.check(overwrite, resume)
         if overwrite:
-            self.resume_state.unlink(missing_ok=True)
+            self._clear()
         return self
+
+    def lock(self) -> None:
+        """Hold ``.lock`` in the folder for the rest of this process (or until :meth:`unlock`).
+
+        An advisory ``flock``: the operating system releases it when the process ends, however it ends
+        (SIGKILL included), so a killed run can be resumed at once while a second live run is refused.
+        Re-entrant within one process.
+        """
+        key = os.path.realpath(self.path)
+        if key in _HELD:
+            return
+        try:
+            fd = os.open(self.file(self.LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StorageError(f"cannot create {self.file(self.LOCK)} ({exc.strerror or exc}); the run folder "
+                               "must be writable.") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise SabrError(f"{self.path} is in use by another sabr process (it holds {self.LOCK}); wait for it to "
+                            "end, or choose another --out.") from None
+        _HELD[key] = fd
+
+    def unlock(self) -> None:
+        """Release :meth:`lock` (a no-op when this process does not hold it)."""
+        fd = _HELD.pop(os.path.realpath(self.path), None)
+        if fd is not None:
+            os.close(fd)
+
+    def _clear(self) -> None:
+        """Delete every file and folder of the old run (``--overwrite``), all but the lock file."""
+        try:
+            for entry in self.path.iterdir():
+                if entry.name == self.LOCK:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        except OSError as exc:
+            raise StorageError(f"--overwrite could not delete the old run in {self.path} ({exc.strerror or exc}); "
+                               "delete the folder yourself or choose another --out.") from None
 
     # ------------------------------------------------------------------ reading and writing
     def read_config(self) -> dict:
@@ -131,7 +186,18 @@ class RunDir:
         """
         if not self.config.is_file():
             raise self.no_run_error()
-        return load_yaml(self.config)
+        values = load_yaml(self.config)
+        if not values:
+            raise CheckpointError(f"{self.config} is empty, so the run's settings are lost; sabr will not guess "
+                                  "them. Start the run again with --overwrite (or restore the file).")
+        return values
+
+    def config_sha256(self) -> str | None:
+        """The SHA-256 of ``config.yaml`` (``None`` when there is none): a resume state records it."""
+        try:
+            return hashlib.sha256(self.config.read_bytes()).hexdigest()
+        except FileNotFoundError:
+            return None
 
     def write_config(self, values: dict) -> None:
         """Write ``config.yaml`` (keys in the given order)."""
@@ -140,9 +206,10 @@ class RunDir:
         atomic_write({self.config: yaml.safe_dump(values, sort_keys=False).encode()})
 
     def write_skipped(self, names: list[str]) -> None:
-        """List the unreadable image files left out of the dataset (nothing is written for none)."""
+        """List the unreadable image files left out of the dataset (nothing is written for none), one per line,
+        each as the file system spells it (a name that is not UTF-8 keeps its bytes)."""
         if names:
-            atomic_write({self.skipped_images: ("\n".join(names) + "\n").encode()})
+            atomic_write({self.skipped_images: ("\n".join(names) + "\n").encode("utf-8", "surrogateescape")})
 
     def write_history(self, phase: str, rows: list[dict]) -> None:
         """``history_<phase>.csv``: one row per epoch, the columns in first-seen order (nothing for no rows)."""
@@ -155,12 +222,24 @@ class RunDir:
         atomic_write({self.history(phase): buf.getvalue().encode()})
 
     def load_resume(self) -> dict | None:
-        """The saved training state (see :mod:`sabr.resume`), or ``None`` when there is none."""
-        return load_state(self.resume_state) if self.resume_state.is_file() else None
+        """The saved training state (see :mod:`sabr.resume`), or ``None`` when there is none.
+
+        Raises:
+            CheckpointError: ``config.yaml`` changed since the state was saved (its hash differs).
+        """
+        if not self.resume_state.is_file():
+            return None
+        state = load_state(self.resume_state)
+        saved = state.pop("config_sha256", None)
+        if saved is not None and saved != self.config_sha256():
+            raise CheckpointError(f"{self.config} was changed after the run began, so its saved epochs no longer "
+                                  "match it; undo the edit to resume, or start a new run (--overwrite) with the "
+                                  "new settings.")
+        return state
 
     def save_resume(self, state: dict) -> None:
-        """Replace the saved training state atomically."""
-        save_state(self.resume_state, state)
+        """Replace the saved training state atomically (with the hash of ``config.yaml`` it belongs to)."""
+        save_state(self.resume_state, {**state, "config_sha256": self.config_sha256()})
 
     def drop_resume(self) -> None:
         """Remove the training state once the run is complete (nothing is left to resume)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ..checkpoint import make_folder
 from ..config import ElevatorSettings, RecognizeSettings
 from ..errors import ConfigError, SabrError
 from .elevator import Elevator, render_elevator
@@ -65,7 +67,6 @@ class _Output:
 
     def __init__(self, out: Path, jsonl_name: str, video_name: str, fps: float, png_frames: bool,
                  snapshot: int | None) -> None:
-        out.mkdir(parents=True, exist_ok=True)
         self.out = out
         self.jsonl_path = out / jsonl_name
         self._jsonl = self.jsonl_path.open("w")
@@ -101,10 +102,18 @@ class _Output:
 
 def _open_output(out: str | Path | None, headless: bool, jsonl: str, video: str, fps: float, png: bool,
                  snapshot: int | None) -> _Output | None:
-    """The headless output in ``out`` (``None`` when no ``out``); a headless run must have one."""
+    """The headless output in ``out`` (``None`` when no ``out``); a headless run must have one.
+
+    Call it only once every option has been accepted: it creates ``out`` and truncates its JSONL file.
+    """
     if headless and out is None:
         raise ConfigError("--headless needs --out DIR for the annotated frames and the JSONL file.")
-    return _Output(Path(out), jsonl, video, fps, png, snapshot) if out is not None else None
+    if out is None:
+        return None
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder; choose a folder for the annotated frames and "
+                          f"{jsonl}.")
+    return _Output(make_folder(out), jsonl, video, fps, png, snapshot)
 
 
 class _Fps:
@@ -150,9 +159,9 @@ def recognize(recognizer: Recognizer, source: FrameSource, settings: RecognizeSe
     """
     s = settings or RecognizeSettings()
     roi = Roi.parse(s.roi) if s.roi else None
+    smoother = TemporalSmoother(s.window, s.threshold)
     output = _open_output(s.out, s.headless, "predictions.jsonl", "annotated.mp4", source.fps,
                           isinstance(source, ImageFolderSource), s.snapshot)
-    smoother = TemporalSmoother(s.window, s.threshold)
     fps_meter = _Fps()
     classes = recognizer.classes
     screen, dragger = None, None
@@ -241,6 +250,9 @@ def read_script(path: str | Path, classes: Sequence[str]) -> list[ScriptStep]:
             name = parts[1]
         except (ValueError, IndexError):
             raise ConfigError(f"{path}:{n}: expected '<time s> <gesture> [<hold s>]', got {line!r}.") from None
+        if not (math.isfinite(t) and math.isfinite(hold) and t >= 0 and hold > 0):
+            raise ConfigError(f"{path}:{n}: the time must be a finite number >= 0 and the hold one > 0, got "
+                              f"{line!r}.")
         if name in classes:
             label = list(classes).index(name)
         elif name.isdigit() and int(name) < len(classes):

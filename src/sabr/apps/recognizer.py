@@ -103,6 +103,9 @@ class Recognizer:
         x = self.transform(rgb).unsqueeze(0).to(self.device)
         logits = self.model(x)
         probs = torch.softmax(torch.as_tensor(logits).float(), dim=1)[0].cpu().numpy()
+        if len(probs) != len(self.classes):
+            raise CheckpointError(f"the model gives {len(probs)} outputs but its metadata names {len(self.classes)} "
+                                  "classes; the metadata does not belong to these weights.")
         latency = 1000.0 * (time.perf_counter() - start)
         order = np.argsort(-probs)[:3]
         return Prediction(probs, int(order[0]), float(probs[order[0]]),

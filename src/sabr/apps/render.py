@@ -5,12 +5,13 @@ Everything works on RGB ``uint8`` arrays and returns new arrays; OpenCV draws, n
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from ..data import IMAGE_SUFFIXES, list_image_folder, natural_key, open_image
+from ..data import IMAGE_SUFFIXES, list_image_folder, natural_key, open_image, printable
 from ..errors import DataError
 from .recognizer import Prediction
 from .roi import Roi
@@ -28,15 +29,27 @@ FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX
 def put_text(image: np.ndarray, text: str, org: tuple[int, int], scale: float = 0.5,
              color: tuple[int, int, int] = WHITE, background: tuple[int, int, int] | None = DARK,
              thickness: int = 1) -> int:
-    """Draw ``text`` with its top-left at ``org`` on a filled box; returns the y below it."""
+    """Draw ``text`` with its top-left at ``org`` on a filled box; returns the y below it.
+
+    OpenCV's fonts draw ASCII only (and crash on text that is not valid Unicode), so ``text`` is drawn as
+    :func:`ascii_text` makes it.
+    """
     import cv2
 
+    text = ascii_text(text)
     (w, h), base = cv2.getTextSize(text, FONT, scale, thickness)
     x, y = org
     if background is not None:
         cv2.rectangle(image, (x - 2, y - 2), (x + w + 2, y + h + base + 2), background, -1)
     cv2.putText(image, text, (x, y + h), FONT, scale, color, thickness, cv2.LINE_AA)
     return y + h + base + 5
+
+
+def ascii_text(text: str) -> str:
+    """``text`` in ASCII for drawing: accents dropped (``café`` -> ``cafe``), bytes that are not UTF-8
+    as ``\\xNN`` (see :func:`sabr.data.printable`), any other character as ``?``."""
+    decomposed = unicodedata.normalize("NFKD", printable(str(text)))
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).encode("ascii", "replace").decode("ascii")
 
 
 def thumbnail(image: np.ndarray, side: int) -> np.ndarray:

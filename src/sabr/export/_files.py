@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import save_tensors
+from ..checkpoint import make_folder, save_tensors
 
 
 def plain_meta(meta: dict) -> dict:
@@ -18,5 +18,5 @@ def plain_meta(meta: dict) -> dict:
 def save_export(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict) -> Path:
     """Write ``tensors`` to ``path`` (as ``.safetensors``, creating its folder) with ``metadata`` beside it."""
     path = Path(path).with_suffix(".safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     return save_tensors(tensors, path, metadata)

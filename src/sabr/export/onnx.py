@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import io
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..checkpoint import write_json
+from ..checkpoint import atomic_write, make_folder, write_json
 from ..errors import SabrError
 from ._files import plain_meta
 
@@ -30,14 +31,16 @@ def export_onnx(model: nn.Module, path: str | Path, metadata: dict, example_inpu
         ``(path, max abs difference)``. Raises :class:`SabrError` when the difference exceeds ``atol``.
     """
     path = Path(path).with_suffix(".onnx")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     model = model.cpu().eval()
     exported = _onnx_friendly(model, example_input.cpu())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(exported, (example_input.cpu(),), str(path), dynamo=False, input_names=["input"],
+        buf = io.BytesIO()
+        torch.onnx.export(exported, (example_input.cpu(),), buf, dynamo=False, input_names=["input"],
                           output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
                           opset_version=17)
+    atomic_write({path: buf.getvalue()})
     x = (check_input if check_input is not None else example_input).cpu()
     with torch.no_grad():
         expected = model(x)

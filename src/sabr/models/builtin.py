@@ -33,6 +33,12 @@ class _ConvNet(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
+def _scratch_only(name: str, pretrained: bool) -> None:
+    """Refuse ``--pretrained`` for a model that has no published weights."""
+    if pretrained:
+        raise ConfigError(f"{name} has no pretrained weights; drop --pretrained.")
+
+
 @register_model(min_image_size=8)
 def compact_cnn(num_classes: int, in_chans: int = 1, image_size: int = 8, pretrained: bool = False) -> nn.Module:
     """A small CPU-friendly CNN: three conv-BN-ReLU blocks (32-64-128) and a 256-unit hidden layer.
@@ -40,8 +46,7 @@ def compact_cnn(num_classes: int, in_chans: int = 1, image_size: int = 8, pretra
     Deliberately wider than the embedded 8x8 digits need, like the ImageNet models users fine-tune:
     SABR's job is to find the part of it the task needs.
     """
-    if pretrained:
-        raise ConfigError("compact_cnn has no pretrained weights; drop --pretrained.")
+    _scratch_only("compact_cnn", pretrained)
     features = nn.Sequential(
         *_conv_bn(in_chans, 32), *_conv_bn(32, 64), nn.MaxPool2d(2),
         *_conv_bn(64, 128), nn.AdaptiveAvgPool2d(4),
@@ -55,8 +60,7 @@ def compact_cnn(num_classes: int, in_chans: int = 1, image_size: int = 8, pretra
 @register_model(min_image_size=16)
 def lenet5(num_classes: int, in_chans: int = 1, image_size: int = 28, pretrained: bool = False) -> nn.Module:
     """LeNet-5 (LeCun et al. 1998) with ReLU and max-pooling: conv 6@5x5, conv 16@5x5, FC 120-84."""
-    if pretrained:
-        raise ConfigError("lenet5 has no pretrained weights; drop --pretrained.")
+    _scratch_only("lenet5", pretrained)
     features = nn.Sequential(
         nn.Conv2d(in_chans, 6, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
         nn.Conv2d(6, 16, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),
@@ -72,8 +76,7 @@ def lenet5(num_classes: int, in_chans: int = 1, image_size: int = 28, pretrained
 @register_model(min_image_size=16)
 def small_vgg(num_classes: int, in_chans: int = 1, image_size: int = 28, pretrained: bool = False) -> nn.Module:
     """A small VGG-style CNN: (32-32-pool)(64-64-pool)(128-pool) conv-BN-ReLU blocks, FC 256, dropout."""
-    if pretrained:
-        raise ConfigError("small_vgg has no pretrained weights; drop --pretrained.")
+    _scratch_only("small_vgg", pretrained)
     features = nn.Sequential(
         *_conv_bn(in_chans, 32), *_conv_bn(32, 32), nn.MaxPool2d(2),
         *_conv_bn(32, 64), *_conv_bn(64, 64), nn.MaxPool2d(2),
