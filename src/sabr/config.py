@@ -55,10 +55,16 @@ class RunConfig:
     channels: int | None = _f(None, "input channels, 1 or 3 (default: 1 for digits/IDX, 3 for image folders)",
                                choices=[1, 3])
     max_per_class: int | None = _f(None, "use at most this many images per class (quick runs)", min=1)
+    train_per_class: int | None = _f(None, "keep at most this many TRAINING images per class, after the split; "
+                                           "validation and test stay whole (a small training set, exact figures)",
+                                     min=1)
     on_bad_image: str = _f("skip", "unreadable image files: 'skip' (listed in the run folder) or 'error'",
                            choices=["skip", "error"])
     pretrained: bool = _f(False, "start from torchvision's ImageNet weights (downloads them)")
     # training
+    base_checkpoint: str | None = _f(None, "skip phase 1: start from this trained model (a sabr checkpoint "
+                                           ".safetensors of the same --model and classes, e.g. another run's "
+                                           "checkpoints/base.safetensors); its accuracy is measured on this run's splits")
     epochs_base: int = _f(30, "phase 1 (base training) epochs", min=1)
     epochs_sabr: int = _f(60, "phase 2 (SABR) epoch limit; it ends earlier once every tensor is frozen or, with a "
                               "budget, after --patience epochs without gain", min=0)
