@@ -132,6 +132,24 @@ class RunConfig:
         """Every field, as plain values (what a run folder saves as its config)."""
         return dataclasses.asdict(self)
 
+    def command(self) -> str:
+        """The ``sabr run`` command line that makes this config: a flag for every value that differs from the
+        default (shell-quoted), which ``sabr run`` reads back into an equal config."""
+        import shlex
+
+        default, parts = RunConfig(), ["sabr", "run"]
+        for f in fields(self):
+            value, flag = getattr(self, f.name), "--" + f.name.replace("_", "-")
+            if value == getattr(default, f.name):
+                continue
+            if value is None:
+                raise ConfigError(f"{f.name}=None has no flag; write it in a YAML file (--config) instead.")
+            if isinstance(value, bool):
+                parts.append(flag if value else "--no-" + flag[2:])
+            else:
+                parts += [flag, *map(str, value if isinstance(value, list) else [value])]
+        return " ".join(shlex.quote(p) for p in parts)
+
     def sabr_settings(self) -> SabrSettings:
         """Phase 2's hyper-parameters (``teta1``, ``growth_rate``, ...) as a :class:`SabrSettings`
         (``accuracy_threshold`` may still be ``"auto"``: :func:`sabr.phases.train_sabr` resolves it)."""
