@@ -1,32 +1,30 @@
-"""SABR against the pruning methods a user would pick instead, on the same data and budget.
+"""SABR against the pruning methods a user would pick instead: one protocol for all, 3 seeds (issue #13).
 
-Every method starts from the SAME base checkpoint (phase 1 of :mod:`sabr.pipeline`), gets the SAME
-number of training epochs after it (``--epochs``), and is evaluated on the same held-out test split.
-The peers (2 to 4) are library code, :mod:`sabr.baselines`; this script runs them and writes the figures:
+Protocol (``PROTOCOL``), per configuration and seed:
 
-1. ``sabr``          SABR phase 2 (adaptive lambdas, freezing) then phase-3 pruning, as ``sabr run`` does.
-2. ``oneshot_ft``    one-shot global L1 magnitude pruning (``torch.nn.utils.prune.global_unstructured``)
-                     to the sparsity SABR reached, then fine-tuning with the mask fixed for ``--epochs``.
-3. ``gmp``           gradual magnitude pruning (Zhu & Gupta 2017): layer-wise magnitude masks (every
-                     tensor at the same sparsity, as in the paper) on the cubic schedule
-                     ``s_t = s_f (1 - (1 - t/T)^3)`` over the first 75% of the steps, mask fixed for
-                     the rest, to the same sparsity.
-4. ``l1_fixed``      L1 with SABR's initial lambdas, never adapted, nothing frozen, same pruning rule:
-                     the ablation that shows what adaptation and freezing buy.
-5. ``sabr_ft``       proposed improvement: SABR for at most ``epochs - ft_epochs`` epochs, phase-3 pruning,
-                     then a masked fine-tune (:func:`sabr.pipeline.finetune_masked`) for the rest of the
-                     budget (``ft_epochs``, or more when every tensor froze early).
+* One base model (phase 1 of ``sabr run``, dropout on) trained once and cached as a sabr checkpoint in
+  ``--work``; every method starts from it. After it, every method runs with dropout off, Adam, phase 2's
+  ReduceLROnPlateau (val loss, factor 0.51, patience 3, min 1e-5) and ``epochs`` epochs in all; each keeps
+  its best-validation epoch among those at its final sparsity.
+* Peers (:mod:`sabr.baselines`), trained to every target of ``TARGETS`` (no curves, no interpolation):
+  ``gmp_layer`` / ``gmp_global`` (cubic ramp over 75% of the steps, uniform or global allocation),
+  ``oneshot_layer`` (layer-wise magnitude, then a masked fine-tune), ``l1_fixed`` / ``l1_ramp`` (L1 with
+  SABR's initial lambdas, constant or x growth_rate every epoch, for ``epochs - ft_epochs`` epochs, then
+  pruned to the target with SABR's rule and fine-tuned, masked, for ``ft_epochs``).
+* SABR family: ``sabr run --base-checkpoint <base> --max-drop 0.01`` with ``--epochs-sabr epochs``
+  (``sabr``) or ``--epochs-sabr epochs-ft_epochs --finetune-epochs ft_epochs`` (``sabr_ft``); no target.
+* Hyper-parameters: 3 trials per method and target, chosen on validation only: Adam's rate ``LRS`` for
+  GMP, one-shot and SABR (``--lr-sabr``), ``teta1 x L1_SCALES`` for the L1 peers. A peer keeps the trial
+  with the best validation accuracy; the SABR family the sparsest within its budget on validation.
+  Test accuracy is measured once per trained model and never chooses anything.
 
-Each method's curve sweeps the final threshold of its trained model (SABR's rule with factors
-``SWEEP`` for the L1 methods, magnitude targets of the method's own scope for the magnitude methods)
-and is evaluated on the test split. Results: a table on stdout, ``benchmarks/results/<config>.json``
-and ``<config>.png``.
+Results accumulate per (method, target, seed) in ``--out/<config>.json`` (written after every trial),
+so a run cut off midway continues where it stopped; ``--report`` prints the tables and draws the plots.
 
-sabr must be importable (``pip install -e .``, or ``PYTHONPATH=src``):
-
-    python benchmarks/compare.py --quick                 # smoke version, a few minutes on 2 CPU cores
-    python benchmarks/compare.py                         # every CPU configuration (see CONFIGS)
-    python benchmarks/compare.py --configs fashion-lenet5
+    python benchmarks/compare.py --quick                 # smoke run, about a minute
+    python benchmarks/compare.py --estimate              # CPU-hours of the full run, measured
+    python benchmarks/compare.py --threads 1             # the full run (both configurations), resumable
+    python benchmarks/compare.py --report                # tables and plots of what is there
 """
 
 from __future__ import annotations
@@ -35,8 +33,6 @@ import argparse
 import copy
 import json
 import logging
-import math
-import resource
 import statistics
 import sys
 import time
@@ -46,331 +42,354 @@ from typing import Callable
 import torch
 from torch import nn
 
-from sabr import RunConfig, sparsity_report
-from sabr.baselines import (accuracy_at, global_magnitude_prune, layer_magnitude_prune, magnitude_curve, oneshot_finetune,
-                            sparsity_within, train_fixed_l1, train_gmp)
-from sabr.pipeline import (Experiment, finetune_masked, prepare, prune_and_evaluate, sweep, train_base,
-                           train_sabr)
-from sabr.train import evaluate
+from sabr import RunConfig, load_checkpoint, save_checkpoint, sparsity_report
+from sabr.baselines import oneshot_finetune, train_fixed_l1, train_gmp
+from sabr.checkpoint import write_json
+from sabr.pipeline import Experiment, evaluate_split, prepare, run, train_base
+from sabr.train import Split, train_epoch, phase_generator
 
 log = logging.getLogger("compare")
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = "/usr/share/datasets/fashion-mnist"
-SIGNS = str(ROOT.parent / "shared" / "data" / "sign-language-digits" / "Dataset")
-PRUNE_FACTOR = 0.2  # the spec's pruning factor: this protocol predates the budget search (issue #13 replaces it)
-SWEEP = [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0]
-TARGETS = [0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99]
+PROTOCOL = "0.2.0"
+TARGETS = (0.90, 0.95, 0.98)
+SEEDS = (0, 1, 2)
+LRS = (3e-4, 1e-3, 3e-3)
+L1_SCALES = (1.0, 3.0, 10.0)
+MAX_DROP = 0.01
 
-# name -> RunConfig values and the post-base epoch budget; "gpu": only run where CUDA is available.
 CONFIGS: dict[str, dict] = {
-    "fashion-lenet5": dict(data=FASHION, model="lenet5", image_size=28, max_per_class=None,
-                           epochs_base=10, epochs=15, ft_epochs=4, lr=1e-3),
-    "fashion-small_vgg": dict(data=FASHION, model="small_vgg", image_size=28, max_per_class=1000,
-                              epochs_base=8, epochs=10, ft_epochs=3, lr=1e-3),
-    "signs-mobilenet_v2": dict(data=SIGNS, model="mobilenet_v2", image_size=64, max_per_class=None,
-                               epochs_base=15, epochs=12, ft_epochs=3, lr=1e-3),
-    "signs-vgg11": dict(data=SIGNS, model="vgg11", image_size=64, max_per_class=None,
-                        epochs_base=6, epochs=6, ft_epochs=2, lr=1e-4),
-    "signs-mobilenet_v2-128": dict(data=SIGNS, model="mobilenet_v2", image_size=128, max_per_class=None,
-                                   epochs_base=15, epochs=20, ft_epochs=4, lr=1e-3, gpu=True),
-    "signs-vgg11-128": dict(data=SIGNS, model="vgg11", image_size=128, max_per_class=None,
-                            epochs_base=15, epochs=20, ft_epochs=4, lr=1e-4, gpu=True),
+    "fashion-lenet5-3seeds": dict(run=dict(data=FASHION, model="lenet5", image_size=28, epochs_base=15),
+                                  epochs=20, ft_epochs=5),
+    "fashion-small_vgg-3seeds": dict(run=dict(data=FASHION, model="small_vgg", image_size=28, train_per_class=720,
+                                              epochs_base=15), epochs=20, ft_epochs=5),
 }
-QUICK: dict[str, dict] = {
-    "quick-fashion-lenet5": dict(data=FASHION, model="lenet5", image_size=28, max_per_class=100,
-                                 epochs_base=4, epochs=5, ft_epochs=2, lr=1e-3),
-    "quick-fashion-small_vgg": dict(data=FASHION, model="small_vgg", image_size=28, max_per_class=40,
-                                    epochs_base=3, epochs=4, ft_epochs=2, lr=1e-3),
+QUICK: dict[str, dict] = {  # every split cut to a few images per class: a smoke test of the code, not a figure
+    "quick-fashion-lenet5": dict(run=dict(data=FASHION, model="lenet5", image_size=28, max_per_class=25,
+                                          epochs_base=1, sweep=[0.2, 1.0]),
+                                 epochs=2, ft_epochs=1, seeds=(0,), targets=(0.9,), lrs=(1e-3,), l1_scales=(1.0,)),
 }
-
-
-# --------------------------------------------------------------------------- curves
-def sabr_curve(exp: Experiment, model: nn.Module) -> list[list[float]]:
-    """``[sparsity, test accuracy]`` after SABR's pruning rule at each factor of ``SWEEP`` (copies of ``model``)."""
-    return [[c["sparsity"], c["test_accuracy"]] for c in sweep(exp, model, SWEEP, exp.config.gamma)]
-
-
-def _point(exp: Experiment, model: nn.Module) -> tuple[float, float]:
-    return sparsity_report(model).sparsity, evaluate(model, exp.test, exp.preprocess, exp.device)[1]
-
-
-def _magnitude_result(exp: Experiment, model: nn.Module, epochs: int, prune_fn=global_magnitude_prune) -> dict:
-    """The result of a magnitude method: its final point, then its curve (``prune_fn``) from there on."""
-    s, acc = _point(exp, model)
-    curve = magnitude_curve(exp, model, TARGETS, s, prune_fn)
-    return {"model": model, "epochs": epochs, "sparsity": s, "test_accuracy": acc, "curve": [[s, acc]] + curve}
 
 
 # --------------------------------------------------------------------------- the methods
-def _sabr_phase2(exp: Experiment, model: nn.Module, epochs: int, on_epoch: Callable[[dict], None]):
-    return train_sabr(exp, model, epochs=epochs, progress=False, on_epoch=on_epoch)
+def _gmp(allocation: str) -> Callable:
+    def method(exp: Experiment, base: nn.Module, target: float, lr: float, spec: dict, work: Path) -> nn.Module:
+        return train_gmp(exp, copy.deepcopy(base), spec["epochs"], target, allocation=allocation, lr=lr)[0]
+    return method
 
 
-def run_sabr(exp: Experiment, base: nn.Module, epochs: int, snapshot_at: int | None = None,
-             phase2: Callable = _sabr_phase2) -> dict:
-    """SABR phase 2 for ``epochs`` (or until every tensor freezes), then phase-3 pruning.
+def _oneshot_layer(exp: Experiment, base: nn.Module, target: float, lr: float, spec: dict, work: Path) -> nn.Module:
+    return oneshot_finetune(exp, copy.deepcopy(base), spec["epochs"], target, "layer", lr)[0]
 
-    With ``snapshot_at``, the result also holds ``"snapshot"``: a copy of the phase-2 model after epoch
-    ``min(snapshot_at, last epoch)``, its rows and the wall time to get there. Phase 2 is deterministic
-    for a seed, so this is exactly what a shorter run would end with (``run_sabr_ft`` starts from it).
-    ``phase2(exp, model, epochs, on_epoch)`` trains (default: SABR's phase 2; ``run_l1_fixed`` swaps it).
+
+def _l1(ramp: bool) -> Callable:
+    def method(exp: Experiment, base: nn.Module, target: float, scale: float, spec: dict, work: Path) -> nn.Module:
+        path = work / f"l1_{'ramp' if ramp else 'fixed'}-x{scale:g}.safetensors"  # shared by the targets
+        if path.is_file():
+            model = load_checkpoint(path, exp.device)[0]
+        else:
+            model, _, _ = train_fixed_l1(exp, copy.deepcopy(base), spec["epochs"] - spec["ft_epochs"], ramp=ramp,
+                                         teta1=exp.config.teta1 * scale)
+            save_checkpoint(model, path, exp.metadata("sabr"))
+        return oneshot_finetune(exp, model, spec["ft_epochs"], target, "threshold")[0]
+    return method
+
+
+_L1_CALL = ("oneshot_finetune(exp, train_fixed_l1(exp, base, {l1_epochs}, {ramp}teta1={value:g} * {teta1:g})[0], "
+            "{ft_epochs}, {target}, 'threshold')")
+PEERS: dict[str, tuple[Callable, str, str]] = {  # name -> (method, its trial values, the sabr.baselines call)
+    "gmp_layer": (_gmp("layer"), "lrs", "train_gmp(exp, base, {epochs}, {target}, allocation='layer', lr={value:g})"),
+    "gmp_global": (_gmp("global"), "lrs", "train_gmp(exp, base, {epochs}, {target}, allocation='global', lr={value:g})"),
+    "oneshot_layer": (_oneshot_layer, "lrs", "oneshot_finetune(exp, base, {epochs}, {target}, 'layer', lr={value:g})"),
+    "l1_fixed": (_l1(False), "l1_scales", _L1_CALL.replace("{ramp}", "")),
+    "l1_ramp": (_l1(True), "l1_scales", _L1_CALL.replace("{ramp}", "ramp=True, ")),
+}
+SABR_FAMILY = {"sabr": False, "sabr_ft": True}  # name -> with the masked fine-tune
+
+
+def _peer_trial(exp: Experiment, base: nn.Module, name: str, target: float, value: float, spec: dict,
+                work: Path) -> dict:
+    method, _, call = PEERS[name]
+    torch.manual_seed(exp.config.seed)
+    model = method(exp, base, target, value, spec, work)
+    return {"val_accuracy": evaluate_split(exp, model, exp.val)[1], "sparsity": sparsity_report(model).sparsity,
+            "test_accuracy": evaluate_split(exp, model, exp.test)[1],
+            "command": "sabr.baselines." + call.format(target=target, value=value, teta1=exp.config.teta1,
+                                                       l1_epochs=spec["epochs"] - spec["ft_epochs"], **spec)}
+
+
+def sabr_config(spec: dict, seed: int, base_path: Path, finetune: bool, lr: float, out: Path,
+                threads: int | None = None) -> RunConfig:
+    """The ``sabr run`` configuration of a SABR-family trial (same epoch budget as every peer)."""
+    ft = spec["ft_epochs"] if finetune else 0
+    return RunConfig(**spec["run"], seed=seed, base_checkpoint=str(base_path), epochs_sabr=spec["epochs"] - ft,
+                     finetune_epochs=ft, lr_sabr=lr, max_drop=MAX_DROP, device="cpu", threads=threads, out=str(out))
+
+
+def _sabr_trial(cfg: RunConfig) -> dict:
+    """One ``sabr run`` (continued when its folder holds a started run, read back when it has finished)."""
+    out = Path(cfg.out)
+    if (out / "summary.json").is_file() and not (out / "resume.safetensors").exists():
+        summary = json.loads((out / "summary.json").read_text())
+    else:
+        summary = run(cfg, progress=False, overwrite=True, resume=(out / "config.yaml").is_file())
+    budget = summary["budget"]
+    return {"val_accuracy": budget["val_accuracy"], "within_budget": budget["within_budget"],
+            "sparsity": summary["pruned"]["sparsity"], "test_accuracy": summary["pruned"]["test_accuracy"],
+            "command": cfg.command()}
+
+
+# --------------------------------------------------------------------------- accumulation
+def choose(trials: list[dict], family: bool) -> dict:
+    """The trial a method keeps, on validation only: the sparsest within the budget for the SABR family
+    (the best validation accuracy when none fits), the best validation accuracy for a peer."""
+    if family:
+        fits = [t for t in trials if t["within_budget"]]
+        if fits:
+            return max(fits, key=lambda t: (t["sparsity"], t["val_accuracy"]))
+    return max(trials, key=lambda t: t["val_accuracy"])
+
+
+def accumulate(results: dict, save: Callable[[], None], name: str, target: float | None, seed: int,
+               values: tuple, train: Callable[[float], dict], base_test_accuracy: float) -> dict:
+    """The ``methods`` entry of (``name``, ``target``, ``seed``), training only what ``results`` lacks.
+
+    Each trial (``train(value)`` -> figures) is appended to ``results["trials"]`` and saved at once; the
+    entry, once every trial is there, goes to ``results["methods"]`` with the chosen trial's figures.
     """
-    cfg = exp.config
-    model = copy.deepcopy(base)
-    started, snap = time.perf_counter(), {}
-
-    def on_epoch(state: dict) -> None:
-        if snapshot_at is not None and state["epoch"] <= snapshot_at:
-            snap.update(model=copy.deepcopy(model), rows=list(state["rows"]), seconds=time.perf_counter() - started)
-
-    model, reg, rows = phase2(exp, model, epochs, on_epoch)
-    pruned, _, acc = prune_and_evaluate(exp, model, PRUNE_FACTOR, cfg.gamma)
-    curve = sabr_curve(exp, model)
-    return {"model": pruned, "sabr_model": model, "epochs": len(rows), "rows": rows,
-            "sparsity": sparsity_report(pruned).sparsity, "test_accuracy": acc, "curve": curve,
-            "frozen": len(reg.frozen), "tensors": len(reg.params), "snapshot": snap or None}
-
-
-def run_l1_fixed(exp: Experiment, base: nn.Module, epochs: int) -> dict:
-    """Ablation: SABR's initial lambdas, never adapted, nothing ever frozen (:func:`sabr.baselines.train_fixed_l1`)."""
-    return run_sabr(exp, base, epochs, phase2=train_fixed_l1)
-
-
-def run_oneshot_ft(exp: Experiment, base: nn.Module, epochs: int, target: float) -> dict:
-    """One-shot global L1 magnitude pruning to ``target``, then ``epochs`` of masked fine-tuning."""
-    model, _ = oneshot_finetune(exp, copy.deepcopy(base), epochs, target)
-    return _magnitude_result(exp, model, epochs)
+    key = {"name": name, "target": target, "seed": seed}
+    for entry in results["methods"]:
+        if all(entry[k] == v for k, v in key.items()):
+            return entry
+    done = {t["value"]: t for t in results["trials"] if all(t[k] == v for k, v in key.items())}
+    for value in values:
+        if value not in done:
+            started = time.perf_counter()
+            done[value] = {**key, "value": value, **train(value), "seconds": round(time.perf_counter() - started, 1)}
+            results["trials"].append(done[value])
+            save()
+    best = choose([done[v] for v in values], name.startswith("sabr"))
+    entry = {**key, "sparsity": best["sparsity"], "test_accuracy": best["test_accuracy"],
+             "base_test_accuracy": base_test_accuracy, "command": best["command"], "value": best["value"],
+             "trials": len(values)}
+    results["methods"].append(entry)
+    save()
+    return entry
 
 
-def run_gmp(exp: Experiment, base: nn.Module, epochs: int, target: float) -> dict:
-    """Gradual magnitude pruning (:func:`sabr.baselines.train_gmp`, layer-wise, cubic schedule) to ``target``."""
-    model, _ = train_gmp(exp, copy.deepcopy(base), epochs, target)
-    return _magnitude_result(exp, model, epochs, layer_magnitude_prune)
+# --------------------------------------------------------------------------- one configuration, one seed
+def base_model(exp: Experiment, path: Path) -> tuple[nn.Module, dict]:
+    """The seed's base model: read from ``path`` when a previous run cached it, else trained and saved there."""
+    if path.is_file():
+        model, meta = load_checkpoint(path, exp.device)
+        return model, {k: meta[k] for k in ("val_accuracy", "test_accuracy", "seconds", "epochs")}
+    torch.manual_seed(exp.config.seed)  # as `sabr run` does: this is the base it would train
+    started = time.perf_counter()
+    model, rows = train_base(exp, exp.new_model(), progress=False)
+    figures = {"val_accuracy": evaluate_split(exp, model, exp.val)[1],
+               "test_accuracy": evaluate_split(exp, model, exp.test)[1],
+               "seconds": round(time.perf_counter() - started, 1), "epochs": len(rows)}
+    save_checkpoint(model, path, exp.metadata("base", **figures))
+    return model, figures
 
 
-def run_sabr_ft(exp: Experiment, base: nn.Module, epochs: int, ft_epochs: int, snapshot: dict) -> dict:
-    """Proposed: SABR for at most ``epochs - ft_epochs``, prune, then masked fine-tuning for the rest.
-
-    ``snapshot`` is ``run_sabr(..., snapshot_at=epochs - ft_epochs)["snapshot"]``: the same phase 2
-    is not trained twice, and its wall time is added to this method's. The fine-tune gets every epoch
-    phase 2 left unused (at least ``ft_epochs``; more when every tensor froze early), so the total
-    stays ``epochs``. ``base`` is not used: the snapshot already holds the phase-2 model.
-    """
-    cfg = exp.config
-    t = time.perf_counter()
-    pruned, _, _ = prune_and_evaluate(exp, snapshot["model"], PRUNE_FACTOR, cfg.gamma)
-    pruned, rows = finetune_masked(exp, pruned, epochs - len(snapshot["rows"]))
-    s, acc = _point(exp, pruned)
-    curve = sabr_curve(exp, pruned)
-    return {"model": pruned, "epochs": len(snapshot["rows"]) + len(rows), "sparsity": s, "test_accuracy": acc,
-            "curve": sorted([[s, acc]] + curve), "extra_seconds": snapshot["seconds"] + time.perf_counter() - t}
-
-
-def _peak_memory_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-# --------------------------------------------------------------------------- one configuration
-def run_config(name: str, spec: dict, seed: int, device: str) -> dict:
-    spec = dict(spec)
-    epochs, ft_epochs = spec.pop("epochs"), spec.pop("ft_epochs")
-    spec.pop("gpu", None)
-    cfg = RunConfig(**spec, epochs_sabr=epochs, seed=seed, device=device)
-    exp = prepare(cfg, progress=False)
-    log.info("%s: %d train / %d val / %d test images", name, len(exp.train), len(exp.val), len(exp.test))
-
+def run_seed(name: str, spec: dict, seed: int, results: dict, save: Callable[[], None], work: Path,
+             threads: int | None) -> None:
+    """Every method, target and trial of one seed that ``results`` does not hold yet."""
+    cfg = RunConfig(**spec["run"], seed=seed, device="cpu", threads=threads)
     torch.manual_seed(seed)
-    t0 = time.perf_counter()
-    base, base_rows = train_base(exp, exp.new_model(), progress=False)
-    base_seconds = time.perf_counter() - t0
-    _, base_acc = evaluate(base, exp.test, exp.preprocess, exp.device)
-    log.info("%s: base test accuracy %.2f%% after %d epochs (%.0f s)", name, 100 * base_acc, len(base_rows),
-             base_seconds)
-
-    results, extra = {}, {}
-
-    def timed(method: str, fn, *args, **kw) -> dict:
-        if exp.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(exp.device)
-        torch.manual_seed(seed)
-        t = time.perf_counter()
-        res = fn(exp, base, *args, **kw)
-        res["seconds"] = time.perf_counter() - t
-        if "extra_seconds" in res:  # work shared with an earlier method (sabr_ft's phase 2)
-            res["seconds"] = res.pop("extra_seconds")
-        res["peak_memory_mib"] = _peak_memory_mib(exp.device)
-        results[method] = res
-        log.info("%-10s sparsity %.2f%%  test %.2f%%  %d epochs  %.0f s", method, 100 * res["sparsity"],
-                 100 * res["test_accuracy"], res["epochs"], res["seconds"])
-        return res
-
-    sabr = timed("sabr", run_sabr, epochs, snapshot_at=epochs - ft_epochs)
-    target = sabr["sparsity"]
-    timed("oneshot_ft", run_oneshot_ft, epochs, target)
-    timed("gmp", run_gmp, epochs, target)
-    timed("l1_fixed", run_l1_fixed, epochs)
-    timed("sabr_ft", run_sabr_ft, epochs, ft_epochs, sabr["snapshot"])
-
-    plain = statistics.median(r["seconds"] for r in base_rows)
-    penal = statistics.median(r["seconds"] for r in sabr["rows"])
-    extra = {"plain_epoch_seconds": plain, "sabr_epoch_seconds": penal,
-             "sabr_frozen": f"{sabr['frozen']}/{sabr['tensors']}"}
-    methods = []
-    for method, r in results.items():
-        curve = sorted(r["curve"])
-        methods.append({"name": method, "sparsity": r["sparsity"], "test_accuracy": r["test_accuracy"],
-                        "epochs": r["epochs"], "seconds": round(r["seconds"], 1),
-                        "peak_memory_mib": round(r["peak_memory_mib"], 1),
-                        "emptied_tensors": [l.name for l in sparsity_report(r["model"]).layers if l.nonzero == 0],
-                        "accuracy_at_matched_sparsity": accuracy_at(curve, target),
-                        "sparsity_within_1pt": sparsity_within(curve, base_acc),
-                        "curve": curve})
-    return {
-        "config": name, "dataset": exp.dataset_name, "model": cfg.model, "image_size": exp.preprocess.image_size,
-        "train": len(exp.train), "val": len(exp.val), "test": len(exp.test), "max_per_class": cfg.max_per_class,
-        "epochs_base": len(base_rows), "epoch_budget": epochs, "ft_epochs": ft_epochs, "lr": cfg.lr,
-        "batch_size": cfg.batch_size, "teta1": cfg.teta1, "seed": seed, "device": str(exp.device),
-        "torch_threads": torch.get_num_threads(),
-        "base_test_accuracy": base_acc, "base_seconds": round(base_seconds, 1),
-        "matched_sparsity": target, "epoch_time_ratio": penal / plain, **extra,
-        "methods": methods,
-    }
+    exp = prepare(cfg, progress=False)
+    work.mkdir(parents=True, exist_ok=True)
+    base_path = work / "base.safetensors"
+    base, figures = base_model(exp, base_path)
+    results["bases"][str(seed)] = figures
+    results.update(train=len(exp.train), val=len(exp.val), test=len(exp.test))
+    log.info("%s seed %d: base test %.2f%% (%d/%d/%d images)", name, seed, 100 * figures["test_accuracy"],
+             len(exp.train), len(exp.val), len(exp.test))
+    acc = figures["test_accuracy"]
+    for method, (_, values, _) in PEERS.items():
+        for target in spec.get("targets", TARGETS):
+            train = lambda v, m=method, t=target: _peer_trial(exp, base, m, t, v, spec, work)  # noqa: E731
+            _logged(accumulate(results, save, method, target, seed, spec.get(values, _default(values)), train, acc))
+    for method, finetune in SABR_FAMILY.items():
+        def train(lr: float, method: str = method, finetune: bool = finetune) -> dict:
+            return _sabr_trial(sabr_config(spec, seed, base_path, finetune, lr, work / f"{method}-lr{lr:g}", threads))
+        _logged(accumulate(results, save, method, None, seed, spec.get("lrs", LRS), train, acc))
 
 
-# --------------------------------------------------------------------------- output
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:6.2f}%"
+def _default(values: str) -> tuple:
+    return {"lrs": LRS, "l1_scales": L1_SCALES}[values]
 
 
-def format_table(result: dict) -> str:
-    head = (f"{result['config']}: {result['model']} on {result['dataset']} ({result['train']}/{result['val']}/"
-            f"{result['test']} images), base test {_pct(result['base_test_accuracy'])}, "
-            f"matched sparsity {_pct(result['matched_sparsity'])}, "
-            f"SABR/plain epoch time {result['epoch_time_ratio']:.2f}x")
-    lines = [head, f"{'method':<11} {'sparsity':>9} {'test acc':>9} {'acc@match':>9} {'spars@-1pt':>10} "
-                   f"{'epochs':>6} {'seconds':>8}"]
-    for m in result["methods"]:
-        lines.append(f"{m['name']:<11} {_pct(m['sparsity']):>9} {_pct(m['test_accuracy']):>9} "
-                     f"{_pct(m['accuracy_at_matched_sparsity']):>9} {_pct(m['sparsity_within_1pt']):>10} "
-                     f"{m['epochs']:>6} {m['seconds']:>8.1f}")
-    return "\n".join(lines)
+def _logged(entry: dict) -> None:
+    target = "budget" if entry["target"] is None else f"{100 * entry['target']:.0f}%"
+    log.info("%-13s %-6s seed %d: sparsity %.2f%%  test %.2f%% (base %.2f%%)", entry["name"], target, entry["seed"],
+             100 * entry["sparsity"], 100 * entry["test_accuracy"], 100 * entry["base_test_accuracy"])
 
 
-def format_markdown(result: dict) -> str:
-    """The per-configuration table of ``docs/benchmarks.md``, from a result JSON."""
-    r, base = result, result["base_test_accuracy"]
-    teta1 = r.get("teta1", CONFIGS.get(r["config"], {}).get("teta1"))  # JSONs written before it was recorded
-    peak = max(m["peak_memory_mib"] for m in r["methods"])
-    lines = [f"### {r['config']}: {r['model']} on {r['dataset']}, {r['image_size']}px "
-             f"(base test accuracy {_pct(base).strip()}, matched sparsity {_pct(r['matched_sparsity']).strip()})",
-             "",
-             f"{r['train']} / {r['val']} / {r['test']} train / val / test images; {r['epochs_base']} base epochs, "
-             f"then {r['epoch_budget']} epochs per method; `teta1 = {teta1}`; device {r['device']}, "
-             f"{r['torch_threads']} thread(s).",
-             "",
-             "| method | sparsity | test acc | vs base | acc @ matched | sparsity within 1 pt | epochs | seconds |",
-             "|---|---|---|---|---|---|---|---|"]
-    for m in r["methods"]:
-        cells = [m["name"], _pct(m["sparsity"]), _pct(m["test_accuracy"]),
-                 f"{100 * (m['test_accuracy'] - base):+.2f} pt", _pct(m["accuracy_at_matched_sparsity"]), _pct(m["sparsity_within_1pt"]), str(m["epochs"]),
-                 f"{m['seconds']:.0f}"]
-        lines.append("| " + " | ".join(c.strip() for c in cells) + " |")
-    lines += ["", f"SABR phase-2 epoch / plain epoch (medians, same process): {r['sabr_epoch_seconds']:.2f} s / "
-                  f"{r['plain_epoch_seconds']:.2f} s = **{r['epoch_time_ratio']:.2f}x**; SABR froze {r['sabr_frozen']} "
-                  f"tensors; peak RSS of the process {peak:.0f} MiB.",
-              "", f"![{r['config']}](../benchmarks/results/{r['config']}.png)"]
-    return "\n".join(lines)
+def load_results(path: Path, name: str, spec: dict, command: str) -> dict:
+    """The results file of a configuration: the one a cut-off run left, or a new one. A file written under
+    another protocol is refused (the 0.1.0 files are kept as they are)."""
+    if path.is_file():
+        results = json.loads(path.read_text())
+        if results.get("protocol") != PROTOCOL:
+            raise SystemExit(f"{path} holds results of protocol {results.get('protocol')!r}, not {PROTOCOL}: "
+                             "leave it, and pass another --out.")
+        return results
+    return {"config": name, "protocol": PROTOCOL, "spec": spec, "max_drop": MAX_DROP, "command": command,
+            "threads": torch.get_num_threads(), "bases": {}, "trials": [], "methods": []}
 
 
-def plot(result: dict, path: Path) -> None:
+# --------------------------------------------------------------------------- cost
+def planned(spec: dict) -> tuple[int, int]:
+    """``(training epochs, validation passes)`` of one seed at most (the SABR family may stop earlier)."""
+    e, f, targets = spec["epochs"], spec["ft_epochs"], len(spec.get("targets", TARGETS))
+    lrs, scales = len(spec.get("lrs", LRS)), len(spec.get("l1_scales", L1_SCALES))
+    train = spec["run"]["epochs_base"] + 3 * targets * lrs * e + 2 * scales * (e - f + targets * f) + 2 * lrs * e
+    factors = len(spec["run"].get("sweep", RunConfig().sweep))
+    return train, train + 2 * lrs * 2 * factors  # + the budget search: both models at every factor
+
+
+def estimate(name: str, spec: dict, threads: int | None) -> float:
+    """CPU-hours of the configuration's full run, from a training epoch and a validation pass timed on
+    20 batches of this machine (``threads`` torch threads)."""
+    exp = prepare(RunConfig(**spec["run"], device="cpu", threads=threads), progress=False)
+    if threads:
+        torch.set_num_threads(threads)
+    model, bs = exp.new_model(), exp.config.batch_size
+    sample = Split(exp.train.images[:20 * bs], exp.train.labels[:20 * bs])
+    opt = torch.optim.Adam(model.parameters())
+    train_epoch(model, opt, Split(sample.images[:bs], sample.labels[:bs]), exp.preprocess, exp.device, bs,
+                phase_generator(0, "base"))  # warm-up
+    t = time.perf_counter()
+    train_epoch(model, opt, sample, exp.preprocess, exp.device, bs, phase_generator(0, "base"))
+    epoch_s = (time.perf_counter() - t) * len(exp.train) / len(sample)
+    t = time.perf_counter()
+    evaluate_split(exp, model, Split(exp.val.images[:2000], exp.val.labels[:2000]))
+    val_s = (time.perf_counter() - t) * len(exp.val) / min(2000, len(exp.val))
+    epochs, passes = planned(spec)
+    seeds = len(spec.get("seeds", SEEDS))
+    hours = seeds * (epochs * epoch_s + passes * val_s) * torch.get_num_threads() / 3600
+    print(f"{name}: {len(exp.train)} training images, epoch {epoch_s:.1f} s + validation {val_s:.1f} s on "
+          f"{torch.get_num_threads()} thread(s); {seeds} seeds x ({epochs} epochs + {passes} validations) = "
+          f"{hours:.1f} CPU-hours at most")
+    return hours
+
+
+# --------------------------------------------------------------------------- report
+def _stats(xs: list[float]) -> str:
+    return f"{100 * statistics.mean(xs):.2f} ± {100 * statistics.stdev(xs) if len(xs) > 1 else 0:.2f}"
+
+
+def table(results: dict) -> tuple[str, dict]:
+    """Markdown rows (mean ± std over seeds, paired differences against the best SABR-family entry) and
+    the groups ``{(name, target): {seed: entry}}`` they come from."""
+    groups: dict = {}
+    for m in results["methods"]:
+        groups.setdefault((m["name"], m["target"]), {})[m["seed"]] = m
+
+    def drop(g: dict) -> float:
+        return statistics.mean(m["base_test_accuracy"] - m["test_accuracy"] for m in g.values())
+
+    family = [k for k in groups if k[0].startswith("sabr")]
+    within = [k for k in family if drop(groups[k]) <= MAX_DROP]
+    best = (max(within, key=lambda k: statistics.mean(m["sparsity"] for m in groups[k].values())) if within
+            else min(family, key=lambda k: drop(groups[k])) if family else None)
+    lines = [f"| method | target | seeds | sparsity % | test % | drop (pt) | Δ test vs {best and best[0]} (pt) | "
+             "Δ sparsity (pt) |", "|---|---|---|---|---|---|---|---|"]
+    for key in sorted(groups, key=lambda k: (k[0].startswith("sabr"), k[0], k[1] or 0)):
+        g = groups[key]
+        paired = [s for s in g if best and s in groups[best]]
+        diff = lambda f: _stats([g[s][f] - groups[best][s][f] for s in paired]) if paired else "-"  # noqa: E731
+        cells = [key[0], "budget" if key[1] is None else f"{100 * key[1]:.0f}%", str(len(g)),
+                 _stats([m["sparsity"] for m in g.values()]), _stats([m["test_accuracy"] for m in g.values()]),
+                 _stats([m["base_test_accuracy"] - m["test_accuracy"] for m in g.values()]), diff("test_accuracy"),
+                 diff("sparsity")]
+        lines.append("| " + " | ".join(cells) + " |")
+    reach = {n: max([t for (m, t), g in groups.items() if m == n and t is not None and drop(g) <= MAX_DROP],
+                    default=None) for n, _ in groups if not n.startswith("sabr")}
+    lines += ["", "Reach (highest target whose mean drop is at most 1 point): " +
+              ", ".join(f"{n} {'-' if t is None else f'{100 * t:.0f}%'}" for n, t in sorted(reach.items()))]
+    return "\n".join(lines), groups
+
+
+def plot(results: dict, groups: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    base = 100 * result["base_test_accuracy"]
-    lo = max(0, base - 15)
-    for m in result["methods"]:
-        curve = sorted(m["curve"])
-        label = m["name"] + (f" ({100 * m['test_accuracy']:.1f}%: below the chart)"
-                             if 100 * m["test_accuracy"] < lo else "")
-        line, = ax.plot([100 * s for s, _ in curve], [100 * a for _, a in curve], marker=".", label=label)
-        ax.plot(100 * m["sparsity"], 100 * m["test_accuracy"], marker="o", ms=8, color=line.get_color())
-    ax.axhline(base, color="grey", ls="--", lw=1, label="base")
-    ax.axhline(base - 1, color="grey", ls=":", lw=1, label="base - 1 pt")
-    ax.axvline(100 * result["matched_sparsity"], color="black", lw=0.5)
+    for name in sorted({n for n, _ in groups}):
+        pts = sorted((statistics.mean(m["sparsity"] for m in g.values()), [m["test_accuracy"] for m in g.values()])
+                     for (n, _), g in groups.items() if n == name)
+        ax.errorbar([100 * s for s, _ in pts], [100 * statistics.mean(a) for _, a in pts],
+                    yerr=[100 * statistics.stdev(a) if len(a) > 1 else 0 for _, a in pts],
+                    marker="*" if name.startswith("sabr") else "o", ms=9 if name.startswith("sabr") else 5,
+                    capsize=3, label=name, ls="" if name.startswith("sabr") else "-")
+    base = 100 * statistics.mean(b["test_accuracy"] for b in results["bases"].values())
+    ax.axhline(base, color="grey", ls="--", lw=1, label="base (mean)")
+    ax.axhline(base - 100 * MAX_DROP, color="grey", ls=":", lw=1, label="base - 1 pt")
     ax.set_xlabel("sparsity of Conv/Linear weights (%)")
-    ax.set_ylabel("test accuracy (%)")
-    top = max([base] + [100 * a for m in result["methods"] for _, a in m["curve"]])
-    ax.set_ylim(lo, min(100.5, top + 2))
-    shown = [100 * sp for m in result["methods"] for sp, a in m["curve"] if 100 * a >= lo]
-    ax.set_xlim(max(0, math.floor(min(shown, default=40) / 5) * 5 - 5), 100)  # zoom on where curves are readable
-    ax.set_title(f"{result['model']} on {result['dataset']} ({result['image_size']}px)", fontsize=10)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+    ax.set_title(f"{results['config']} (protocol {results['protocol']})", fontsize=10)
+    ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
+def report(out: Path) -> None:
+    for path in sorted(out.glob("*.json")):
+        results = json.loads(path.read_text())
+        if results.get("protocol") != PROTOCOL or not results.get("methods"):
+            continue  # another benchmark's file, or one measured under protocol 0.1.0
+        text, groups = table(results)
+        print(f"### {results['config']}\n\n`{results['command']}`; base test accuracy "
+              + ", ".join(f"seed {s}: {100 * b['test_accuracy']:.2f}%" for s, b in sorted(results["bases"].items()))
+              + f".\n\n{text}\n\n![{results['config']}](../benchmarks/results/{path.stem}.png)\n")
+        plot(results, groups, path.with_suffix(".png"))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small smoke version (a few minutes on 2 CPU cores)")
-    p.add_argument("--configs", nargs="+", help=f"configurations to run (default: every CPU one): "
-                                                f"{', '.join(CONFIGS)}")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for <config>.json/.png")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="'cpu', 'cuda' or 'auto'")
+    p.add_argument("--quick", action="store_true", help="the smoke configuration (about a minute)")
+    p.add_argument("--configs", nargs="+", help=f"configurations (default: all): {', '.join(CONFIGS)}")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the configuration's, 0 1 2)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder of <config>.json/.png")
+    p.add_argument("--work", default="runs/compare", help="cached base models, L1 phases and sabr run folders")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--max-per-class", type=int, default=None,
-                   help="override every configuration's images per class (a slice, for a smaller budget); the "
-                        "result is written as <config>-mpcN.json")
-    p.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
-    p.add_argument("--report", action="store_true",
-                   help="train nothing: redraw the plots and print the markdown tables of the JSONs in --out")
+    p.add_argument("--estimate", action="store_true", help="train nothing: print the CPU-hours of the full run")
+    p.add_argument("--report", action="store_true", help="train nothing: print the tables, draw the plots")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every epoch of every method")
     args = p.parse_args(argv)
-    if args.report:
-        for path in sorted(Path(args.out).glob("*.json")):
-            result = json.loads(path.read_text())
-            if "methods" not in result:  # another benchmark's file (epoch_cost.json)
-                continue
-            plot(result, path.with_suffix(".png"))
-            print(format_markdown(result) + "\n")
-        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("sabr").setLevel(logging.INFO if args.verbose else logging.WARNING)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    table = QUICK if args.quick else CONFIGS
-    names = args.configs or [n for n, s in table.items() if not s.get("gpu") or torch.cuda.is_available()]
+    table_ = QUICK if args.quick else CONFIGS
+    names = args.configs or list(table_)
+    unknown = [n for n in names if n not in {**CONFIGS, **QUICK}]
+    if unknown:
+        p.error(f"unknown configuration(s) {unknown}; choose from {', '.join([*CONFIGS, *QUICK])}")
     out = Path(args.out)
+    if args.report:
+        report(out)
+        return 0
+    if args.estimate:
+        total = sum(estimate(n, {**CONFIGS, **QUICK}[n], args.threads) for n in names)
+        print(f"total: {total:.1f} CPU-hours at most")
+        return 0
+    command = "python benchmarks/compare.py " + " ".join(argv if argv is not None else sys.argv[1:])
     out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
     for name in names:
-        spec = {**QUICK, **CONFIGS}.get(name)
-        if spec is None:
-            p.error(f"unknown configuration {name!r}; choose from {', '.join([*CONFIGS, *QUICK])}")
-        if spec.get("gpu") and not torch.cuda.is_available():
-            print(f"\n{name}: skipped, it needs a CUDA GPU and none is visible.")
-            continue
-        if not Path(spec["data"]).is_dir():
-            print(f"\n{name}: skipped, dataset folder {spec['data']} is absent"
-                  + (" (apt-get install -y dataset-fashion-mnist)." if spec["data"] == FASHION else "."))
-            continue
-        if args.max_per_class:
-            spec = {**spec, "max_per_class": args.max_per_class}
-            name = f"{name}-mpc{args.max_per_class}"
-        result = run_config(name, spec, args.seed, args.device)
-        result["command"] = "python benchmarks/compare.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        print("\n" + format_table(result), flush=True)
-        (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
-        plot(result, out / f"{name}.png")
-    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+        spec = {**CONFIGS, **QUICK}[name]
+        path = out / f"{name}.json"
+        results = load_results(path, name, spec, command)
+        for seed in args.seeds or spec.get("seeds", SEEDS):
+            run_seed(name, spec, seed, results, lambda: write_json(path, results), Path(args.work) / name / f"seed{seed}",
+                     args.threads)
+    report(out)
     return 0
 
 

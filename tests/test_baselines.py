@@ -1,15 +1,17 @@
 """sabr.baselines: the peers SABR is compared with must do what their papers say."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 from torch import nn
 
-from sabr import SABR, RunConfig, sparsity_report
+from sabr import SABR, RunConfig, SabrSettings, sparsity_report
 from sabr.baselines import (GMPSchedule, accuracy_at, fixed_l1_settings, global_magnitude_prune, gmp_sparsity,
-                            layer_magnitude_prune, magnitude_curve, oneshot_finetune, sparsity_within,
-                            train_fixed_l1, train_gmp)
+                            layer_magnitude_prune, magnitude_curve, magnitude_prune, oneshot_finetune,
+                            ramp_l1_settings, sparsity_within, threshold_prune_to, train_fixed_l1, train_gmp)
+from sabr.pruning import prune_threshold
 from sabr.pipeline import prepare
 
 
@@ -110,7 +112,7 @@ def test_train_gmp_reaches_its_target_and_keeps_it(exp):
     assert sparsity_report(model).sparsity == pytest.approx(0.7, abs=2e-3)  # layer-wise: every tensor at 70%
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[-1]["target_sparsity"] == pytest.approx(0.7)
-    assert "val_accuracy" not in rows[0] and "val_accuracy" in rows[1]  # validated once the ramp is done
+    assert "val_accuracy" in rows[0] and rows[0]["lr"] == rows[1]["lr"]  # validated every epoch, one schedule
     assert sparsity_report(base).sparsity < 0.01  # the starting model given as a copy is untouched
 
 
@@ -150,3 +152,60 @@ def test_curve_helpers():
     assert accuracy_at([[0.7, 0.5]], 0.7002) == 0.5  # a lone point counts within 0.0005
     assert sparsity_within(curve, base_accuracy=0.89) == 0.8
     assert sparsity_within(curve, base_accuracy=0.99) is None
+
+
+def test_threshold_prune_to_reaches_the_target_with_one_factor_for_every_tensor():
+    model = _mlp()
+    with torch.no_grad():
+        model[2].weight.mul_(100)  # scale-free: each tensor's threshold follows its own std
+    before = [m.weight.detach().clone() for m in (model[0], model[2])]
+    factor = threshold_prune_to(model, 0.8, gamma=0.1)
+    assert 0.8 <= sparsity_report(model).sparsity <= 0.802
+    for w0, m in zip(before, (model[0], model[2])):
+        cut = prune_threshold(w0, factor, 0.1)
+        assert torch.equal(m.weight.detach() == 0, w0.abs() < cut)
+        assert 0.6 < float((m.weight == 0).float().mean()) < 0.95  # no tensor emptied, none left whole
+
+
+def test_magnitude_prune_dispatches_and_refuses_an_unknown_allocation():
+    a, b = _mlp(), _mlp()
+    magnitude_prune(a, 0.7, "layer")
+    layer_magnitude_prune(b, 0.7)
+    assert torch.equal(a[0].weight, b[0].weight)
+    with pytest.raises(ValueError, match="allocation must be one of global, layer, threshold"):
+        magnitude_prune(a, 0.7, "uniform")
+
+
+def test_gmp_schedule_with_global_allocation_prunes_the_small_layer_first():
+    model = _mlp()
+    with torch.no_grad():
+        model[2].weight.abs_().add_(1.0)  # every weight larger than any of the first layer's
+    schedule = GMPSchedule(model, target=0.6, ramp=10, every=5, allocation="global")
+    for _ in range(12):
+        schedule()
+    assert schedule.done and sparsity_report(model).sparsity == pytest.approx(0.6, abs=2e-3)
+    assert int((model[2].weight == 0).sum()) == 0  # the large layer keeps every weight
+    assert int((model[0].weight == 0).sum()) == round(0.6 * 750)  # 450 of its 600
+
+
+def test_ramp_l1_grows_every_epoch_whatever_the_accuracy_and_never_freezes():
+    settings = ramp_l1_settings(SabrSettings(teta1=0.1, growth_rate=1.2, decrease_rate=2.0, k_epoch=1))
+    model = _mlp()
+    reg = SABR(model, **dataclasses.asdict(settings))
+    start = dict(reg.lambdas)
+    for acc in (0.9, 0.1, 0.0, 0.5):  # collapses that would make SABR shrink and freeze
+        assert reg.step(acc).action == "grow"
+    assert reg.lambdas == pytest.approx({n: v * 1.2 ** 4 for n, v in start.items()})
+    assert not reg.frozen
+
+
+def test_train_fixed_l1_ramp_with_its_own_teta1_and_lr(exp):
+    model, reg, rows = train_fixed_l1(exp, exp.new_model(), epochs=2, ramp=True, teta1=0.3, lr=5e-4)
+    assert reg.teta1 == 0.3 and [r["action"] for r in rows] == ["grow", "grow"]
+    assert rows[0]["lr"] == 5e-4
+
+
+def test_oneshot_finetune_layer_allocation_prunes_every_tensor_alike(exp):
+    model, _ = oneshot_finetune(exp, exp.new_model(), epochs=1, sparsity=0.5, allocation="layer", lr=1e-4)
+    for layer in sparsity_report(model).layers:
+        assert layer.sparsity == pytest.approx(0.5, abs=0.01), layer.name

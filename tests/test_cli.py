@@ -1,6 +1,6 @@
 import pytest
 
-from sabr import cli
+from sabr import ConfigError, cli
 
 
 def test_missing_optional_package_names_the_extra(monkeypatch, capsys):
@@ -43,3 +43,20 @@ def test_flags_come_from_the_dataclasses():
         parser.parse_args(["recognize", "--source", "0"])  # --model is required
     args = parser.parse_args(["prune", "--run", "r"])
     assert args.teta1 == RunConfig().sweep and args.gamma == RunConfig().gamma
+
+
+def test_run_config_command_reads_back_into_the_same_config():
+    import shlex
+
+    from sabr.config import RunConfig
+
+    cfg = RunConfig(data="/data/my folder", model="lenet5", train_per_class=100, scale_teta1=False, bn_recalibrate=False,
+                    sweep=[0.1, 0.5], lr_sabr=3e-4, max_drop=0.02, seed=2, base_checkpoint="b.safetensors")
+    line = cfg.command()
+    assert line.startswith("sabr run --data '/data/my folder' --model lenet5 --train-per-class 100")
+    assert "--no-scale-teta1" in line and "--epochs-base" not in line  # defaults are left out
+    args = cli.build_parser().parse_args(shlex.split(line)[1:])
+    assert RunConfig(**cli._given(args, RunConfig)) == cfg
+    assert RunConfig().command() == "sabr run"
+    with pytest.raises(ConfigError, match="max_drop=None has no flag"):
+        RunConfig(max_drop=None).command()

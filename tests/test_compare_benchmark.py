@@ -1,18 +1,16 @@
 """benchmarks/: plain scripts on sabr's public API; compare.py's own logic (the peers are tests/test_baselines.py)."""
 
 import ast
-import copy
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from sabr import RunConfig
-from sabr.pipeline import prepare, train_sabr
+from benchmarks import compare  # the checkout's root is on sys.path under pytest: a module, not a path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((ROOT / "benchmarks").glob("*.py"))
@@ -34,44 +32,114 @@ def test_benchmark_uses_only_public_sabr_names_and_no_path_tricks(script):
             assert not [a.name for a in node.names if a.name.split(".")[0] in others]
 
 
-def _result() -> dict:
-    method = {"name": "gmp", "sparsity": 0.8, "test_accuracy": 0.85, "epochs": 4, "seconds": 1.0,
-              "peak_memory_mib": 100.0, "accuracy_at_matched_sparsity": 0.85, "sparsity_within_1pt": None,
-              "curve": [[0.8, 0.85], [0.9, 0.7]]}
-    return {"config": "tiny", "dataset": "digits", "model": "compact_cnn", "image_size": 8, "train": 10, "val": 5,
-            "test": 5, "epochs_base": 1, "epoch_budget": 4, "teta1": 0.1, "device": "cpu", "torch_threads": 1,
-            "base_test_accuracy": 0.9, "matched_sparsity": 0.8, "epoch_time_ratio": 1.1, "plain_epoch_seconds": 1.0,
-            "sabr_epoch_seconds": 1.1, "sabr_frozen": "0/3", "methods": [method]}
+def _fresh() -> dict:
+    return {"protocol": compare.PROTOCOL, "bases": {}, "trials": [], "methods": []}
 
 
-@pytest.mark.slow  # a fresh interpreter importing torch and matplotlib: seconds
-def test_compare_runs_as_a_plain_script(tmp_path):
-    (tmp_path / "tiny.json").write_text(json.dumps(_result()))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--report", "--out", str(tmp_path)],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "| gmp | 80.00% | 85.00% | -5.00 pt |" in out.stdout
-    assert (tmp_path / "tiny.png").stat().st_size > 0
+class FakeMethod:
+    """A method whose trial ``value`` gives validation accuracy ``value`` and test accuracy ``1 - value``;
+    it crashes on the values in ``crash`` (a run cut off midway)."""
+
+    def __init__(self, crash=()):
+        self.calls, self.crash = [], set(crash)
+
+    def __call__(self, value):
+        self.calls.append(value)
+        if value in self.crash:
+            raise KeyboardInterrupt
+        return {"val_accuracy": value, "sparsity": 0.9, "test_accuracy": 1 - value, "within_budget": value < 0.5,
+                "command": f"fake {value}"}
 
 
-@pytest.mark.slow
-def test_sabr_ft_starts_from_sabr_snapshot_and_keeps_the_budget():
-    from benchmarks import compare  # the checkout's root is on sys.path under pytest: a module, not a path
+def test_accumulate_saves_every_trial_and_continues_where_a_run_stopped():
+    results, saved = _fresh(), []
+    save = lambda: saved.append(json.loads(json.dumps(results)))  # noqa: E731 - what the file would hold
+    with pytest.raises(KeyboardInterrupt):
+        compare.accumulate(results, save, "gmp_layer", 0.9, 0, (0.1, 0.2, 0.3), FakeMethod(crash={0.3}), 0.8)
+    assert [t["value"] for t in saved[-1]["trials"]] == [0.1, 0.2] and saved[-1]["methods"] == []
+    resumed = json.loads(json.dumps(saved[-1]))  # read back from disk
+    method = FakeMethod()
+    entry = compare.accumulate(resumed, save, "gmp_layer", 0.9, 0, (0.1, 0.2, 0.3), method, 0.8)
+    assert method.calls == [0.3]  # only the trial that had not finished
+    assert entry == {"name": "gmp_layer", "target": 0.9, "seed": 0, "sparsity": 0.9, "test_accuracy": 0.7,
+                     "base_test_accuracy": 0.8, "command": "fake 0.3", "value": 0.3, "trials": 3}
+    again = FakeMethod()
+    assert compare.accumulate(resumed, save, "gmp_layer", 0.9, 0, (0.1, 0.2, 0.3), again, 0.8) == entry
+    assert again.calls == [] and len(resumed["methods"]) == 1
+    other = FakeMethod()  # another seed or target is another entry
+    compare.accumulate(resumed, save, "gmp_layer", 0.9, 1, (0.1, 0.2, 0.3), other, 0.8)
+    assert other.calls == [0.1, 0.2, 0.3]
 
-    exp = prepare(RunConfig(max_per_class=30, epochs_base=1, teta1=0.1, device="cpu"), progress=False)
-    base = exp.new_model()
-    before = copy.deepcopy(base.state_dict())
-    sabr = compare.run_sabr(exp, base, epochs=3, snapshot_at=1)
-    assert len(sabr["snapshot"]["rows"]) == 1
-    # the snapshot is what a 1-epoch phase 2 ends with: phase 2 is deterministic for a seed
-    torch.manual_seed(0)
-    short, _, _ = train_sabr(exp, copy.deepcopy(base), epochs=1, progress=False)
-    snapshot = sabr["snapshot"]["model"].state_dict()
-    for name, t in short.state_dict().items():
-        assert torch.equal(t, snapshot[name]), name
-    ft = compare.run_sabr_ft(exp, base, epochs=3, ft_epochs=2, snapshot=sabr["snapshot"])
-    assert ft["epochs"] == 3
-    assert ft["sparsity"] > 0
-    for name, t in base.state_dict().items():
-        assert torch.equal(t, before[name]), name
+
+def test_choose_reads_validation_only():
+    trials = [{"val_accuracy": 0.80, "sparsity": 0.95, "within_budget": True, "test_accuracy": 0.1},
+              {"val_accuracy": 0.85, "sparsity": 0.90, "within_budget": True, "test_accuracy": 0.9},
+              {"val_accuracy": 0.70, "sparsity": 0.99, "within_budget": False, "test_accuracy": 0.9}]
+    assert compare.choose(trials, family=False) is trials[1]  # a peer: the best validation accuracy
+    assert compare.choose(trials, family=True) is trials[0]  # SABR: the sparsest within its budget
+    assert compare.choose(trials[2:], family=True) is trials[2]  # none fits: the best validation accuracy
+
+
+def _entry(name, target, seed, sparsity, test, base=0.90):
+    return {"name": name, "target": target, "seed": seed, "sparsity": sparsity, "test_accuracy": test,
+            "base_test_accuracy": base, "command": "c"}
+
+
+def test_table_gives_mean_std_paired_differences_and_reach(tmp_path):
+    results = {**_fresh(), "config": "toy", "command": "x", "bases": {"0": {"test_accuracy": 0.9},
+                                                                      "1": {"test_accuracy": 0.9}},
+               "methods": [_entry("sabr", None, 0, 0.94, 0.897), _entry("sabr", None, 1, 0.96, 0.887),
+                           _entry("sabr_ft", None, 0, 0.99, 0.70), _entry("sabr_ft", None, 1, 0.99, 0.72),
+                           _entry("gmp_layer", 0.9, 0, 0.90, 0.896), _entry("gmp_layer", 0.9, 1, 0.90, 0.894),
+                           _entry("gmp_layer", 0.95, 0, 0.95, 0.87), _entry("gmp_layer", 0.95, 1, 0.95, 0.86)]}
+    text, groups = compare.table(results)
+    assert "Δ test vs sabr (pt)" in text  # sabr_ft drops 18 points: the best family entry within 1 point is sabr
+    assert "| gmp_layer | 90% | 2 | 90.00 ± 0.00 | 89.50 ± 0.14 | 0.50 ± 0.14 | 0.30 ± 0.57 | -5.00 ± 1.41 |" in text
+    assert "| sabr | budget | 2 | 95.00 ± 1.41 |" in text
+    assert "gmp_layer 90%" in text  # its reach: 95% drops 3.5 points
+    compare.plot(results, groups, tmp_path / "toy.png")
+    assert (tmp_path / "toy.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_results_of_another_protocol_are_refused(tmp_path):
+    old = tmp_path / "fashion-lenet5.json"
+    old.write_text(json.dumps({"protocol": "0.1.0", "methods": []}))
+    with pytest.raises(SystemExit, match="protocol '0.1.0'"):
+        compare.load_results(old, "fashion-lenet5", {}, "cmd")
+
+
+def test_planned_epochs_count_every_trial():
+    spec = {"run": {"epochs_base": 10, "sweep": [0.1, 0.2]}, "epochs": 20, "ft_epochs": 5}
+    train, passes = compare.planned(spec)
+    # base + 3 magnitude peers x 3 targets x 3 lrs x 20 + 2 L1 peers x 3 scales x (15 shared + 3 targets x 5)
+    # + 2 SABR family x 3 lrs x 20
+    assert train == 10 + 540 + 180 + 120
+    assert passes == train + 2 * 3 * 2 * 2
+
+
+@pytest.mark.slow  # a fresh interpreter, Fashion-MNIST read, 7 methods trained: about 20 s on a busy CPU
+def test_quick_runs_as_a_plain_script_and_resumes_without_training(tmp_path):
+    if not Path(compare.FASHION).is_dir():
+        pytest.skip(f"{compare.FASHION} is not installed")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--quick", "--threads", "1",
+           "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert first.returncode == 0, first.stderr
+    results = json.loads((tmp_path / "out" / "quick-fashion-lenet5.json").read_text())
+    names = {m["name"] for m in results["methods"]}
+    assert names == {*compare.PEERS, *compare.SABR_FAMILY} and len(results["methods"]) == 7
+    for m in results["methods"]:
+        assert {"name", "target", "seed", "sparsity", "test_accuracy", "base_test_accuracy", "command"} <= set(m)
+        assert (m["target"] is None) == m["name"].startswith("sabr")
+        if m["target"] is not None:
+            assert m["sparsity"] >= m["target"] - 1e-3
+    assert next(m for m in results["methods"] if m["name"] == "sabr_ft")["command"].startswith("sabr run ")
+    assert (tmp_path / "out" / "quick-fashion-lenet5.png").stat().st_size > 0
+    mtime = (tmp_path / "out" / "quick-fashion-lenet5.json").stat().st_mtime
+    time.sleep(0.01)
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert (tmp_path / "out" / "quick-fashion-lenet5.json").stat().st_mtime == mtime  # nothing trained, nothing written
+    assert "| sabr_ft | budget | 1 |" in second.stdout

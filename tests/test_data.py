@@ -80,6 +80,17 @@ def test_digits_split_is_stratified_72_18_10():
     assert np.array_equal(again.test, s.test)
 
 
+def test_train_per_class_subsamples_the_training_split_only():
+    ds = load_dataset("digits", Preprocess(8, 1))
+    whole, small = split_dataset(ds, seed=3), split_dataset(ds, seed=3, train_per_class=20)
+    assert np.array_equal(small.val, whole.val) and np.array_equal(small.test, whole.test)
+    assert set(small.train) <= set(whole.train) and len(small.train) == 200
+    assert np.bincount(ds.labels[small.train].numpy()).tolist() == [20] * 10
+    assert np.array_equal(split_dataset(ds, seed=3, train_per_class=20).train, small.train)  # seeded
+    assert not np.array_equal(split_dataset(ds, seed=4, train_per_class=20).train, small.train)
+    assert np.array_equal(split_dataset(ds, seed=3, train_per_class=10**6).train, whole.train)
+
+
 def write_idx(path, array):
     dims = array.shape
     with gzip.open(path, "wb") as f:

@@ -98,3 +98,17 @@ def test_bad_input_is_one_clear_message(tmp_path, capsys):
     cfg.write_text("epochs: 3\n")
     assert main(["run", "--config", str(cfg), "--quiet"]) == 2
     assert "unknown config key" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_base_checkpoint_skips_phase_1_and_starts_from_those_weights(run_dir, tmp_path):
+    out = tmp_path / "from-base"
+    code = main(["run", "--max-per-class", "40", "--teta1", "0.005", "--epochs-sabr", "1", "--sweep", "0.2",
+                 "--base-checkpoint", str(run_dir / "base.safetensors"), "--out", str(out), "--quiet"])
+    assert code == 0
+    given, ours = (json.loads((d / "summary.json").read_text())["base"] for d in (run_dir, out))
+    assert ours["epochs"] == 0  # no base epoch trained
+    assert ours["val_accuracy"] == given["val_accuracy"] and ours["test_accuracy"] == given["test_accuracy"]
+    base, _ = load_run(out, "base")
+    for name, t in load_run(run_dir, "base")[0].state_dict().items():
+        assert torch.equal(base.state_dict()[name], t), name

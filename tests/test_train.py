@@ -73,6 +73,14 @@ def test_best_among_validated_epochs_only():
     assert "val_accuracy" not in state.rows[0] and state.rows[2]["val_accuracy"] == 0.5
 
 
+def test_keep_now_leaves_epochs_out_of_the_best_rule_but_validates_them():
+    toy = Toy([0.0, 0.99, 0.2, 0.5, 0.3])
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(toy.opt, factor=0.5, patience=0)
+    state = toy.fit(4, keep="best", scheduler=sched, hooks=FitHooks(keep_now=lambda epoch: epoch >= 3))
+    assert toy.validated == [1, 2, 3, 4] and toy.weight == 3  # epoch 1 was better but short of the target
+    assert state.rows[2]["lr"] < 0.1  # every validation stepped the scheduler (val loss rose after epoch 1)
+
+
 def test_hooks_scheduler_stop_and_resume():
     toy = Toy([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(toy.opt, factor=0.5, patience=0)

@@ -80,10 +80,16 @@ class RunConfig:
     channels: int | None = _f(None, "input channels, 1 or 3 (default: 1 for digits/IDX, 3 for image folders)",
                                choices=[1, 3])
     max_per_class: int | None = _f(None, "use at most this many images per class (quick runs)", min=1)
+    train_per_class: int | None = _f(None, "keep at most this many TRAINING images per class, after the split; "
+                                           "validation and test stay whole (a small training set, exact figures)",
+                                     min=1)
     on_bad_image: str = _f("skip", "unreadable image files: 'skip' (listed in the run folder) or 'error'",
                            choices=["skip", "error"])
     pretrained: bool = _f(False, "start from torchvision's ImageNet weights (downloads them)")
     # training
+    base_checkpoint: str | None = _f(None, "skip phase 1: start from this trained model (a sabr checkpoint "
+                                           ".safetensors of the same --model and classes, e.g. another run's "
+                                           "checkpoints/base.safetensors); its accuracy is measured on this run's splits")
     epochs_base: int = _f(30, "phase 1 (base training) epochs", min=1)
     epochs_sabr: int = _f(60, "phase 2 (SABR) epoch limit; it ends earlier once every tensor is frozen or, with a "
                               "budget, after --patience epochs without gain", min=0)
@@ -168,6 +174,24 @@ class RunConfig:
     def to_dict(self) -> dict:
         """Every field, as plain values (what a run folder saves as its config)."""
         return dataclasses.asdict(self)
+
+    def command(self) -> str:
+        """The ``sabr run`` command line that makes this config: a flag for every value that differs from the
+        default (shell-quoted), which ``sabr run`` reads back into an equal config."""
+        import shlex
+
+        default, parts = RunConfig(), ["sabr", "run"]
+        for f in fields(self):
+            value, flag = getattr(self, f.name), "--" + f.name.replace("_", "-")
+            if value == getattr(default, f.name):
+                continue
+            if value is None:
+                raise ConfigError(f"{f.name}=None has no flag; write it in a YAML file (--config) instead.")
+            if isinstance(value, bool):
+                parts.append(flag if value else "--no-" + flag[2:])
+            else:
+                parts += [flag, *map(str, value if isinstance(value, list) else [value])]
+        return " ".join(shlex.quote(p) for p in parts)
 
     def sabr_settings(self) -> SabrSettings:
         """Phase 2's hyper-parameters (``teta1``, ``growth_rate``, ...) as a :class:`SabrSettings`

@@ -208,7 +208,9 @@ def load_dataset(
         ds = (_load_idx(path, idx, preprocess) if idx
               else _load_folder(path, preprocess, on_bad_image, progress, max_per_class, seed))
     if max_per_class and len(ds) > max_per_class * len(ds.classes):
-        ds = _limit_per_class(ds, max_per_class, seed)
+        keep = per_class(np.arange(len(ds)), ds.labels.numpy(), max_per_class, seed)
+        test_index = None if ds.test_index is None else np.flatnonzero(np.isin(keep, ds.test_index))
+        ds = ImageDataset(ds.name, ds.images[keep], ds.labels[keep], ds.classes, test_index, ds.skipped)
     if len(ds.classes) < 2:
         raise DataError(f"dataset {source} has {len(ds.classes)} class; classification needs at least 2 "
                         "class folders with images.")
@@ -339,14 +341,12 @@ def _load_folder(path: Path, pre: Preprocess, on_bad_image: str, progress: bool,
                         skipped=skipped)
 
 
-def _limit_per_class(ds: ImageDataset, n: int, seed: int) -> ImageDataset:
+def per_class(index: np.ndarray, labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """At most ``n`` of ``index`` per class (a random choice seeded with ``seed``), sorted; ``labels`` are
+    the whole dataset's (``labels[index]`` those of ``index``)."""
     rng = np.random.default_rng(seed)
-    y = ds.labels.numpy()
-    keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[:n] for c in range(len(ds.classes))]))
-    test_index = None
-    if ds.test_index is not None:
-        test_index = np.flatnonzero(np.isin(keep, ds.test_index))
-    return ImageDataset(ds.name, ds.images[keep], ds.labels[keep], ds.classes, test_index, ds.skipped)
+    y = labels[index]
+    return np.sort(np.concatenate([rng.permutation(index[y == c])[:n] for c in np.unique(y)]))
 
 
 # --------------------------------------------------------------------------- splits
@@ -359,10 +359,13 @@ class Splits:
     test: np.ndarray
 
 
-def split_dataset(ds: ImageDataset, seed: int = 0, test_fraction: float = 0.1, val_fraction: float = 0.2) -> Splits:
+def split_dataset(ds: ImageDataset, seed: int = 0, test_fraction: float = 0.1, val_fraction: float = 0.2,
+                  train_per_class: int | None = None) -> Splits:
     """Stratified split: ``test_fraction`` for test, then ``val_fraction`` of the rest for validation.
 
     With the defaults that is 72/18/10. A dataset that ships its own test split (IDX ``t10k``) keeps it.
+    ``train_per_class`` then keeps at most that many training images per class (:func:`per_class`,
+    seeded): validation and test stay whole, so their figures keep their full precision.
     """
     from sklearn.model_selection import train_test_split
 
@@ -379,6 +382,8 @@ def split_dataset(ds: ImageDataset, seed: int = 0, test_fraction: float = 0.1, v
         else:
             rest, test = train_test_split(index, test_size=test_fraction, stratify=y, random_state=seed)
         train, val = train_test_split(rest, test_size=val_fraction, stratify=y[rest], random_state=seed)
+        if train_per_class:
+            train = per_class(train, y, train_per_class, seed)
     except ValueError as exc:  # a split too small to hold one image of every class
         raise DataError(f"{len(y)} images are too few to split {len(ds.classes)} classes into training, validation "
                         f"and test sets with every class in each ({exc}); add images, or raise --max-per-class."

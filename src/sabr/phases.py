@@ -119,6 +119,12 @@ def train_base(exp: Experiment, model: nn.Module, *, epochs: int | None = None, 
     return model, state.rows
 
 
+def sabr_scheduler(optimizer: torch.optim.Optimizer):
+    """Phase 2's learning-rate schedule, shared by the fine-tune and the peers of :mod:`sabr.baselines`:
+    ReduceLROnPlateau on the validation loss, factor 0.51, patience 3, down to 1e-5."""
+    return plateau_scheduler(optimizer, 0.51, min_lr=1e-5)
+
+
 class _SabrNet:
     """The network phase 2 trains: DDP synchronises the trainable tensors it was built with, so it is
     rebuilt whenever SABR has frozen another tensor (a no-op for one process)."""
@@ -198,7 +204,7 @@ def train_sabr(exp: Experiment, model: nn.Module, *, epochs: int | None = None, 
     reg = SABR(model, **dataclasses.asdict(hyper), params=cfg.params, structured=cfg.structured,
                steps_per_epoch=steps_per_epoch(exp) if cfg.scale_teta1 else None)
     opt = exp.optimizer(model.parameters(), lr=(cfg.lr_sabr or cfg.lr) if lr is None else lr)
-    sched = plateau_scheduler(opt, 0.51, min_lr=1e-5)
+    sched = sabr_scheduler(opt)
     gen = phase_generator(cfg.seed, "sabr")
     state = None
     if resume is not None:
@@ -267,9 +273,10 @@ def finetune_masked(exp: Experiment, model: nn.Module, epochs: int, lr: float | 
 
     The zero pattern of the regularised tensors (``params``, default every Conv/Linear weight) is taken
     once at the start and re-applied after every optimizer step, so the sparsity never drops. The configured
-    optimizer at ``lr`` (default: the config's phase-2 rate), no penalty, dropout as the model has it. Every
-    parameter trains: tensors that SABR froze (``requires_grad=False``) are unfrozen. Returns the model
-    (best validation accuracy of the epochs, the starting weights included) and one row per epoch.
+    optimizer at ``lr`` (default: the config's phase-2 rate) with phase 2's ReduceLROnPlateau(factor 0.51,
+    min 1e-5), no penalty, dropout as the model has it. Every parameter trains: tensors that SABR froze
+    (``requires_grad=False``) are unfrozen. Returns the model (best validation accuracy of the epochs, the
+    starting weights included) and one row per epoch.
     """
     cfg = exp.config
     masks = zero_masks(model, params)
@@ -287,5 +294,5 @@ def finetune_masked(exp: Experiment, model: nn.Module, epochs: int, lr: float | 
     hooks = FitHooks(on_row=lambda r: log.info("fine-tune %3d/%d  loss %.4f  val %.2f%%", r["epoch"], epochs,
                                                r["train_loss"], 100 * r["val_accuracy"]))
     state = fit(model, opt, train, lambda: evaluate(model, exp.val, exp.preprocess, exp.device), epochs,
-                keep="best_or_start", hooks=hooks)
+                keep="best_or_start", scheduler=sabr_scheduler(opt), hooks=hooks)
     return model, state.rows

@@ -177,6 +177,11 @@ def _base_phase(exp: Experiment, folder: RunDir, model: nn.Module, state: dict |
     if state is not None and state["phase"] != "base":
         done = state["done"]["base"]
         return PhaseResult(model, done["rows"], done["val_accuracy"], done["test_accuracy"])
+    given = exp.config.base_checkpoint
+    if given:  # phase 1 done elsewhere: its weights, measured on this run's splits
+        load_weights_into(model, _read_checkpoint_weights(Path(given)), source=given)
+        log.info("phase 1 skipped: the base model is %s", given)
+        return _finish(exp, folder, "base", model, [])
     model, rows = train_base(exp, model, progress=progress, resume=state, on_epoch=_saver(exp, folder, "base", {}))
     return _finish(exp, folder, "base", model, rows)
 
@@ -214,7 +219,11 @@ def _copy_weights(model: nn.Module) -> dict:
 
 def _read_base_weights(exp: Experiment, folder: RunDir) -> dict:
     """The base checkpoint's weights (a resumed run's phase 1 lives only there), integrity checked."""
-    path = folder.checkpoint("base")
+    return _read_checkpoint_weights(folder.checkpoint("base"))
+
+
+def _read_checkpoint_weights(path: Path) -> dict:
+    """The weights of the checkpoint ``path`` (with or without its suffix), integrity checked."""
     return read_weights(path.with_suffix(".safetensors"), read_metadata(path).get("weights_sha256"))
 
 

@@ -263,6 +263,8 @@ class FitHooks:
             scheduler and keep-best rule) for that epoch, e.g. while gradual pruning still ramps up.
         row_fields: ``row_fields(row)`` returns extra history fields for the epoch's row (after the
             scheduler step), e.g. SABR's ``step`` and its action, drop and lambdas.
+        keep_now: ``keep_now(epoch)`` after validating; False leaves the epoch out of the keep-best rule
+            (its validation still steps the scheduler), e.g. while gradual pruning is short of its target.
         on_row: ``on_row(row)`` once the row is complete (logging).
         on_epoch: ``on_epoch(state)`` at the end of every epoch, best weights updated (e.g. to save a
             resume state).
@@ -271,6 +273,7 @@ class FitHooks:
 
     validate_now: Callable[[int], bool] | None = None
     row_fields: Callable[[dict], dict] | None = None
+    keep_now: Callable[[int], bool] | None = None
     on_row: Callable[[dict], None] | None = None
     on_epoch: Callable[[FitState], None] | None = None
     stop: Callable[[], bool] | None = None
@@ -317,7 +320,8 @@ def _fit_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, train: Callab
     state.rows.append(row)
     if hooks.on_row is not None:
         hooks.on_row(row)
-    if keep != "last" and "val_accuracy" in row and row["val_accuracy"] > state.best_accuracy:
+    eligible = "val_accuracy" in row and (hooks.keep_now is None or hooks.keep_now(state.epoch))
+    if keep != "last" and eligible and row["val_accuracy"] > state.best_accuracy:
         state.best_accuracy, state.best_model = row["val_accuracy"], copy.deepcopy(model.state_dict())
     if hooks.on_epoch is not None:
         hooks.on_epoch(state)
