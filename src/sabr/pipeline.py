@@ -202,7 +202,8 @@ def _sabr_phase(exp: Experiment, folder: RunDir, base: PhaseResult, state: dict 
                                cfg.prune_teta1 or 0.2, cfg.gamma, cfg.params)
     model, reg, rows = train_sabr(exp, base.model, progress=progress, budget=budget, resume=resume,
                                   on_epoch=_saver(exp, folder, "sabr", done))
-    kept = budget.kept()[0] if budget is not None and budget.kept()[1] is not None else len(rows)
+    kept_epoch, kept_weights, _ = budget.kept() if budget is not None else (len(rows), None, False)
+    kept = kept_epoch if kept_weights is not None else len(rows)
     stopped = ("all_frozen" if reg.all_frozen else
                "no_gain" if budget is not None and budget.exhausted else "epoch_limit")
     result = _finish(exp, folder, "sabr", model, rows)
