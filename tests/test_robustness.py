@@ -183,3 +183,11 @@ def test_config_yaml_is_written_whole_or_not_at_all(tmp_path, monkeypatch, capsy
     code, err = _cli(["run", *TINY, "--out", str(tmp_path / "o")], capsys)
     _one_sentence(code, err, "disk is full")
     assert not (tmp_path / "o" / "config.yaml").exists() and not list((tmp_path / "o").glob("*.tmp"))
+
+
+@pytest.mark.parametrize("flags", [["--teta1", "nan"], ["--teta1", "0.2", "-1"], ["--gamma", "inf"]])
+def test_prune_factors_are_checked_before_any_work(flags, runs, capsys):
+    assert main(["prune", "--run", str(runs["done"]), "--quiet", *flags]) == 2
+    err = capsys.readouterr().err
+    assert "must be finite numbers >= 0" in err and "Traceback" not in err
+    assert not (runs["done"] / "tradeoff.json").exists()

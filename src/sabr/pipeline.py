@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from .budget import BudgetTracker, Trial, budget_floor, prune_copy, search_prune
 from .checkpoint import check_trusted, load_weights_into, read_metadata, read_weights, save_checkpoint, write_json
 from .config import RunConfig
 from .distributed import DistContext, init_from_env, shutdown
-from .errors import SabrError
+from .errors import ConfigError, SabrError
 from .experiment import Experiment, evaluate_split, prepare
 from .export import load_run
 from .integrations.tensorboard import logger_for
@@ -368,10 +369,13 @@ def reprune(run_dir: str | Path, teta1_values, gamma: float = 0.1, progress: boo
     The run's own data split is rebuilt from its saved config, so accuracies are on the same test split.
     """
     folder = RunDir(run_dir)
-    model, meta = load_run(folder.path, "sabr", trust_model_code=trust_model_code)
     if not folder.config.is_file():
         raise SabrError(f"{folder.config} is missing; `sabr prune` needs a run folder written by `sabr run`.")
+    bad = [v for v in [*teta1_values, gamma] if not (math.isfinite(v) and v >= 0)]
+    if bad:
+        raise ConfigError(f"pruning factors (--teta1) and --gamma must be finite numbers >= 0, got {bad[0]}.")
     cfg = RunConfig.from_dict({**folder.read_config(), "device": "cpu"})
+    model, meta = load_run(folder.path, "sabr", trust_model_code=trust_model_code)
     exp = prepare(cfg, progress)
     exp.preprocess = meta["transform"]
     model.to(exp.device)
