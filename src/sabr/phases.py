@@ -167,12 +167,13 @@ def steps_per_epoch(exp: Experiment) -> int:
     return math.ceil(math.ceil(len(exp.train) / exp.dist.world_size) / exp.config.batch_size)
 
 
-def resolve_threshold(exp: Experiment, model: nn.Module, settings: SabrSettings) -> SabrSettings:
+def resolve_threshold(exp: Experiment, model: nn.Module, settings: SabrSettings,
+                      val_accuracy: float | None = None) -> SabrSettings:
     """``settings`` with an ``"auto"`` accuracy threshold replaced by :func:`sabr.regularizer.auto_threshold`
-    of ``model``'s validation accuracy and the validation split's size."""
+    of ``model``'s validation accuracy (``val_accuracy`` when the caller has it) and the validation split's size."""
     if settings.accuracy_threshold != "auto":
         return settings
-    _, acc = evaluate_split(exp, model, exp.val)
+    acc = evaluate_split(exp, model, exp.val)[1] if val_accuracy is None else val_accuracy
     return dataclasses.replace(settings, accuracy_threshold=auto_threshold(acc, len(exp.val)))
 
 

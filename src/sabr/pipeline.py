@@ -31,7 +31,8 @@ from .export import load_run
 from .integrations.tensorboard import logger_for
 from .metrics import sparsity_report
 from .models import set_dropout
-from .phases import bn_recalibrator, finetune_masked, prune_and_evaluate, sweep, train_base, train_sabr
+from .phases import (bn_recalibrator, finetune_masked, prune_and_evaluate, resolve_threshold, sweep, train_base,
+                     train_sabr)
 from .pruning import prune
 from .regularizer import SABR
 from .rundir import RunDir
@@ -201,7 +202,8 @@ def _sabr_phase(exp: Experiment, folder: RunDir, base: PhaseResult, state: dict 
     if cfg.max_drop is not None:
         budget = BudgetTracker(budget_floor(base.val_accuracy, cfg.max_drop), cfg.patience,
                                cfg.prune_teta1 or 0.2, cfg.gamma, cfg.params)
-    model, reg, rows = train_sabr(exp, base.model, progress=progress, budget=budget, resume=resume,
+    settings = resolve_threshold(exp, base.model, cfg.sabr_settings(), base.val_accuracy)  # measured in phase 1
+    model, reg, rows = train_sabr(exp, base.model, settings=settings, progress=progress, budget=budget, resume=resume,
                                   on_epoch=_saver(exp, folder, "sabr", done))
     kept_epoch, kept_weights, _ = budget.kept() if budget is not None else (len(rows), None, False)
     kept = kept_epoch if kept_weights is not None else len(rows)
