@@ -370,14 +370,14 @@ def reprune(run_dir: str | Path, teta1_values, gamma: float = 0.1, progress: boo
 
     The run's own data split is rebuilt from its saved config, so accuracies are on the same test split.
     """
-    folder = RunDir(run_dir)
-    if not folder.config.is_file():
-        raise SabrError(f"{folder.config} is missing; `sabr prune` needs a run folder written by `sabr run`.")
     bad = [v for v in [*teta1_values, gamma] if not (math.isfinite(v) and v >= 0)]
     if bad:
         raise ConfigError(f"pruning factors (--teta1) and --gamma must be finite numbers >= 0, got {bad[0]}.")
-    cfg = RunConfig.from_dict({**folder.read_config(), "device": "cpu"})
+    folder = RunDir(run_dir)
     model, meta = load_run(folder.path, "sabr", trust_model_code=trust_model_code)
+    if not folder.config.is_file():
+        raise SabrError(f"{folder.config} is missing; `sabr prune` needs a run folder written by `sabr run`.")
+    cfg = RunConfig.from_dict({**folder.read_config(), "device": "cpu"})
     exp = prepare(cfg, progress)
     exp.preprocess = meta["transform"]
     model.to(exp.device)
