@@ -107,6 +107,55 @@ class ChannelGraph(UnionFind):
         return self.spaces[self.find(i)]
 
 
+@dataclass
+class TiedGroup:
+    """Channel spaces that must lose the same channels: one space, or several tied by depthwise convolutions.
+
+    ``members`` are space roots; ``tied_consumers[root]`` names the depthwise convolutions that carry
+    channel ``j`` of that space to the next member (they read the space but are part of the group, not
+    readers to fold into); ``channels`` is the common channel count (None when the spaces disagree or
+    nothing in them says); ``locked`` is True when any member is.
+    """
+
+    members: list[int]
+    tied_consumers: dict[int, set[str]]
+    channels: int | None
+    locked: bool
+
+
+def space_channels(sp: Space, modules: dict) -> int | None:
+    """The number of channels of a space (None if nothing in it says)."""
+    for p in sp.producers:
+        m = modules[p]
+        return m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+    for name in sp.per_channel:
+        return modules[name].num_features
+    return None
+
+
+def tied_groups(g: ChannelGraph, modules: dict) -> list[TiedGroup]:
+    """Every space of ``g`` in exactly one :class:`TiedGroup`, in the order the spaces were created."""
+    groups = UnionFind()
+    for r in g.spaces:
+        groups.add(r)
+    tied_consumers: dict[int, set[str]] = {r: set() for r in g.spaces}
+    for a, b in g.ties:
+        ra, rb = g.find(a), g.find(b)
+        for name, _, _ in g.spaces[ra].consumers:
+            if is_depthwise(modules[name]) and name in g.spaces[rb].producers:
+                tied_consumers[ra].add(name)
+        groups.union(ra, rb)
+    members_of: dict[int, list[int]] = {}
+    for r in g.spaces:
+        members_of.setdefault(groups.find(r), []).append(r)
+    out = []
+    for members in members_of.values():
+        sizes = {space_channels(g.spaces[r], modules) for r in members} - {None}
+        out.append(TiedGroup(members, {r: tied_consumers[r] for r in members},
+                             sizes.pop() if len(sizes) == 1 else None, any(g.spaces[r].locked for r in members)))
+    return out
+
+
 class _Recorder(torch.fx.Interpreter):
     """Runs the traced model and keeps every node's output (for shapes and constant values)."""
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ._files import plain_meta, save_export
-from .graph import ChannelGraph, Space, UnionFind, is_depthwise, trace_channels
+from .graph import ChannelGraph, Space, is_depthwise, trace_channels, tied_groups
 
 log = logging.getLogger(__name__)
 
@@ -75,47 +75,23 @@ def shrink(model: nn.Module, example_input: torch.Tensor) -> tuple[nn.Module, Sh
 def _kept_channels(g: ChannelGraph, modules: dict, values: dict) -> dict[int, list[int]]:
     """Space root -> the channel indices it keeps, for the spaces that lose any.
 
-    Spaces tied by depthwise convolutions form one group and remove the same channels: a channel goes
-    only when every space of its group can lose it (at least one channel always stays).
+    Spaces tied by depthwise convolutions form one group (:func:`~sabr.export.graph.tied_groups`) and
+    remove the same channels: a channel goes only when every space of its group can lose it (at least one
+    channel always stays).
     """
-    groups = UnionFind()
-    for r in g.spaces:
-        groups.add(r)
-    tied_consumers: dict[int, set[str]] = {r: set() for r in g.spaces}
-    for a, b in g.ties:
-        ra, rb = g.find(a), g.find(b)
-        for name, _, _ in g.spaces[ra].consumers:
-            if is_depthwise(modules[name]) and name in g.spaces[rb].producers:
-                tied_consumers[ra].add(name)
-        groups.union(ra, rb)
-    members_of: dict[int, list[int]] = {}
-    for r in g.spaces:
-        members_of.setdefault(groups.find(r), []).append(r)
-
     keep: dict[int, list[int]] = {}
-    for members in members_of.values():
-        sizes = {_space_channels(g.spaces[r], modules) for r in members} - {None}
-        if len(sizes) != 1:
+    for group in tied_groups(g, modules):
+        if group.channels is None:
             continue
-        n = sizes.pop()
+        n = group.channels
         removable = torch.ones(n, dtype=torch.bool)
-        for r in members:
-            removable &= _removable(g.spaces[r], n, modules, values, tied_consumers[r])
+        for r in group.members:
+            removable &= _removable(g.spaces[r], n, modules, values, group.tied_consumers[r])
         kept = [j for j in range(n) if not removable[j]] or [0]
         if len(kept) < n:
-            for r in members:
+            for r in group.members:
                 keep[r] = kept
     return keep
-
-
-def _space_channels(sp: Space, modules: dict) -> int | None:
-    """The number of channels of a space (None if nothing in it says)."""
-    for p in sp.producers:
-        m = modules[p]
-        return m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
-    for name in sp.per_channel:
-        return modules[name].num_features
-    return None
 
 
 def _cols(j: int, hw: int) -> range:
