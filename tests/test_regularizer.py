@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from sabr import SABR, ConfigError
+from sabr.channels import channel_groups
 from sabr.regularizer import auto_threshold
 
 
@@ -198,17 +199,19 @@ def test_custom_params_and_errors():
     assert math.isclose(reg.mean_lambda(), sum(reg.lambdas.values()) / 2)
 
 
-def test_structured_penalty_is_group_l1_on_output_channels():
+def test_group_penalty_is_group_lasso_over_coupled_channels():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(12, 4))
-    plain, grouped = SABR(model), SABR(model, structured=True)
-    expected = sum(plain.lambdas[n] * p.reshape(p.shape[0], -1).norm(dim=1).sum() * (p[0].numel() ** 0.5)
-                   for n, p in plain.params.items())
+    groups = channel_groups(model, torch.zeros(1, 2, 4, 4))
+    assert [(g.name, g.weights, g.channels) for g in groups] == [("0", ("0.weight",), 3)]
+    grouped = SABR(model, groups=groups)
+    w = model[0].weight
+    assert grouped.lambdas == {"0": pytest.approx(grouped.teta1 * np.std(w.detach().numpy()))}
+    expected = grouped.lambdas["0"] * w.reshape(3, -1).norm(dim=1).sum() * w[0].numel() ** 0.5
     assert torch.allclose(grouped.penalty(), expected)
-    assert not torch.allclose(plain.penalty(), grouped.penalty())
-    # same lambdas and schedule; the flag survives a state_dict round trip
-    assert plain.lambdas == grouped.lambdas
-    again = SABR(model)
+    assert list(grouped.params) == ["0.weight"] and list(grouped.units) == ["0"]
+    again = SABR(model, groups=groups)
     again.load_state_dict(grouped.state_dict())
-    assert again.structured and torch.allclose(again.penalty(), expected)
-
+    assert torch.allclose(again.penalty(), expected)
+    with pytest.raises(ConfigError, match="same model and mode"):
+        SABR(model).load_state_dict(grouped.state_dict())

@@ -55,6 +55,7 @@ class BudgetTracker:
         prune_teta1: the pruning factor the prunable sparsity is measured with (the rule's 0.2).
         gamma: the pruning rule's ``gamma``.
         params: the regularised tensors (``None``: every Conv/Linear weight).
+        groups: structured mode: the channel groups the pruning rule removes channels of.
     """
 
     floor: float
@@ -62,6 +63,7 @@ class BudgetTracker:
     prune_teta1: float = 0.2
     gamma: float = 0.1
     params: list[str] | None = None
+    groups: list | None = field(default=None, repr=False)
     best_epoch: int = 0
     best_sparsity: float = -1.0
     best_model: dict[str, torch.Tensor] | None = None
@@ -72,7 +74,7 @@ class BudgetTracker:
 
     def update(self, model: nn.Module, epoch: int, val_accuracy: float) -> float:
         """Score one finished epoch; returns its prunable sparsity. Keeps a copy of the weights on a gain."""
-        sparsity = prunable_sparsity(model, self.prune_teta1, self.gamma, self.params)
+        sparsity = prunable_sparsity(model, self.prune_teta1, self.gamma, self.params, self.groups)
         if val_accuracy >= self.floor and (1 - sparsity) <= (1 - self.best_sparsity) * (1 - MIN_GAIN):
             self.best_epoch, self.best_sparsity, self.since_gain = epoch, sparsity, 0
             self.best_model = _copy(model)
@@ -95,13 +97,15 @@ class BudgetTracker:
         return self.fallback_epoch, self.fallback_model, False
 
     def state_dict(self) -> dict:
-        """Everything the tracker holds (tensors and JSON values), for the resume state."""
-        return asdict(self)
+        """Everything the tracker holds (tensors and JSON values), for the resume state (not the groups,
+        which the run derives from its model)."""
+        return {k: v for k, v in asdict(self).items() if k != "groups"}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a :meth:`state_dict`."""
         for key, value in state.items():
-            setattr(self, key, value)
+            if key != "groups":
+                setattr(self, key, value)
 
 
 def _copy(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -141,11 +145,11 @@ def choose(trials: Iterable[Trial], floor: float) -> tuple[Trial, bool]:
 
 
 def prune_copy(model: nn.Module, factor: float, gamma: float, params=None,
-               recalibrate: Callable[[nn.Module], None] | None = None) -> tuple[nn.Module, list]:
+               recalibrate: Callable[[nn.Module], None] | None = None, groups=None) -> tuple[nn.Module, list]:
     """A pruned copy of ``model`` at ``factor`` (BatchNorm recalibrated when ``recalibrate`` is given),
-    and :func:`sabr.pruning.prune`'s per-layer figures."""
+    and :func:`sabr.pruning.prune`'s per-layer figures (``groups``: whole channels, structured mode)."""
     pruned = copy.deepcopy(model)
-    layers = prune(pruned, teta1=factor, gamma=gamma, params=params)
+    layers = prune(pruned, teta1=factor, gamma=gamma, params=params, groups=groups)
     if recalibrate is not None:
         recalibrate(pruned)
     return pruned, layers
@@ -154,7 +158,8 @@ def prune_copy(model: nn.Module, factor: float, gamma: float, params=None,
 def search_prune_factor(model: nn.Module, validate: Callable[[nn.Module], float], floor: float,
                         gamma: float = 0.1, params=None, recalibrate: Callable[[nn.Module], None] | None = None,
                         factors: Iterable[float] = FACTORS, done: list[Trial] | None = None,
-                        on_trial: Callable[[list[Trial]], None] | None = None) -> tuple[Trial, bool, list[Trial]]:
+                        on_trial: Callable[[list[Trial]], None] | None = None,
+                        groups=None) -> tuple[Trial, bool, list[Trial]]:
     """Try every pruning factor on copies of ``model`` and :func:`choose` among them.
 
     Args:
@@ -167,6 +172,7 @@ def search_prune_factor(model: nn.Module, validate: Callable[[nn.Module], float]
         factors: the factors to try.
         done: trials already made (a resumed search continues after them).
         on_trial: called with the trials so far after each new one (e.g. to save a resume state).
+        groups: structured mode: prune whole channels of these groups (:mod:`sabr.channels`).
 
     Returns:
         ``(chosen trial, whether it fits the budget, every trial)``.
@@ -175,7 +181,7 @@ def search_prune_factor(model: nn.Module, validate: Callable[[nn.Module], float]
     for factor in factors:
         if any(t.factor == factor for t in trials):
             continue
-        pruned, layers = prune_copy(model, factor, gamma, params, recalibrate)
+        pruned, layers = prune_copy(model, factor, gamma, params, recalibrate, groups)
         zeros = sum(l.total - l.nonzero for l in layers)
         trials.append(Trial(factor, zeros / sum(l.total for l in layers), float(validate(pruned))))
         log.debug("budget: factor %g -> sparsity %.4f, val %.4f", factor, trials[-1].sparsity, trials[-1].val_accuracy)

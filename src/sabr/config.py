@@ -132,7 +132,8 @@ class RunConfig:
                                                  f"{SABR_DEFAULTS.accuracy_threshold:g}")
     k_epoch: int = _f(SABR_DEFAULTS.k_epoch, "epochs without growth before one tensor freezes", min=1)
     zero_eps: float = _f(SABR_DEFAULTS.zero_eps, "|w| below this counts as near zero during phase 2", gt=0)
-    structured: bool = _f(False, "group-wise L1 on output channels (removable channels for `sabr export --format shrunk`)")
+    structured: bool = _f(False, "structured SABR: one lambda per group of coupled output channels, whole channels "
+                                 "pruned; the shrunk model (`sabr export --format shrunk`) is faster")
     params: list[str] | None = _f(None, "names of the tensors to regularise (default: every Conv/Linear weight)",
                                   nargs="+")
     # pruning (phase 3)

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .channels import ChannelGroup, channel_groups
 from .experiment import Experiment, evaluate_split
 from .metrics import sparsity_report
 from .models import set_dropout
@@ -154,9 +155,9 @@ def _log_sabr_row(r: dict, epochs: int, reg: SABR, budget: BudgetTracker | None)
     prunable = f"  prunable {100 * r['prunable_sparsity']:.1f}%" if "prunable_sparsity" in r else ""
     log.info("sabr  %3d/%d  loss %.4f  val %.2f%%  %s  near-zero %.1f%%%s  frozen %d/%d%s", r["epoch"], epochs,
              r["train_loss"], 100 * r["val_accuracy"], r["action"], 100 * r["near_zero_sparsity"], prunable,
-             r["frozen"], len(reg.params), f" (froze {r['froze']})" if r["froze"] else "")
+             r["frozen"], len(reg.units), f" (froze {r['froze']})" if r["froze"] else "")
     if reg.all_frozen:
-        log.info("every regularised tensor is frozen: phase 2 stops after %d epochs", r["epoch"])
+        log.info("every regularised tensor (or channel group) is frozen: phase 2 stops after %d epochs", r["epoch"])
     elif budget is not None and budget.exhausted:
         log.info("%d epochs without a sparser model within the budget: phase 2 stops after %d epochs",
                  budget.patience, r["epoch"])
@@ -165,6 +166,14 @@ def _log_sabr_row(r: dict, epochs: int, reg: SABR, budget: BudgetTracker | None)
 def steps_per_epoch(exp: Experiment) -> int:
     """Optimizer steps in one epoch of this process (its shard of the training split)."""
     return math.ceil(math.ceil(len(exp.train) / exp.dist.world_size) / exp.config.batch_size)
+
+
+def channel_groups_of(exp: Experiment, model: nn.Module) -> list[ChannelGroup] | None:
+    """The channel groups structured SABR works on (``--structured``; :func:`sabr.channels.channel_groups`
+    of ``model`` at the run's input shape), or None in the default unstructured mode."""
+    if not exp.config.structured:
+        return None
+    return channel_groups(model, exp.example_input(), exp.config.params)
 
 
 def resolve_threshold(exp: Experiment, model: nn.Module, settings: SabrSettings,
@@ -202,7 +211,7 @@ def train_sabr(exp: Experiment, model: nn.Module, *, epochs: int | None = None, 
     else:  # the threshold the run started with (an "auto" one was resolved from the base model)
         hyper = dataclasses.replace(hyper, accuracy_threshold=resume["sabr"]["accuracy_threshold"])
     set_dropout(model, 0.0)
-    reg = SABR(model, **dataclasses.asdict(hyper), params=cfg.params, structured=cfg.structured,
+    reg = SABR(model, **dataclasses.asdict(hyper), params=cfg.params, groups=channel_groups_of(exp, model),
                steps_per_epoch=steps_per_epoch(exp) if cfg.scale_teta1 else None)
     opt = exp.optimizer(model.parameters(), lr=(cfg.lr_sabr or cfg.lr) if lr is None else lr)
     sched = sabr_scheduler(opt)

@@ -22,6 +22,7 @@ from torch import nn
 
 from . import report
 from .budget import BudgetTracker, Trial, budget_floor, prune_copy, search_prune_factor
+from .channels import group_parameters
 from .checkpoint import check_trusted, load_weights_into, read_metadata, read_weights, save_checkpoint, write_json
 from .config import RunConfig
 from .distributed import DistContext, init_from_env, shutdown
@@ -31,8 +32,8 @@ from .export import load_run
 from .integrations.tensorboard import logger_for
 from .metrics import sparsity_report
 from .models import set_dropout
-from .phases import (bn_recalibrator, finetune_masked, prune_and_evaluate, resolve_threshold, sweep, train_base,
-                     train_sabr)
+from .phases import (bn_recalibrator, channel_groups_of, finetune_masked, prune_and_evaluate, resolve_threshold,
+                     sweep, train_base, train_sabr)
 from .pruning import prune
 from .regularizer import SABR
 from .rundir import RunDir
@@ -105,6 +106,8 @@ def _run(config: RunConfig, progress: bool, overwrite: bool, resume: bool, dist:
         "base": base.figures(), "sabr": sabr.figures(), "pruned": pruned_figures}, choice.curve(), resolved)
     summary.update(budget=choice.summary(base, sabr, pruned_figures), base_pruned=choice.base_figures,
                    threads=torch.get_num_threads(), warnings=warnings, seconds=round(time.perf_counter() - started, 1))
+    if reg.groups is not None:
+        summary["structured"] = report.structured_figures(pruned, list(reg.groups.values()), exp.example_input())
     if dist.is_main:
         report.write_run_report(folder, summary, base.rows, sabr.rows, reg.history)
         folder.drop_resume()  # the run is complete: nothing left to resume
@@ -201,7 +204,7 @@ def _sabr_phase(exp: Experiment, folder: RunDir, base: PhaseResult, state: dict 
     budget = None
     if cfg.max_drop is not None:
         budget = BudgetTracker(budget_floor(base.val_accuracy, cfg.max_drop), cfg.patience,
-                               cfg.prune_teta1 or 0.2, cfg.gamma, cfg.params)
+                               cfg.prune_teta1 or 0.2, cfg.gamma, cfg.params, channel_groups_of(exp, base.model))
     settings = resolve_threshold(exp, base.model, cfg.sabr_settings(), base.val_accuracy)  # measured in phase 1
     model, reg, rows = train_sabr(exp, base.model, settings=settings, progress=progress, budget=budget, resume=resume,
                                   on_epoch=_saver(exp, folder, "sabr", done))
@@ -237,7 +240,7 @@ def _saved_sabr(exp: Experiment, folder: RunDir, base: PhaseResult, state: dict)
     model = base.model
     set_dropout(model, 0.0)
     load_weights_into(model, state["sabr_model"], source="the resume state")
-    reg = SABR(model, params=exp.config.params)
+    reg = SABR(model, params=exp.config.params, groups=channel_groups_of(exp, model))
     reg.load_state_dict(state["sabr_state"])
     result = PhaseResult(model, saved["rows"], saved["val_accuracy"], saved["test_accuracy"], saved["extra"])
     return result, reg, _read_base_weights(exp, folder)
@@ -289,6 +292,7 @@ def _budget_phase(exp: Experiment, folder: RunDir, base: PhaseResult, sabr: Phas
     trials = {k: [Trial(**t) for t in v] for k, v in saved.items()}
     done = {"base": base.saved(), "sabr": sabr.saved()}
     results = {}
+    groups = channel_groups_of(exp, base_model)
     for name, model in (("sabr", sabr.model), ("base", base_model)):
         def on_trial(ts: list[Trial], name: str = name) -> None:
             trials[name] = ts
@@ -297,7 +301,7 @@ def _budget_phase(exp: Experiment, folder: RunDir, base: PhaseResult, sabr: Phas
                                     "trials": {k: [asdict(t) for t in v] for k, v in trials.items()},
                                     "sabr_model": sabr.model.state_dict(), "sabr_state": reg.state_dict()})
         results[name] = search_prune_factor(model, validate, floor, cfg.gamma, cfg.params, recal, factors,
-                                            done=trials.get(name), on_trial=on_trial)
+                                            done=trials.get(name), on_trial=on_trial, groups=groups)
     (chosen, fits, ts), (b_chosen, b_fits, b_ts) = results["sabr"], results["base"]
     if cfg.prune_teta1 is not None:
         chosen = next(t for t in ts if t.factor == cfg.prune_teta1)
@@ -321,18 +325,20 @@ def _prune_phase(exp: Experiment, folder: RunDir, model: nn.Module, choice: Budg
     """
     cfg = exp.config
     recal = bn_recalibrator(exp) if cfg.bn_recalibrate else None
+    groups = channel_groups_of(exp, model)
     if cfg.epsilon is not None:
         pruned = copy.deepcopy(model)
-        layer_stats = prune(pruned, epsilon=cfg.epsilon, params=cfg.params)
+        layer_stats = prune(pruned, epsilon=cfg.epsilon, params=cfg.params, groups=groups)
         if recal is not None:
             recal(pruned)
     else:
-        pruned, layer_stats = prune_copy(model, choice.chosen.factor, cfg.gamma, cfg.params, recal)
-    base_pruned, _ = prune_copy(choice.base_model, choice.base_chosen.factor, cfg.gamma, cfg.params, recal)
+        pruned, layer_stats = prune_copy(model, choice.chosen.factor, cfg.gamma, cfg.params, recal, groups)
+    base_pruned, _ = prune_copy(choice.base_model, choice.base_chosen.factor, cfg.gamma, cfg.params, recal, groups)
     _, test = evaluate_split(exp, pruned, exp.test)
     figures = {"test_accuracy": test}
     if cfg.finetune_epochs:
-        pruned, rows = finetune_masked(exp, pruned, cfg.finetune_epochs, params=cfg.params,
+        kept_zero = cfg.params if groups is None else group_parameters(groups)  # pruned channels stay exactly zero
+        pruned, rows = finetune_masked(exp, pruned, cfg.finetune_epochs, params=kept_zero,
                                        progress=progress and exp.dist.is_main)
         _, tuned = evaluate_split(exp, pruned, exp.test)
         log.info("masked fine-tune: test accuracy %.2f%% -> %.2f%%", 100 * test, 100 * tuned)

@@ -8,16 +8,22 @@ For each regularised tensor ``w`` (spec, phase 3)::
     w[|w| < threshold] = 0
 
 A plain mode with one fixed ``epsilon`` threshold for every tensor exists too.
+
+Structured mode (``groups=``, :mod:`sabr.channels`) applies the same rule to the channels of each group:
+``s`` is the std of the channels' root mean squares, and a channel below the threshold has every weight
+of its row, its biases and its BatchNorm scale and shift set to zero (each group keeps at least its
+largest channel): the channel then carries exactly zero and :func:`sabr.shrink` removes it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn
 
+from .channels import ChannelGroup, channel_rms
 from .errors import ConfigError
 from .regularizer import population_std, resolve_params
 
@@ -55,6 +61,7 @@ def prune(
     gamma: float = 0.1,
     epsilon: float | None = None,
     params: Iterable[str] | None = None,
+    groups: Sequence[ChannelGroup] | None = None,
 ) -> list[LayerPruning]:
     """Set every weight below its layer's threshold to exactly 0, in place.
 
@@ -64,12 +71,17 @@ def prune(
         gamma: weights with ``|w| < gamma * std(w)`` are left out of that std (default 0.1).
         epsilon: if given, a fixed threshold used for every tensor instead (plain mode).
         params: names of the tensors to prune; default: weights of every Conv and Linear module.
+        groups: structured mode: remove whole channels of these groups instead (``params`` is ignored;
+            ``epsilon`` is then a fixed threshold on the channels' root mean square).
 
     Returns:
-        One :class:`LayerPruning` per tensor, in ``named_parameters()`` order.
+        One :class:`LayerPruning` per tensor, in ``named_parameters()`` order (in structured mode, per
+        tensor of each group in turn, with its group's threshold).
     """
     if teta1 < 0 or gamma < 0 or (epsilon is not None and epsilon < 0):
         raise ConfigError(f"pruning thresholds must be >= 0 (teta1={teta1}, gamma={gamma}, epsilon={epsilon}).")
+    if groups is not None:
+        return _prune_channels(model, groups, teta1, gamma, epsilon)
     stats = []
     for name, p in resolve_params(model, params).items():
         threshold = float(epsilon) if epsilon is not None else prune_threshold(p, teta1, gamma)
@@ -80,14 +92,47 @@ def prune(
     return stats
 
 
+def _removed_channels(named: dict, group: ChannelGroup, teta1: float, gamma: float,
+                      epsilon: float | None) -> tuple[torch.Tensor, float]:
+    """``(boolean mask of the channels the rule removes, threshold)`` for one group; the largest stays."""
+    rms = channel_rms(named, group)
+    threshold = float(epsilon) if epsilon is not None else prune_threshold(rms, teta1, gamma)
+    drop = rms < threshold
+    if bool(drop.all()):
+        drop[int(rms.argmax())] = False
+    return drop, threshold
+
+
+def _prune_channels(model: nn.Module, groups: Sequence[ChannelGroup], teta1: float, gamma: float,
+                    epsilon: float | None) -> list[LayerPruning]:
+    named = dict(model.named_parameters())
+    stats = []
+    for group in groups:
+        drop, threshold = _removed_channels(named, group, teta1, gamma, epsilon)
+        for name in group.parameters:
+            named[name][drop.to(named[name].device)] = 0.0
+        for name in group.weights:
+            nonzero = int(torch.count_nonzero(named[name]))
+            stats.append(LayerPruning(name, threshold, named[name].numel(), nonzero, 1.0 - nonzero / named[name].numel()))
+    return stats
+
+
 @torch.no_grad()
 def prunable_sparsity(model: nn.Module, teta1: float = 0.2, gamma: float = 0.1,
-                      params: Iterable[str] | None = None) -> float:
+                      params: Iterable[str] | None = None, groups: Sequence[ChannelGroup] | None = None) -> float:
     """The overall sparsity :func:`prune` with these factors would give, without changing the model.
 
-    A cheap figure of merit (thresholds and counts, no forward pass) that phase 2 tracks every epoch.
+    A cheap figure of merit (thresholds and counts, no forward pass) that phase 2 tracks every epoch. In
+    structured mode (``groups``) it counts the weights of the channels the rule would remove.
     """
     zeros = total = 0
+    if groups is not None:
+        named = dict(model.named_parameters())
+        for group in groups:
+            drop, _ = _removed_channels(named, group, teta1, gamma, None)
+            d = sum(named[w][0].numel() for w in group.weights)
+            zeros, total = zeros + int(drop.sum()) * d, total + group.channels * d
+        return zeros / max(total, 1)
     for p in resolve_params(model, params).values():
         zeros += int((p.abs() < prune_threshold(p, teta1, gamma)).sum())
         total += p.numel()

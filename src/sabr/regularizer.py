@@ -14,6 +14,10 @@ The rules follow ``spec/SABR.md`` exactly:
   is multiplied by ``growth_rate`` and the counters reset to 0. Then ``best = max(best, acc)`` and
   every lambda is appended to its history.
 
+Structured SABR (``groups=``, :mod:`sabr.channels`) applies the same rules to channel groups instead of
+tensors: one lambda per group of coupled output channels, a group-lasso term, and a frozen group is one
+whose weight tensors stop training.
+
 Counters are not reset by a freeze: while the accuracy stays below ``best - accuracy_threshold`` the
 remaining tensors keep a counter ``>= k_epoch``, so one more tensor freezes each such epoch.
 
@@ -41,13 +45,14 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn
 
 from .config import SABR_DEFAULTS as DEFAULTS
 from .config import SabrSettings
+from .channels import ChannelGroup, group_lasso, groups_by_name, live_channels
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -151,17 +156,22 @@ class SABR:
             given, each call applies ``REFERENCE_STEPS / steps_per_epoch`` of every lambda, so ``teta1``
             means the same whatever the dataset size. ``None`` (default): the spec's per-step rule.
         params: names of the tensors to regularise; default: weights of every Conv and Linear module.
-        structured: group-wise L1 on output channels instead of plain L1 (default False): the term of
-            a tensor becomes ``lambda_t * sqrt(g) * sum_c ||w_t[c]||_2`` over its output channels ``c``
-            (``g`` weights each; ``sqrt(g)`` keeps it on the scale of ``sum(|w_t|)``), which drives whole
-            channels to zero so that :func:`sabr.shrink` can remove them.
+        groups: structured SABR: channel groups (:func:`sabr.channel_groups`) instead of tensors. Each
+            group ``g`` is one unit with one lambda, ``teta1 * std(weights of g)``, and the term
+            ``lambda_g * sqrt(d) * sum_j ||row_j||_2`` over its channels (:func:`sabr.channels.group_lasso`),
+            which drives whole coupled channels to zero so that :func:`sabr.shrink` removes them. Growth,
+            shrinking and freezing act on groups exactly as on tensors; the group frozen is the one with
+            the fewest live channels (root mean square ``>= zero_eps``), and freezing it freezes its weight
+            tensors (each belongs to one group). ``params`` is ignored.
 
     Attributes:
-        lambdas: name -> current lambda (float).
-        frozen: the names of frozen tensors (they no longer train; their lambda is kept).
-        history: name -> list of lambdas, the initial value then one per :meth:`step`.
+        units: unit name -> its tensor names: one tensor per unit, or a channel group's tensors.
+        params: tensor name -> parameter, every regularised tensor.
+        lambdas: unit name -> current lambda (float).
+        frozen: the names of frozen units (they no longer train; their lambda is kept).
+        history: unit name -> list of lambdas, the initial value then one per :meth:`step`.
         best: the best validation accuracy seen so far (``None`` before the first step).
-        counters: name -> epochs without growth.
+        counters: unit name -> epochs without growth.
     """
 
     def __init__(
@@ -174,8 +184,8 @@ class SABR:
         k_epoch: int = DEFAULTS.k_epoch,
         zero_eps: float = DEFAULTS.zero_eps,
         params: Iterable[str] | None = None,
-        structured: bool = False,
         steps_per_epoch: int | None = None,
+        groups: Sequence[ChannelGroup] | None = None,
     ) -> None:
         if teta1 < 0:
             raise ConfigError(f"teta1 must be >= 0, got {teta1}.")
@@ -195,10 +205,17 @@ class SABR:
         self.accuracy_threshold = float(accuracy_threshold)
         self.k_epoch = int(k_epoch)
         self.zero_eps = float(zero_eps)
-        self.structured = bool(structured)
-        self.params = resolve_params(model, params)
-        self.lambdas: dict[str, float] = {n: self.teta1 * population_std(p) for n, p in self.params.items()}
-        self.counters: dict[str, int] = {n: 0 for n in self.params}
+        self.groups = None if groups is None else groups_by_name(groups)
+        if self.groups is None:
+            self.params = resolve_params(model, params)
+            self.units: dict[str, tuple[str, ...]] = {n: (n,) for n in self.params}
+        else:
+            if not self.groups:
+                raise ConfigError("structured SABR found no channel group to regularise in this model.")
+            self.params = resolve_params(model, [w for g in self.groups.values() for w in g.weights])
+            self.units = {name: g.weights for name, g in self.groups.items()}
+        self.lambdas: dict[str, float] = {u: self.teta1 * population_std(self._flat(u)) for u in self.units}
+        self.counters: dict[str, int] = {u: 0 for u in self.units}
         self.frozen: set[str] = set()
         self.history: dict[str, list[float]] = {n: [lam] for n, lam in self.lambdas.items()}
         self.best: float | None = None
@@ -217,17 +234,19 @@ class SABR:
         Runs entirely on the parameters' device: lambdas are Python floats, so no host sync happens.
         """
         scale = self.step_scale
-        terms = [scale * self.lambdas[n] * self._norm(p) for n, p in self.params.items() if n not in self.frozen]
+        terms = [scale * self.lambdas[u] * self._norm(u) for u in self.units if u not in self.frozen]
         if not terms:
             first = next(iter(self.params.values()))
             return first.new_zeros(())
         return torch.stack(terms).sum()
 
-    def _norm(self, p: torch.Tensor) -> torch.Tensor:
-        if not self.structured or p.dim() < 2:
-            return p.abs().sum()
-        rows = p.reshape(p.shape[0], -1)
-        return rows.norm(dim=1).sum() * rows.shape[1] ** 0.5
+    def _norm(self, unit: str) -> torch.Tensor:
+        if self.groups is None:
+            return self.params[unit].abs().sum()
+        return group_lasso(self.params, self.groups[unit])
+
+    def _flat(self, unit: str) -> torch.Tensor:
+        return torch.cat([self.params[n].detach().flatten() for n in self.units[unit]])
 
     # ----------------------------------------------------------------- once per epoch
     def step(self, val_accuracy: float) -> StepResult:
@@ -238,7 +257,7 @@ class SABR:
         if self.best is None:
             self.best = acc
         drop = self.best - acc
-        unfrozen = [n for n in self.params if n not in self.frozen]
+        unfrozen = [u for u in self.units if u not in self.frozen]
         froze = None
         if drop > self.accuracy_threshold:
             action = "shrink"
@@ -261,21 +280,25 @@ class SABR:
         return StepResult(action=action, drop=drop, best=self.best, frozen=froze)
 
     def _freeze_sparsest(self, unfrozen: list[str]) -> str:
-        counts = {n: int((self.params[n].detach().abs() >= self.zero_eps).sum()) for n in unfrozen}
+        if self.groups is None:
+            counts = {n: int((self.params[n].detach().abs() >= self.zero_eps).sum()) for n in unfrozen}
+        else:
+            counts = {u: live_channels(self.params, self.groups[u], self.zero_eps) for u in unfrozen}
         name = min(unfrozen, key=lambda n: counts[n])  # min() keeps the first of equal counts
         self.freeze(name)
         return name
 
     def freeze(self, name: str) -> None:
-        """Freeze one tensor: it stops training (``requires_grad=False``) and its lambda stays as it is."""
+        """Freeze one unit: its tensors stop training (``requires_grad=False``) and its lambda stays as it is."""
         self.frozen.add(name)
-        self.params[name].requires_grad_(False)
-        self.params[name].grad = None
+        for n in self.units[name]:
+            self.params[n].requires_grad_(False)
+            self.params[n].grad = None
 
     @property
     def all_frozen(self) -> bool:
         """True once every regularised tensor is frozen: phase 2 is over."""
-        return len(self.frozen) == len(self.params)
+        return len(self.frozen) == len(self.units)
 
     def mean_lambda(self) -> float:
         """Average lambda over all regularised tensors."""
@@ -297,32 +320,31 @@ class SABR:
             "accuracy_threshold": self.accuracy_threshold,
             "k_epoch": self.k_epoch,
             "zero_eps": self.zero_eps,
-            "structured": self.structured,
             "steps_per_epoch": self.steps_per_epoch,
-            "params": list(self.params),
+            "params": list(self.units),
+            "groups": None if self.groups is None else [g.to_dict() for g in self.groups.values()],
             "lambdas": dict(self.lambdas),
             "counters": dict(self.counters),
-            "frozen": [n for n in self.params if n in self.frozen],
-            "history": {n: list(h) for n, h in self.history.items()},
+            "frozen": [u for u in self.units if u in self.frozen],
+            "history": {u: list(h) for u, h in self.history.items()},
             "best": self.best,
             "epochs": self.epochs,
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a :meth:`state_dict`; frozen tensors get ``requires_grad=False`` again."""
-        if list(state["params"]) != list(self.params):
+        if list(state["params"]) != list(self.units):
             raise ConfigError(
-                "this SABR state was saved for other tensors "
-                f"({len(state['params'])} saved, {len(self.params)} here); load it into the same model."
+                "this SABR state was saved for other tensors or channel groups "
+                f"({len(state['params'])} saved, {len(self.units)} here); load it into the same model and mode."
             )
         for key in ("teta1", "growth_rate", "decrease_rate", "accuracy_threshold", "zero_eps"):
             setattr(self, key, float(state[key]))
         self.k_epoch = int(state["k_epoch"])
-        self.structured = bool(state.get("structured", False))
         self.steps_per_epoch = state.get("steps_per_epoch")
-        self.lambdas = {n: float(state["lambdas"][n]) for n in self.params}
-        self.counters = {n: int(state["counters"][n]) for n in self.params}
-        self.history = {n: [float(v) for v in state["history"][n]] for n in self.params}
+        self.lambdas = {u: float(state["lambdas"][u]) for u in self.units}
+        self.counters = {u: int(state["counters"][u]) for u in self.units}
+        self.history = {u: [float(v) for v in state["history"][u]] for u in self.units}
         self.best = None if state["best"] is None else float(state["best"])
         self.epochs = int(state["epochs"])
         self.frozen = set()

@@ -6,12 +6,14 @@ the Markdown, the terminal table and the charts can never disagree.
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 
 from .checkpoint import atomic_write, write_json
@@ -53,6 +55,12 @@ def summary_rows(summary: dict) -> list[tuple[str, str, str, str]]:
          + (f", then {p['finetune_epochs']} masked fine-tune epochs ({_pct(p['test_accuracy_before_finetune'])} "
             "test before)" if p.get("finetune_epochs") else "")),
     ]
+    st = summary.get("structured")
+    if st:
+        rows.append(("shrunk", f"{_pct(p['test_accuracy'])} test", f"{_pct(st['params_removed'])} params",
+                     f"{st['channels_after']:,} of {st['channels_before']:,} channels kept, MACs "
+                     f"{_count(st['macs_before'])} -> {_count(st['macs_after'])}, batch-1 eager "
+                     f"{st['speedup_batch1']:.2f}x faster ({st['threads']} thread(s)); same outputs"))
     bp = summary.get("base_pruned")
     if bp:
         rows.append(("base pruned, no SABR", f"{_pct(bp['test_accuracy'])} test", _pct(bp["sparsity"]),
@@ -144,7 +152,7 @@ def build_summary(exp: "Experiment", sabr_model: nn.Module, pruned: nn.Module, r
         "base": figures["base"],
         "sabr": {"stopped": "all_frozen" if reg.all_frozen else "epoch_limit", **figures["sabr"],
                  "sparsity": sabr_near.sparsity, "sparsity_exact": sabr_exact.sparsity, "zero_eps": reg.zero_eps,
-                 "frozen": len(reg.frozen), "tensors": len(params)},
+                 "frozen": len(reg.frozen), "tensors": len(reg.units)},
         "pruned": {**figures["pruned"], "sparsity": pruned_rep.sparsity, "nonzero": pruned_rep.nonzero,
                    "total": pruned_rep.total, "sparsity_all_params": pruned_rep.all_sparsity,
                    "macs_dense": int(macs.macs_dense), "macs_pruned": int(round(macs.macs_pruned)),
@@ -153,6 +161,27 @@ def build_summary(exp: "Experiment", sabr_model: nn.Module, pruned: nn.Module, r
         "curve": curve,
         "config": config,
     }
+
+
+def structured_figures(pruned: nn.Module, groups: list, example_input: torch.Tensor, runs: int = 30) -> dict:
+    """``summary.json``'s ``structured`` entry: the channels structured pruning removed, and the size, MACs
+    and measured batch-1 eager latency (medians, interleaved, this process's thread count) of the
+    :func:`~sabr.export.shrink` copy against the full-shape pruned model."""
+    from .bench import latencies
+    from .export import shrink
+
+    model = copy.deepcopy(pruned).cpu().eval()
+    x = example_input[:1].detach().cpu()
+    small, rep = shrink(model, torch.cat([x, x]))
+    t = latencies({"dense": model, "shrunk": small}, x, runs=runs, warmup=3)
+    kept = {g.name: rep.layers.get(g.name, (g.channels, g.channels))[1] for g in groups}
+    before, after = count_macs(model, x).macs_dense, count_macs(small, x).macs_dense
+    return {"groups": len(groups), "channels_before": sum(g.channels for g in groups),
+            "channels_after": sum(kept.values()), "channels_kept": kept, "params_before": rep.params_before,
+            "params_after": rep.params_after, "params_removed": 1 - rep.params_after / rep.params_before,
+            "macs_before": int(before), "macs_after": int(after), "threads": torch.get_num_threads(),
+            "latency_ms_batch1": {"dense": 1e3 * t["dense"], "shrunk": 1e3 * t["shrunk"]},
+            "speedup_batch1": t["dense"] / t["shrunk"]}
 
 
 def write_run_report(run: RunDir | str | Path, summary: dict, base_rows: list[dict], sabr_rows: list[dict],

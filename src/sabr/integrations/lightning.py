@@ -15,10 +15,11 @@ restored from them, frozen tensors included.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import lightning.pytorch as pl
 
+from ..channels import ChannelGroup
 from ..config import SABR_DEFAULTS as DEFAULTS
 from ..errors import ConfigError
 from ..regularizer import SABR
@@ -31,7 +32,7 @@ class SABRCallback(pl.Callback):
     Args:
         monitor: the metric (a validation accuracy, as a fraction) that :meth:`SABR.step` reads once per
             epoch, after validation; the module logs it with ``self.log(monitor, ...)``.
-        teta1, growth_rate, decrease_rate, accuracy_threshold, k_epoch, zero_eps, params, structured,
+        teta1, growth_rate, decrease_rate, accuracy_threshold, k_epoch, zero_eps, params, groups,
             steps_per_epoch: as in :class:`sabr.SABR`, with the same defaults.
         scale_teta1: when ``steps_per_epoch`` is None, give SABR the trainer's number of training batches
             per epoch (``sabr run``'s ``--scale-teta1``: an epoch pulls as 100 steps would, whatever the
@@ -44,12 +45,13 @@ class SABRCallback(pl.Callback):
     def __init__(self, monitor: str = "val_acc", teta1: float = DEFAULTS.teta1,
                  growth_rate: float = DEFAULTS.growth_rate, decrease_rate: float = DEFAULTS.decrease_rate,
                  accuracy_threshold: float = DEFAULTS.accuracy_threshold, k_epoch: int = DEFAULTS.k_epoch,
-                 zero_eps: float = DEFAULTS.zero_eps, params: Iterable[str] | None = None, structured: bool = False,
+                 zero_eps: float = DEFAULTS.zero_eps, params: Iterable[str] | None = None,
+                 groups: Sequence[ChannelGroup] | None = None,
                  steps_per_epoch: int | None = None, scale_teta1: bool = True) -> None:
         self.monitor, self.scale_teta1 = monitor, scale_teta1
         self.settings = dict(teta1=teta1, growth_rate=growth_rate, decrease_rate=decrease_rate,
                              accuracy_threshold=accuracy_threshold, k_epoch=k_epoch, zero_eps=zero_eps,
-                             params=None if params is None else list(params), structured=structured,
+                             params=None if params is None else list(params), groups=groups,
                              steps_per_epoch=steps_per_epoch)
         self.sabr: SABR | None = None
         self._pending: dict | None = None  # a checkpoint's state, loaded before training starts

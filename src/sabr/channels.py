@@ -1,0 +1,128 @@
+"""Channel groups: the units of structured SABR, and the rule that removes whole channels.
+
+A *channel group* is a set of output channels that can only be removed together: the output channels of
+every Conv2d / Linear writing one channel space (several when residual additions join their outputs),
+and of the spaces a depthwise convolution ties to it (MobileNet's expand and depthwise layers). The
+groups come from the same channel graph that :func:`sabr.export.shrink` uses. Pruning a channel sets all
+of its parameters to zero (its weight rows, biases and BatchNorm scale and shift), so it carries exactly
+zero and ``shrink`` removes it: the smaller model gives the same outputs. Spaces the tracer does not
+understand, the input and the model's output are never grouped.
+
+Channel ``j`` of a group is the row ``j`` of each of its weight tensors, concatenated (``d`` weights);
+its size is its root mean square ``||row_j|| / sqrt(d)``, on the scale of single weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Output channels removed together.
+
+    Attributes:
+        name: the group's name: its first weight tensor's module (e.g. ``"layer1.0.conv1"``).
+        weights: the names of the weight tensors whose rows are the channels (``named_parameters()`` order).
+        channels: the number of channels.
+        extras: the channels' other parameters, one entry per channel: the producers' biases and the
+            BatchNorm scales and shifts of the group's spaces (zeroed with a pruned channel, not penalised).
+    """
+
+    name: str
+    weights: tuple[str, ...]
+    channels: int
+    extras: tuple[str, ...] = ()
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        """Every parameter name of the group: ``weights`` then ``extras``."""
+        return self.weights + self.extras
+
+    def to_dict(self) -> dict:
+        """JSON-ready ``{"name", "weights", "channels"}``."""
+        return asdict(self) | {"weights": list(self.weights), "extras": list(self.extras)}
+
+
+def channel_groups(model: nn.Module, example_input: torch.Tensor,
+                   params: Iterable[str] | None = None) -> list[ChannelGroup]:
+    """The channel groups of ``model`` (traced with :mod:`torch.fx` on a CPU copy, in eval mode).
+
+    Args:
+        model: any torch.fx-traceable network of Conv2d / Linear / BatchNorm layers, pooling, activations,
+            flatten and residual additions (the built-ins, VGG, ResNet, MobileNetV2 ...).
+        example_input: a batch shaped like the real inputs, e.g. ``torch.zeros(1, 3, 32, 32)``.
+        params: keep only the groups whose weights are all among these names (default: every group).
+
+    Returns:
+        One :class:`ChannelGroup` per removable group of channels, in ``named_parameters()`` order of their
+        first weights.
+
+    Raises:
+        SabrError: torch.fx cannot trace the model.
+    """
+    from .export.graph import tied_groups, trace_channels
+
+    traced = copy.deepcopy(model).cpu().eval()
+    g, _ = trace_channels(traced, example_input.detach().cpu())
+    modules = dict(traced.named_modules())
+    order = {n: i for i, (n, _) in enumerate(traced.named_parameters())}
+    allowed = None if params is None else set(params)
+    groups = []
+    for tied in tied_groups(g, modules):
+        spaces = [g.spaces[r] for r in tied.members]
+        weights = sorted((f"{p}.weight" for sp in spaces for p in sp.producers), key=order.__getitem__)
+        if tied.locked or tied.channels is None or not weights:
+            continue
+        if allowed is not None and not set(weights) <= allowed:
+            continue
+        extras = [f"{m}.{k}" for sp in spaces for m in sp.producers + sp.per_channel for k in ("bias", "weight")
+                  if f"{m}.{k}" in order and f"{m}.{k}" not in weights]
+        groups.append(ChannelGroup(weights[0].rpartition(".")[0], tuple(weights), tied.channels,
+                                   tuple(sorted(set(extras), key=order.__getitem__))))
+    return sorted(groups, key=lambda grp: order[grp.weights[0]])
+
+
+def channel_rows(named: dict[str, torch.Tensor], group: ChannelGroup) -> torch.Tensor:
+    """``(channels, d)``: row ``j`` holds every weight of channel ``j`` of ``group`` (``named``: name -> tensor)."""
+    return torch.cat([named[w].reshape(group.channels, -1) for w in group.weights], dim=1)
+
+
+def channel_rms(named: dict[str, torch.Tensor], group: ChannelGroup) -> torch.Tensor:
+    """``(channels,)``: the root mean square of each channel's weights (detached, float64)."""
+    rows = channel_rows(named, group).detach().double()
+    return rows.norm(dim=1) / math.sqrt(rows.shape[1])
+
+
+def group_lasso(named: dict[str, torch.Tensor], group: ChannelGroup) -> torch.Tensor:
+    """The structured SABR term of one group, ``sqrt(d) * sum_j ||row_j||``, with gradients.
+
+    ``sqrt(d)`` keeps it on the scale of ``sum(|w|)`` (a row of ``d`` weights of size ``a`` gives ``a * d``
+    either way), so ``teta1`` means the same in both modes.
+    """
+    rows = channel_rows(named, group)
+    return rows.norm(dim=1).sum() * math.sqrt(rows.shape[1])
+
+
+def live_channels(named: dict[str, torch.Tensor], group: ChannelGroup, eps: float) -> int:
+    """Channels of ``group`` whose root mean square is at least ``eps``."""
+    return int((channel_rms(named, group) >= eps).sum())
+
+
+def group_parameters(groups: Sequence[ChannelGroup]) -> list[str]:
+    """Every parameter name of ``groups`` (weights and extras), e.g. to keep pruned channels at zero."""
+    return [n for g in groups for n in g.parameters]
+
+
+def groups_by_name(groups: Sequence[ChannelGroup]) -> dict[str, ChannelGroup]:
+    """``name -> group``; raises ``ValueError`` on a repeated name."""
+    out = {g.name: g for g in groups}
+    if len(out) != len(groups):
+        raise ValueError("channel group names must be unique")
+    return out

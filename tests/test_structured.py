@@ -1,0 +1,137 @@
+"""Structured SABR: channel groups, whole-channel pruning, and shrunk models equal to their pruned originals."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sabr import SABR, create_model, prune, shrink
+from sabr.channels import channel_groups, channel_rms, group_parameters
+from sabr.pruning import prunable_sparsity
+
+# (model, input channels, image size): every built-in and the torchvision families the groups cover
+ARCHITECTURES = [("compact_cnn", 1, 8), ("lenet5", 1, 28), ("small_vgg", 1, 28), ("vgg11", 3, 32),
+                 ("resnet18", 3, 32), ("mobilenet_v2", 3, 32)]
+SLOW_ARCHITECTURES = [("resnet50", 3, 32), ("efficientnet_b0", 3, 32), ("densenet121", 3, 32),
+                      ("mobilenet_v3_small", 3, 32), ("googlenet", 3, 64), ("regnet_x_400mf", 3, 32)]
+
+
+def _random_statistics(model: nn.Module) -> nn.Module:
+    """Give every BatchNorm non-trivial statistics and affine terms, so that a constant channel is not zero."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+def _zero_half_of_the_rows(model: nn.Module, groups) -> None:
+    named = dict(model.named_parameters())
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for group in groups:
+            drop = torch.rand(group.channels, generator=g) < 0.5
+            drop[0] = False
+            for w in group.weights:
+                named[w][drop] = 0.0
+
+
+def _check_shrinks_exactly(name: str, chans: int, size: int) -> None:
+    torch.manual_seed(0)
+    model = _random_statistics(create_model(name, 10, chans, size))
+    x = torch.randn(2, chans, size, size)
+    groups = channel_groups(model, x[:1])
+    assert groups, f"{name}: no channel group found"
+    _zero_half_of_the_rows(model, groups)
+    prune(model, teta1=0.2, gamma=0.1, groups=groups)  # the rows are zero: it zeroes their biases and BatchNorms
+    named = dict(model.named_parameters())
+    zeroed = sum(int((channel_rms(named, g) == 0).sum()) for g in groups)
+    small, rep = shrink(model, x)
+    kept = sum(rep.layers.get(g.name, (g.channels, g.channels))[1] for g in groups)
+    assert kept + zeroed == sum(g.channels for g in groups), f"{name}: a pruned channel was not removed"
+    assert rep.params_after < rep.params_before
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name,chans,size", ARCHITECTURES)
+def test_every_pruned_channel_is_removed_and_the_outputs_stay(name, chans, size):
+    _check_shrinks_exactly(name, chans, size)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,chans,size", SLOW_ARCHITECTURES)
+def test_every_pruned_channel_is_removed_and_the_outputs_stay_on_more_torchvision_families(name, chans, size):
+    _check_shrinks_exactly(name, chans, size)
+
+
+def test_resnet_groups_couple_the_residual_stream_and_cover_every_hidden_layer():
+    model = create_model("resnet18", 10, 3, 32)
+    groups = channel_groups(model, torch.zeros(1, 3, 32, 32))
+    by_name = {g.name: g for g in groups}
+    assert by_name["conv1"].weights == ("conv1.weight", "layer1.0.conv2.weight", "layer1.1.conv2.weight")
+    assert "layer2.0.downsample.0.weight" in by_name["layer2.0.conv2"].weights
+    assert {"bn1.weight", "bn1.bias", "layer1.0.bn2.bias"} <= set(by_name["conv1"].extras)
+    weights = [w for g in groups for w in g.weights]
+    assert len(weights) == len(set(weights)), "a tensor in two groups"
+    convs = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    assert convs - set(weights) == {"fc.weight"}  # the output layer keeps its classes
+
+
+def test_depthwise_layers_share_a_group_with_the_layer_they_filter():
+    model = create_model("mobilenet_v2", 10, 3, 32)
+    groups = channel_groups(model, torch.zeros(1, 3, 32, 32))
+    tied = next(g for g in groups if "features.2.conv.1.0.weight" in g.weights)
+    assert tied.weights == ("features.2.conv.0.0.weight", "features.2.conv.1.0.weight")
+
+
+def test_params_keep_only_groups_inside_them():
+    model = create_model("resnet18", 10, 3, 32)
+    x = torch.zeros(1, 3, 32, 32)
+    only = channel_groups(model, x, params=["layer1.0.conv1.weight", "layer4.1.conv1.weight"])
+    assert [g.name for g in only] == ["layer1.0.conv1", "layer4.1.conv1"]
+
+
+def test_prune_removes_whole_channels_by_the_std_rule_on_their_sizes():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 36, 3))
+    groups = channel_groups(model, torch.zeros(1, 1, 8, 8))
+    with torch.no_grad():
+        model[0].weight.mul_(torch.tensor([1.0, 1.0, 1.0, 1.0, 0.01, 0.02]).view(6, 1, 1, 1))
+    named = dict(model.named_parameters())
+    rms = channel_rms(named, groups[0]).numpy()
+    kept = rms[rms >= 0.1 * np.std(rms)]
+    threshold = 0.2 * np.std(kept)
+    expected = rms < threshold
+    assert expected.sum() == 2
+    assert prunable_sparsity(model, 0.2, 0.1, groups=groups) == pytest.approx(2 / 6)
+    stats = prune(model, teta1=0.2, gamma=0.1, groups=groups)
+    assert stats[0].threshold == pytest.approx(threshold)
+    assert group_parameters(groups) == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    for n in group_parameters(groups):
+        assert (named[n].detach()[torch.from_numpy(expected)] == 0).all()
+    assert (model[0].weight.detach()[torch.from_numpy(~expected)] != 0).all()
+    assert (model[1].weight.detach()[torch.from_numpy(~expected)] == 1).all()
+
+
+def test_prune_keeps_the_largest_channel_of_a_group():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3))
+    groups = channel_groups(model, torch.zeros(1, 1, 8, 8))
+    prune(model, epsilon=1e9, groups=groups)
+    assert int((model[0].weight.reshape(4, -1) != 0).any(1).sum()) == 1
+
+
+def test_a_frozen_group_stops_training_all_its_tensors():
+    model = create_model("resnet18", 10, 3, 32)
+    groups = channel_groups(model, torch.zeros(1, 3, 32, 32))
+    reg = SABR(model, groups=groups, k_epoch=1, accuracy_threshold=0.0)
+    reg.step(0.9)
+    assert reg.step(0.5).frozen is not None
+    frozen = next(iter(reg.frozen))
+    assert all(not reg.params[w].requires_grad for w in reg.units[frozen])
+    assert len(reg.units) == len(groups) and not reg.all_frozen
+    again = SABR(model, groups=groups)
+    again.load_state_dict(reg.state_dict())
+    assert again.frozen == reg.frozen and again.lambdas == reg.lambdas
