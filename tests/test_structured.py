@@ -135,3 +135,32 @@ def test_a_frozen_group_stops_training_all_its_tensors():
     again = SABR(model, groups=groups)
     again.load_state_dict(reg.state_dict())
     assert again.frozen == reg.frozen and again.lambdas == reg.lambdas
+
+
+@pytest.mark.slow
+def test_structured_run_fine_tunes_reprunes_and_exports_a_smaller_model_with_the_same_outputs(tmp_path):
+    from sabr import cli, load_model, load_run
+    from sabr.export import example_input
+
+    out = tmp_path / "run"
+    assert cli.main(["run", "--structured", "--epochs-base", "2", "--epochs-sabr", "3", "--finetune-epochs", "1",
+                     "--sweep", "0.5", "1", "2", "--threads", "1", "--out", str(out), "--quiet"]) == 0
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())
+    st = summary["structured"]
+    assert st["groups"] == 4 and st["channels_after"] <= st["channels_before"]
+    assert st["params_after"] <= st["params_before"] and st["speedup_batch1"] > 0
+    assert summary["sabr"]["tensors"] == 4  # groups are the units that freeze
+    model, meta = load_run(out)
+    groups = channel_groups(model, example_input(meta, 1))
+    named = dict(model.named_parameters())
+    kept = sum(int((channel_rms(named, g) > 0).sum()) for g in groups)
+    assert kept == st["channels_after"]  # the fine-tune kept the pruned channels at exactly zero
+    assert cli.main(["prune", "--run", str(out), "--teta1", "0.5", "2", "--quiet"]) == 0
+    assert cli.main(["export", "--run", str(out), "--format", "shrunk", "--out", str(tmp_path / "small"), "--quiet"]) == 0
+    small, _ = load_model(tmp_path / "small.safetensors")
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(x), atol=1e-5, rtol=0)
+    assert sum(p.numel() for p in small.parameters()) == st["params_after"]

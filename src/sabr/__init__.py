@@ -31,6 +31,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "data": ("Preprocess", "load_dataset", "split_dataset"),
     "errors": ("CheckpointError", "ConfigError", "DataError", "SabrError", "StorageError", "TrainingError"),
     "bench": ("bench_model", "bench_run", "sparsify"),
+    "channels": ("ChannelGroup", "channel_groups"),
     "export": ("OnnxModel", "export_onnx", "export_run", "load_model", "load_run", "save_shrunk", "save_sparse",
                "shrink"),
     "metrics": ("count_macs", "sparsity_report"),
@@ -43,6 +44,7 @@ __all__ = __all__ + ["__version__"]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from .bench import bench_model, bench_run, sparsify
+    from .channels import ChannelGroup, channel_groups
     from .checkpoint import load_checkpoint, save_checkpoint
     from .config import RunConfig, SabrSettings
     from .data import Preprocess, load_dataset, split_dataset

@@ -259,19 +259,21 @@ def bn_recalibrator(exp: Experiment) -> Callable[[nn.Module], None]:
 
 
 def prune_and_evaluate(exp: Experiment, model: nn.Module, teta1: float, gamma: float,
-                       epsilon: float | None = None, params=None) -> tuple[nn.Module, list, float]:
-    """Prune a copy of ``model`` and return ``(pruned copy, per-layer stats, test accuracy)``."""
+                       epsilon: float | None = None, params=None, groups=None) -> tuple[nn.Module, list, float]:
+    """Prune a copy of ``model`` (whole channels of ``groups`` in structured mode) and return
+    ``(pruned copy, per-layer stats, test accuracy)``."""
     pruned = copy.deepcopy(model)
-    stats = prune(pruned, teta1=teta1, gamma=gamma, epsilon=epsilon, params=params)
+    stats = prune(pruned, teta1=teta1, gamma=gamma, epsilon=epsilon, params=params, groups=groups)
     _, acc = evaluate_split(exp, pruned, exp.test)
     return pruned, stats, acc
 
 
-def sweep(exp: Experiment, model: nn.Module, teta1_values, gamma: float, params=None) -> list[dict]:
-    """Accuracy vs sparsity: prune copies of ``model`` at each factor and evaluate on the test split."""
+def sweep(exp: Experiment, model: nn.Module, teta1_values, gamma: float, params=None, groups=None) -> list[dict]:
+    """Accuracy vs sparsity: prune copies of ``model`` at each factor (``groups``: structured) and evaluate on
+    the test split."""
     curve = []
     for t in sorted(teta1_values):
-        pruned, _, acc = prune_and_evaluate(exp, model, t, gamma, params=params)
+        pruned, _, acc = prune_and_evaluate(exp, model, t, gamma, params=params, groups=groups)
         rep = sparsity_report(pruned, params)
         curve.append({"teta1": t, "sparsity": rep.sparsity, "test_accuracy": acc})
     return curve
