@@ -19,12 +19,15 @@ cut off midway continues where it stopped; ``--report`` redraws the table and th
     python benchmarks/structured.py --models resnet18 --quick     # smoke run, a few minutes
     python benchmarks/structured.py                                # the full run (hours), resumable
     python benchmarks/structured.py --report                       # table and plot of what is there
+
+Needs ``torch-pruning`` (measured with 1.6) and, for the ONNX Runtime figures, sabr's ``export`` extra.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import logging
 import statistics
@@ -130,16 +133,21 @@ class Seed:
 
 # --------------------------------------------------------------------------- measurement and results
 def measure(s: Seed, name: str, model: nn.Module, runs: int) -> dict:
-    """One result row: accuracy, size, MACs and latency of ``model`` against the seed's dense base."""
+    """One result row: accuracy, size, MACs and latency of ``model`` against the seed's dense base.
+
+    ``macs`` are what dense kernels compute for the model as it is (zeros included), ``macs_nonzero`` those
+    of its non-zero weights (:func:`sabr.count_macs`), per image.
+    """
     x = s.example()
     models = {"base": s.base} if model is s.base else {"base": s.base, "row": model}
     row = "row" if "row" in models else "base"
     t = measure_latency(models, x, BATCHES, runs=runs, warmup=max(1, runs // 10), threads=s.args.threads)
-    lat, kinds = t["latency"], {"eager": "", "onnxruntime": "ort_"}
+    lat, kinds, macs = t["latency"], {"eager": "", "onnxruntime": "ort_"}, sabr.count_macs(model, x)
     kinds = {k: p for k, p in kinds.items() if f"{p}{row}" in lat["1"]}
     return {"name": name, "seed": s.seed, "test_accuracy": evaluate_split(s.exp, model, s.exp.test)[1],
             "base_test_accuracy": evaluate_split(s.exp, s.base, s.exp.test)[1],
-            "params": sum(p.numel() for p in model.parameters()), "macs": int(sabr.count_macs(model, x).macs_pruned),
+            "params": sum(p.numel() for p in model.parameters()), "macs": int(macs.macs_dense),
+            "macs_nonzero": int(macs.macs_pruned),
             "latency_ms": {k: {b: 1e3 * lat[b][p + row]["seconds"] for b in lat} for k, p in kinds.items()},
             "speedup": {k: {b: lat[b][p + "base"]["seconds"] / lat[b][p + row]["seconds"] for b in lat}
                         for k, p in kinds.items()},
@@ -204,8 +212,9 @@ def groups(results: dict) -> dict[str, list[dict]]:
 
 
 def table(results: dict) -> str:
-    """A markdown table, mean ± std over seeds: accuracy, drop, size, MACs, latency and speedup per runtime."""
-    head = ["method", "seeds", "test acc (%)", "drop (pt)", "params (M)", "MMACs"]
+    """A markdown table, mean ± std over seeds: accuracy, drop, size, MACs, and per runtime and batch size the
+    latency of the row's own measurement with the mean speedup over the base measured beside it."""
+    head = ["method", "seeds", "test acc (%)", "drop (pt)", "params (M)", "MMACs (dense)"]
     cols = [(k, b) for k in ("eager", "onnxruntime") for b in map(str, BATCHES)]
     head += [f"{k} b{b} ms (speedup)" for k, b in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -221,8 +230,19 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def paired_ms(results: dict, row: dict, kind: str = "eager", batch: str = "1") -> float:
+    """``row``'s latency on the scale of its seed's dense row: the dense latency divided by the speedup measured
+    in the row's own measurement (latencies of separate measurements on a shared CPU differ by more than the
+    speedups of small prunings); the row's own latency when its seed has no dense row."""
+    dense = [m for m in results["methods"] if (m["name"], m["seed"]) == ("dense", row["seed"])]
+    if not dense:
+        return row["latency_ms"][kind][batch]
+    return dense[0]["latency_ms"][kind][batch] / row["speedup"][kind][batch]
+
+
 def plot(results: dict, path: Path) -> None:
-    """Pareto plot: test accuracy against batch-1 eager latency, means over seeds, one series per family."""
+    """Pareto plot: test accuracy against batch-1 eager latency (:func:`paired_ms`), means over seeds, one
+    series per method family."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,7 +251,7 @@ def plot(results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     families: dict[str, list[tuple[float, float, str]]] = {}
     for name, rows in groups(results).items():
-        point = (statistics.mean(r["latency_ms"]["eager"]["1"] for r in rows),
+        point = (statistics.mean(paired_ms(results, r) for r in rows),
                  100 * statistics.mean(r["test_accuracy"] for r in rows), name)
         families.setdefault(_family(name), []).append(point)
     for (family, points), marker in zip(families.items(), "osD^v<>"):
@@ -240,7 +260,8 @@ def plot(results: dict, path: Path) -> None:
         for x, y, name in points:
             if name.startswith("torch_pruning_"):
                 ax.annotate(name.rsplit("_", 1)[1], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set(xlabel=f"batch-1 latency, eager PyTorch, {results['threads']} thread(s) (ms)", ylabel="test accuracy (%)",
+    ax.set(xlabel=f"batch-1 latency, eager PyTorch, {results['threads']} thread(s) (ms; dense / paired speedup)",
+           ylabel="test accuracy (%)",
            title=f"{results['model']} at {results['image_size']} px: structured SABR vs Torch-Pruning")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -280,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     prefix = "quick-" if args.quick else ""
     if args.quick:
         vars(args).update(QUICK, runs_dir=f"{args.runs_dir}-quick")
+    if not args.report and importlib.util.find_spec("torch_pruning") is None:
+        raise SystemExit("the Torch-Pruning peer needs the torch-pruning package: pip install 'torch-pruning>=1.6'.")
     torch.set_num_threads(args.threads)
     for model in args.models:
         path = Path(args.out) / f"{prefix}structured-{model}.json"

@@ -12,7 +12,8 @@ def test_load_experiment_gives_the_runs_exact_splits(runs):
     run = runs["done"]
     exp = load_experiment(run)
     summary = json.loads((run / "summary.json").read_text())
-    assert (len(exp.train), len(exp.val), len(exp.test)) == tuple(summary["dataset"][k] for k in ("train", "val", "test"))
+    sizes = tuple(summary["dataset"][k] for k in ("train", "val", "test"))
+    assert (len(exp.train), len(exp.val), len(exp.test)) == sizes
     model, meta = load_run(run, "pruned")
     assert exp.preprocess.to_dict() == meta["preprocess"] and str(exp.device) == "cpu"
     assert evaluate_split(exp, model, exp.test)[1] == summary["pruned"]["test_accuracy"]  # the same test images
