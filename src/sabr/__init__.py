@@ -29,6 +29,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "checkpoint": ("load_checkpoint", "save_checkpoint"),
     "config": ("RunConfig", "SabrSettings"),
     "data": ("Preprocess", "load_dataset", "split_dataset"),
+    "experiment": ("load_experiment",),
     "errors": ("CheckpointError", "ConfigError", "DataError", "SabrError", "StorageError", "TrainingError"),
     "bench": ("bench_model", "bench_run", "sparsify"),
     "channels": ("ChannelGroup", "channel_groups"),
@@ -49,6 +50,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .config import RunConfig, SabrSettings
     from .data import Preprocess, load_dataset, split_dataset
     from .errors import CheckpointError, ConfigError, DataError, SabrError, StorageError, TrainingError
+    from .experiment import load_experiment
     from .export import (OnnxModel, export_onnx, export_run, load_model, load_run, save_shrunk, save_sparse,
                          shrink)
     from .metrics import count_macs, sparsity_report

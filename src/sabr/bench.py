@@ -1,28 +1,33 @@
-"""CPU latency and file sizes of a pruned model, its shrunk copy and a sparse-kernel path.
+"""CPU latency and file sizes of a pruned model, its shrunk copy and a sparse-kernel path, eager and in
+ONNX Runtime.
 
-Pure measurement: every function returns data; ``sabr bench`` prints it. Latencies are medians of
-many single calls after a warm-up, with the paths interleaved call by call in the same process, so
-that a noisy shared CPU slows every path alike and the ratios stay meaningful.
+Pure measurement: every function returns data; ``sabr bench`` prints it (:func:`format_table`). Latencies
+are medians of many single calls after a warm-up, with the paths interleaved call by call in the same
+process, so that a noisy shared CPU slows every path alike and the ratios stay meaningful.
+:func:`measure_latency` times any set of models that way (eager PyTorch, and each model exported to ONNX
+and run by onnxruntime with the same thread count).
 """
 
 from __future__ import annotations
 
 import copy
 import gzip
+import importlib.util
 import logging
+import math
 import statistics
 import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
-from .export import example_input, load_model, save_sparse, save_shrunk, shrink
+from .export import OnnxModel, example_input, export_onnx, load_model, save_sparse, save_shrunk, shrink
 from .metrics import count_macs
 
 log = logging.getLogger(__name__)
@@ -151,20 +156,111 @@ def check_options(batch_sizes: tuple[int, ...] = (1, 32), runs: int = 50, warmup
         raise ConfigError(f"--threads must be >= 1, got {threads}.")
 
 
+def _onnx_sessions(models: dict[str, nn.Module], names: Iterable[str], sample: torch.Tensor, threads: int,
+                   folder: Path) -> dict[str, OnnxModel]:
+    """``{"ort_<name>": session}`` for the named models, exported to ONNX in ``folder``; empty, with a warning,
+    when onnxruntime is not installed."""
+    names = list(names)
+    if not names:
+        return {}
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+        log.warning("onnx or onnxruntime is not installed, so the ONNX Runtime latencies are left out "
+                    "(pip install 'torch-sabr[export]').")
+        return {}
+    sessions = {}
+    for i, name in enumerate(names):
+        path, _ = export_onnx(models[name], folder / f"model{i}", {}, sample, atol=math.inf)  # checked per batch
+        sessions[f"ort_{name}"] = OnnxModel(path, threads)
+    return sessions
+
+
+def measure_latency(models: dict[str, nn.Module], sample: torch.Tensor, batch_sizes: tuple[int, ...] = (1, 32),
+                    runs: int = 50, warmup: int = 5, threads: int | None = None,
+                    onnx: Iterable[str] | None = None) -> dict:
+    """Median CPU latency of several models, eager and in ONNX Runtime, interleaved call by call.
+
+    Args:
+        models: name -> network (run on the CPU in eval mode). The first is the reference: every
+            ``speedup`` is its eager latency divided by the path's.
+        sample: one input ``(1, C, H, W)``; each batch size gets a batch of that shape drawn from a
+            normal distribution (seed 0).
+        batch_sizes, runs, warmup: as in :func:`bench_model`.
+        threads: torch threads during the measurement, and onnxruntime's intra-op threads (one inter-op
+            thread, sequential execution); default: torch's current count.
+        onnx: names of the models to also export to ONNX and time with onnxruntime, as ``ort_<name>``
+            (default: all). Skipped, with a logged warning, when onnxruntime is not installed.
+
+    Returns:
+        ``{"threads", "runs", "warmup", "onnxruntime": its version or None, "latency": {str(batch): {path:
+        {"seconds", "speedup"}}}, "max_abs_diff": {path: float}}``. ``max_abs_diff`` is the largest absolute
+        logit difference over the batches: of an eager path from the first model (meaningful where the
+        models compute the same function, as in :func:`bench_model`), of an ``ort_`` path from its own
+        eager model; ``inf`` where the shapes differ.
+    """
+    check_options(batch_sizes, runs, warmup, 0.0, threads)
+    unknown = sorted(set(onnx or ()) - set(models))
+    if not models or unknown:
+        raise ConfigError(f"measure_latency needs at least one model, and onnx names among {sorted(models)}; "
+                          f"got {sorted(models) if not models else unknown}.")
+    models = {k: m.cpu().eval() for k, m in models.items()}
+    reference = next(iter(models))
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            ort = _onnx_sessions(models, models if onnx is None else onnx, sample.cpu(), torch.get_num_threads(),
+                                 Path(tmp))
+            result = {"threads": torch.get_num_threads(), "runs": runs, "warmup": warmup,
+                      "onnxruntime": _ort_version() if ort else None, "latency": {}, "max_abs_diff": {}}
+            paths: dict[str, Callable] = {**models, **ort}
+            g = torch.Generator().manual_seed(0)
+            for b in batch_sizes:
+                x = torch.randn((b, *sample.shape[1:]), generator=g)
+                _update_diffs(result["max_abs_diff"], paths, reference, x)
+                t = latencies(paths, x, runs, warmup)
+                result["latency"][str(b)] = {k: {"seconds": v, "speedup": t[reference] / v} for k, v in t.items()}
+                log.info("batch %d: %s", b, ", ".join(f"{k} {1e3 * v:.2f} ms" for k, v in t.items()))
+    finally:
+        torch.set_num_threads(old_threads)
+    return result
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+@torch.no_grad()
+def _update_diffs(diffs: dict[str, float], paths: dict[str, Callable], reference: str, x: torch.Tensor) -> None:
+    """Raise each path's ``diffs`` entry to its largest absolute difference on ``x`` (see :func:`measure_latency`)."""
+    eager = {k: fn(x) for k, fn in paths.items() if not k.startswith("ort_")}
+    for name, fn in paths.items():
+        ref = eager[name[4:]] if name.startswith("ort_") else eager[reference]
+        out = fn(x) if name.startswith("ort_") else eager[name]
+        diff = float((out - ref).abs().max()) if out.shape == ref.shape else math.inf
+        diffs[name] = max(diffs.get(name, 0.0), diff)
+
+
 def bench_model(model: nn.Module, metadata: dict, batch_sizes: tuple[int, ...] = (1, 32), runs: int = 50,
-                warmup: int = 5, max_density: float = 0.3, threads: int | None = None) -> dict:
+                warmup: int = 5, max_density: float = 0.3, threads: int | None = None, onnx: bool = True) -> dict:
     """Latency (per batch size) and file sizes of a pruned model and of its faster forms.
 
     Paths: ``dense`` (the pruned model as it is), ``shrunk`` (:func:`~sabr.export.shrink`), ``sparse``
-    (:func:`sparsify` of the pruned model) and ``shrunk+sparse``. Each latency comes with its speedup
-    over ``dense``; ``ideal_speedup`` is ``1 / (1 - macs_reduction)``, what the MAC count promises.
+    (:func:`sparsify` of the pruned model) and ``shrunk+sparse``, all eager PyTorch; with ``onnx``, also
+    ``ort_dense`` and ``ort_shrunk`` (the dense and shrunk models in ONNX Runtime, see
+    :func:`measure_latency`). Each latency comes with its speedup over eager ``dense``; ``ideal_speedup``
+    is ``1 / (1 - macs_reduction)``, what the MAC count promises.
 
     Args:
         model, metadata: as returned by :func:`~sabr.load_run`.
         batch_sizes: batch sizes to time.
         runs, warmup: timed and untimed calls per path.
         max_density: see :func:`sparsify`.
-        threads: ``torch.set_num_threads`` during the measurement (default: leave as is).
+        threads: ``torch.set_num_threads`` (and onnxruntime's threads) during the measurement (default:
+            leave as is).
+        onnx: also time the ONNX Runtime paths (default True; skipped with a warning without onnxruntime).
     """
     check_options(batch_sizes, runs, warmup, max_density, threads)
     model = model.cpu().eval()
@@ -174,38 +270,48 @@ def bench_model(model: nn.Module, metadata: dict, batch_sizes: tuple[int, ...] =
     sparse, switched = sparsify(model, max_density)
     small_sparse, _ = sparsify(small, max_density)
     paths = {"dense": model, "shrunk": small, "sparse": sparse, "shrunk+sparse": small_sparse}
-    old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        result = {"threads": torch.get_num_threads(), "runs": runs, "warmup": warmup,
-                  "macs_dense": macs.macs_dense, "macs_pruned": macs.macs_pruned,
-                  "macs_reduction": macs.reduction, "ideal_speedup": 1.0 / max(1.0 - macs.reduction, 1e-12),
-                  "params_dense": rep.params_before, "params_shrunk": rep.params_after,
-                  "sparse_layers": switched, "latency": {}, "max_abs_diff": {}}
-        g = torch.Generator().manual_seed(0)
-        for b in batch_sizes:
-            x = torch.randn((b, *x1.shape[1:]), generator=g)
-            with torch.no_grad():
-                ref = model(x)
-                for name, fn in paths.items():
-                    result["max_abs_diff"][name] = max(result["max_abs_diff"].get(name, 0.0),
-                                                       float((fn(x) - ref).abs().max()))
-            t = latencies(paths, x, runs, warmup)
-            result["latency"][str(b)] = {k: {"seconds": v, "speedup": t["dense"] / v} for k, v in t.items()}
-            log.info("batch %d: %s", b, ", ".join(f"{k} {1e3 * v:.2f} ms" for k, v in t.items()))
-    finally:
-        torch.set_num_threads(old_threads)
+    timing = measure_latency(paths, x1, batch_sizes, runs, warmup, threads, ("dense", "shrunk") if onnx else ())
+    result = {"threads": timing["threads"], "runs": runs, "warmup": warmup,
+              "macs_dense": macs.macs_dense, "macs_pruned": macs.macs_pruned,
+              "macs_reduction": macs.reduction, "ideal_speedup": 1.0 / max(1.0 - macs.reduction, 1e-12),
+              "params_dense": rep.params_before, "params_shrunk": rep.params_after, "sparse_layers": switched,
+              "onnxruntime": timing["onnxruntime"], "latency": timing["latency"],
+              "max_abs_diff": timing["max_abs_diff"]}
     result["sizes"] = file_sizes(model, metadata, small)
     return result
 
 
-def bench_run(run_dir: str | Path, phase: str = "pruned", trust_model_code: bool = False, **kwargs) -> dict:
+def format_table(result: dict) -> str:
+    """:func:`bench_model`'s (or :func:`bench_run`'s) figures as a text table: per batch size and model form,
+    eager and ONNX Runtime latency side by side, each with its speedup over eager ``dense``, next to the
+    ideal speedup and the largest output differences."""
+    r = result
+    lines = [f"{r.get('model', {}).get('name', '?')}: MACs {r['macs_dense']:,} -> {int(r['macs_pruned']):,} "
+             f"({100 * r['macs_reduction']:.2f}% fewer), ideal speedup {r['ideal_speedup']:.2f}x, "
+             f"{r['threads']} thread(s), median of {r['runs']} runs, onnxruntime {r.get('onnxruntime') or 'not used'}",
+             f"{'batch':>5}  {'path':<14} {'eager ms':>9} {'speedup':>8} {'ORT ms':>9} {'speedup':>8} {'ideal':>6}"
+             f"  {'max |diff|':>10} {'ORT |diff|':>10}"]
+    for b, paths in r["latency"].items():
+        for name, t in paths.items():
+            if name.startswith("ort_"):
+                continue
+            o = paths.get(f"ort_{name}")
+            ort = (f"{1e3 * o['seconds']:>9.3f} {o['speedup']:>7.2f}x" if o else f"{'-':>9} {'-':>8}")
+            ort_diff = f"{r['max_abs_diff'][f'ort_{name}']:>10.1e}" if o else f"{'-':>10}"
+            lines.append(f"{b:>5}  {name:<14} {1e3 * t['seconds']:>9.3f} {t['speedup']:>7.2f}x {ort} "
+                         f"{r['ideal_speedup']:>5.2f}x  {r['max_abs_diff'][name]:>10.1e} {ort_diff}")
+    s = r["sizes"]
+    lines.append("files: " + ", ".join(f"{k} {v:,} bytes ({100 * v / s['dense']:.1f}%)" for k, v in s.items()))
+    return "\n".join(lines)
+
+
+def bench_run(run_dir: str | Path, phase: str = "pruned", trust_model_code: bool = False, onnx: bool = True,
+              **kwargs) -> dict:
     """:func:`bench_model` on one phase of a finished run (default: the pruned model), or on a checkpoint file
     (:func:`sabr.save_checkpoint`); ``trust_model_code``: see :func:`~sabr.export.load_model`."""
     check_options(**kwargs)
     model, meta = load_model(run_dir, phase, trust_model_code=trust_model_code)
-    result = bench_model(model, meta, **kwargs)
+    result = bench_model(model, meta, onnx=onnx, **kwargs)
     result["run"] = str(run_dir)
     result["model"] = meta.get("model", {})
     return result

@@ -242,21 +242,12 @@ def _setup_export(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench_run
+    from .bench import bench_run, format_table
 
     r = bench_run(args.run, phase=args.phase, trust_model_code=args.trust_model_code,
-                  batch_sizes=tuple(args.batch_sizes), runs=args.runs,
-                  warmup=args.warmup, max_density=args.max_density, threads=args.threads)
-    print(f"{r['model'].get('name', '?')}: MACs {r['macs_dense']:,} -> {int(r['macs_pruned']):,} "
-          f"({100 * r['macs_reduction']:.2f}% fewer), ideal speedup {r['ideal_speedup']:.2f}x, "
-          f"{r['threads']} thread(s), median of {r['runs']} runs")
-    print(f"{'batch':>5}  {'path':<14} {'median ms':>10} {'speedup':>8} {'ideal':>6}  {'max |diff|':>10}")
-    for b, paths in r["latency"].items():
-        for name, t in paths.items():
-            print(f"{b:>5}  {name:<14} {1e3 * t['seconds']:>10.3f} {t['speedup']:>7.2f}x {r['ideal_speedup']:>5.2f}x"
-                  f"  {r['max_abs_diff'][name]:>10.1e}")
-    s = r["sizes"]
-    print("files: " + ", ".join(f"{k} {v:,} bytes ({100 * v / s['dense']:.1f}%)" for k, v in s.items()))
+                  batch_sizes=tuple(args.batch_sizes), runs=args.runs, warmup=args.warmup,
+                  max_density=args.max_density, threads=args.threads, onnx=not args.no_onnx)
+    print(format_table(r))
     if args.json:
         from .checkpoint import write_json
 
@@ -274,7 +265,10 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=5, help="untimed calls first (default: 5)")
     p.add_argument("--max-density", type=float, default=0.3,
                    help="layers with at most this fraction of non-zeros use sparse kernels (default: 0.3)")
-    p.add_argument("--threads", type=int, help="torch threads during timing (default: torch's choice)")
+    p.add_argument("--threads", type=int,
+                   help="torch (and onnxruntime) threads during timing (default: torch's choice)")
+    p.add_argument("--no-onnx", action="store_true", help="leave out the ONNX Runtime paths (default: the dense and "
+                   "shrunk models are also timed in onnxruntime, when it is installed)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     _add_trust_flag(p)
 
@@ -298,7 +292,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "elevator": ("simulate a gesture-driven elevator (one floor per class)",
                  _setup_app(ElevatorSettings), _cmd_elevator),
     "export": ("export a run as a sparse checkpoint, a shrunk dense model or ONNX", _setup_export, _cmd_export),
-    "bench": ("CPU latency and file sizes: dense, shrunk and sparse-kernel paths", _setup_bench, _cmd_bench),
+    "bench": ("CPU latency and file sizes: dense, shrunk and sparse-kernel paths, eager and in ONNX Runtime",
+              _setup_bench, _cmd_bench),
 }
 
 

@@ -1,13 +1,15 @@
 """What a run is about: its data, stratified splits, preprocessing and model description.
 
 :func:`prepare` reads the dataset once and fixes all of it in an :class:`Experiment`, which every phase
-(:mod:`sabr.phases`) and every baseline takes; :func:`evaluate_split` measures a model on one split.
+(:mod:`sabr.phases`) and every baseline takes; :func:`load_experiment` rebuilds a finished run's (same
+splits, same preprocessing); :func:`evaluate_split` measures a model on one split.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -104,13 +106,32 @@ def prepare(config: RunConfig, progress: bool = True, dist: DistContext | None =
                       part(splits.val), part(splits.test), pre, device, model_meta, ds.skipped, dist)
 
 
+def load_experiment(run_dir: str | Path, device: str = "cpu", progress: bool = False) -> Experiment:
+    """The :class:`Experiment` of a run folder written by ``sabr run``: its saved configuration, its exact
+    train/validation/test splits and its preprocessing, rebuilt from ``config.yaml`` (the data are read
+    again and split with the run's seed), e.g. to train or evaluate another model on the run's splits.
+
+    Args:
+        run_dir: the run folder.
+        device: where the experiment's models and batches go (default ``"cpu"``, whatever the run used).
+        progress: show a progress bar while the data are read.
+
+    Raises:
+        CheckpointError: the folder has no ``config.yaml``.
+        DataError: the run's data cannot be read any more.
+    """
+    from .rundir import RunDir
+
+    folder = RunDir(run_dir)
+    values = folder.read_config() | {"device": device, "out": str(folder.path)}
+    return prepare(RunConfig.from_dict(values), progress)
+
+
 def _read(config: RunConfig, probe: Preprocess, progress: bool):
     """The dataset in memory, or (``config.stream``) an image folder's file list
     (:func:`sabr.streaming.scan_folder`)."""
     if not config.stream:
         return load_dataset(config.data, probe, config.max_per_class, config.on_bad_image, config.seed, progress)
-    from pathlib import Path
-
     from .data import _find_idx
     from .streaming import scan_folder
 

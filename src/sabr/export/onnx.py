@@ -99,7 +99,8 @@ class OnnxModel:
     """An onnxruntime session that behaves like a model: ``OnnxModel(path)(x)`` -> logits tensor.
 
     ``x`` is a float32 tensor ``(N, C, H, W)``; the result is a CPU tensor ``(N, classes)``.
-    ``threads`` sets onnxruntime's intra-op threads (default: its own choice).
+    ``threads`` sets onnxruntime's intra-op threads (default: its own choice); the graph runs sequentially
+    with one inter-op thread, so ``threads`` is the whole thread count (what :mod:`sabr.bench` measures with).
     """
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
@@ -108,6 +109,8 @@ class OnnxModel:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name

@@ -1,0 +1,320 @@
+"""Structured SABR against Torch-Pruning: test accuracy against real CPU latency (issue #16).
+
+Per model (``--models``, default resnet18 vgg11) on the sign-language photos at 32 px, one thread, per seed:
+
+* ``sabr_structured``: ``python -m sabr run --structured`` (skipped when its ``summary.json`` exists);
+  its ``pruned`` checkpoint made physically smaller with :func:`sabr.export.shrink`.
+* ``dense``: the same run's ``base`` checkpoint.
+* ``torch_pruning_<ratio>``: Torch-Pruning (``MagnitudePruner``, group L2 magnitude, the final classifier
+  kept whole) from the SAME base at each channel ratio, then fine-tuned on the run's own splits
+  (:func:`sabr.load_experiment`) for as many epochs as SABR's phase 2 and fine-tune took for that seed,
+  with the run's optimizer, phase-2 learning rate, schedule and batch size, keeping the best-validation epoch
+  (:func:`sabr.phases.finetune_masked`; a physically pruned model has no zeros to keep).
+
+Every row is timed against the dense base in the same process, eager and in ONNX Runtime, batch 1 and 32
+(:func:`sabr.bench.measure_latency`); ``speedup`` is base latency / row latency in the same runtime.
+Rows accumulate per (name, seed) in ``--out/structured-<model>.json``, written after every row, so a run
+cut off midway continues where it stopped; ``--report`` redraws the table and the Pareto plot from it.
+
+    python benchmarks/structured.py --models resnet18 --quick     # smoke run, a few minutes
+    python benchmarks/structured.py                                # the full run (hours), resumable
+    python benchmarks/structured.py --report                       # table and plot of what is there
+
+Needs ``torch-pruning`` (measured with 1.6) and, for the ONNX Runtime figures, sabr's ``export`` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+import sabr
+from sabr.bench import measure_latency
+from sabr.checkpoint import write_json
+from sabr.experiment import Experiment, evaluate_split
+from sabr.phases import finetune_masked
+
+log = logging.getLogger("structured")
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "sign-language-digits" / "Dataset"
+MODELS = ("resnet18", "vgg11")
+SEEDS = (0, 1, 2)
+RATIOS = (0.3, 0.5, 0.7)
+BATCHES = (1, 32)
+QUICK = dict(epochs_base=2, epochs_sabr=2, seeds=[0], ratios=[0.5], finetune_epochs=1, runs=10)
+
+
+# --------------------------------------------------------------------------- the methods
+def sabr_run(model: str, seed: int, args: argparse.Namespace) -> Path:
+    """The structured ``sabr run`` of ``model`` and ``seed`` (started unless its summary exists); its folder."""
+    out = Path(args.runs_dir) / f"{model}-s{seed}"
+    if (out / "summary.json").is_file():
+        return out
+    if (out / "config.yaml").is_file():  # cut off midway: continue it
+        cmd = [sys.executable, "-m", "sabr", "run", "--quiet", "--resume", str(out)]
+    else:
+        cmd = [sys.executable, "-m", "sabr", "run", "--model", model, "--data", str(args.data), "--image-size",
+               str(args.image_size), "--structured", "--threads", str(args.threads), "--seed", str(seed),
+               "--quiet", "--out", str(out)]
+        cmd += [f for name in ("epochs_base", "epochs_sabr") if getattr(args, name) is not None
+                for f in (f"--{name.replace('_', '-')}", str(getattr(args, name)))]
+    log.info("%s", " ".join(cmd))
+    subprocess.run(cmd, check=True)
+    return out
+
+
+def sabr_epochs(run_dir: Path) -> int:
+    """Epochs of training after phase 1 in a run: phase 2 plus the masked fine-tune."""
+    s = json.loads((run_dir / "summary.json").read_text())
+    return int(s["sabr"]["epochs"]) + int(s["pruned"].get("finetune_epochs") or 0)
+
+
+def torch_pruning(base: nn.Module, example: torch.Tensor, ratio: float) -> nn.Module:
+    """A copy of ``base`` with ``ratio`` of the channels of every coupled group removed by Torch-Pruning
+    (group L2 magnitude, the last Linear layer kept whole)."""
+    import torch_pruning as tp
+
+    model = copy.deepcopy(base).cpu().eval()
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
+    pruner = tp.pruner.MagnitudePruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                       pruning_ratio=ratio, ignored_layers=head)
+    pruner.step()
+    return model
+
+
+class Seed:
+    """One seed's run folder, experiment and models, each made on first use (a resumed seed may need none)."""
+
+    def __init__(self, model: str, seed: int, args: argparse.Namespace) -> None:
+        self.model, self.seed, self.args = model, seed, args
+        self._cache: dict[str, object] = {}
+
+    def _get(self, key: str, make: Callable[[], object]):
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    @property
+    def run(self) -> Path:
+        return self._get("run", lambda: sabr_run(self.model, self.seed, self.args))
+
+    @property
+    def exp(self) -> Experiment:
+        return self._get("exp", lambda: sabr.load_experiment(self.run))
+
+    @property
+    def base(self) -> nn.Module:
+        return self._get("base", lambda: sabr.load_run(self.run, "base")[0].eval())
+
+    def example(self) -> torch.Tensor:
+        return self.exp.example_input().cpu()
+
+    def structured(self) -> nn.Module:
+        return sabr.export.shrink(sabr.load_run(self.run, "pruned")[0].eval(), self.example().repeat(2, 1, 1, 1))[0]
+
+    def peer(self, ratio: float) -> nn.Module:
+        model = torch_pruning(self.base, self.example(), ratio)
+        epochs = self.args.finetune_epochs or sabr_epochs(self.run)
+        return finetune_masked(self.exp, model, epochs)[0].eval()
+
+
+# --------------------------------------------------------------------------- measurement and results
+def measure(s: Seed, name: str, model: nn.Module, runs: int) -> dict:
+    """One result row: accuracy, size, MACs and latency of ``model`` against the seed's dense base.
+
+    ``macs`` are what dense kernels compute for the model as it is (zeros included), ``macs_nonzero`` those
+    of its non-zero weights (:func:`sabr.count_macs`), per image.
+    """
+    x = s.example()
+    models = {"base": s.base} if model is s.base else {"base": s.base, "row": model}
+    row = "row" if "row" in models else "base"
+    t = measure_latency(models, x, BATCHES, runs=runs, warmup=max(1, runs // 10), threads=s.args.threads)
+    lat, kinds, macs = t["latency"], {"eager": "", "onnxruntime": "ort_"}, sabr.count_macs(model, x)
+    kinds = {k: p for k, p in kinds.items() if f"{p}{row}" in lat["1"]}
+    return {"name": name, "seed": s.seed, "test_accuracy": evaluate_split(s.exp, model, s.exp.test)[1],
+            "base_test_accuracy": evaluate_split(s.exp, s.base, s.exp.test)[1],
+            "params": sum(p.numel() for p in model.parameters()), "macs": int(macs.macs_dense),
+            "macs_nonzero": int(macs.macs_pruned),
+            "latency_ms": {k: {b: 1e3 * lat[b][p + row]["seconds"] for b in lat} for k, p in kinds.items()},
+            "speedup": {k: {b: lat[b][p + "base"]["seconds"] / lat[b][p + row]["seconds"] for b in lat}
+                        for k, p in kinds.items()},
+            "max_abs_diff_onnxruntime": t["max_abs_diff"].get(f"ort_{row}")}
+
+
+def accumulate(results: dict, save: Callable[[], None], name: str, seed: int, make: Callable[[], dict]) -> dict:
+    """The row of (``name``, ``seed``): the stored one, or ``make()`` appended and saved at once."""
+    for m in results["methods"]:
+        if (m["name"], m["seed"]) == (name, seed):
+            return m
+    row = make()
+    results["methods"].append(row)
+    save()
+    return row
+
+
+def load_results(path: Path, model: str, args: argparse.Namespace) -> dict:
+    """The results file of ``model`` (a fresh one when missing); one measured at another image size or thread
+    count is refused."""
+    fresh = {"model": model, "image_size": args.image_size, "threads": args.threads, "methods": []}
+    if not path.is_file():
+        return fresh
+    results = json.loads(path.read_text())
+    if (results.get("image_size"), results.get("threads")) != (args.image_size, args.threads):
+        raise SystemExit(f"{path} holds results at {results.get('image_size')} px and {results.get('threads')} "
+                         f"thread(s), not {args.image_size} and {args.threads}; move it away or pass those values.")
+    return results
+
+
+def bench_model(model: str, args: argparse.Namespace, path: Path) -> dict:
+    """Every method row of ``model`` for every seed, resuming from ``path``."""
+    results = load_results(path, model, args)
+    save = lambda: write_json(path, results)  # noqa: E731
+    for seed in args.seeds:
+        s = Seed(model, seed, args)
+        accumulate(results, save, "dense", seed, lambda: measure(s, "dense", s.base, args.runs))
+        accumulate(results, save, "sabr_structured", seed,
+                   lambda: measure(s, "sabr_structured", s.structured(), args.runs))
+        for r in args.ratios:
+            name = f"torch_pruning_{r:g}"
+            accumulate(results, save, name, seed, lambda: measure(s, name, s.peer(r), args.runs))
+    return results
+
+
+# --------------------------------------------------------------------------- report
+def _family(name: str) -> str:
+    return "torch_pruning" if name.startswith("torch_pruning_") else name
+
+
+def _mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{scale * statistics.mean(values):.{digits}f} ± {scale * sd:.{digits}f}"
+
+
+def groups(results: dict) -> dict[str, list[dict]]:
+    """Rows per method name, in the order they were first measured."""
+    out: dict[str, list[dict]] = {}
+    for m in results["methods"]:
+        out.setdefault(m["name"], []).append(m)
+    return out
+
+
+def table(results: dict) -> str:
+    """A markdown table, mean ± std over seeds: accuracy, drop, size, MACs, and per runtime and batch size the
+    latency of the row's own measurement with the mean speedup over the base measured beside it."""
+    head = ["method", "seeds", "test acc (%)", "drop (pt)", "params (M)", "MMACs (dense)"]
+    cols = [(k, b) for k in ("eager", "onnxruntime") for b in map(str, BATCHES)]
+    head += [f"{k} b{b} ms (speedup)" for k, b in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, rows in groups(results).items():
+        cells = [name, str(len(rows)), _mean_std([r["test_accuracy"] for r in rows], 100),
+                 _mean_std([r["base_test_accuracy"] - r["test_accuracy"] for r in rows], 100),
+                 _mean_std([r["params"] for r in rows], 1e-6), _mean_std([r["macs"] for r in rows], 1e-6, 1)]
+        for k, b in cols:
+            got = [r for r in rows if b in r["latency_ms"].get(k, {})]
+            cells.append(f"{_mean_std([r['latency_ms'][k][b] for r in got], digits=3)} "
+                         f"({statistics.mean(r['speedup'][k][b] for r in got):.2f}x)" if got else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired_ms(results: dict, row: dict, kind: str = "eager", batch: str = "1") -> float:
+    """``row``'s latency on the scale of its seed's dense row: the dense latency divided by the speedup measured
+    in the row's own measurement (latencies of separate measurements on a shared CPU differ by more than the
+    speedups of small prunings); the row's own latency when its seed has no dense row."""
+    dense = [m for m in results["methods"] if (m["name"], m["seed"]) == ("dense", row["seed"])]
+    if not dense:
+        return row["latency_ms"][kind][batch]
+    return dense[0]["latency_ms"][kind][batch] / row["speedup"][kind][batch]
+
+
+def plot(results: dict, path: Path) -> None:
+    """Pareto plot: test accuracy against batch-1 eager latency (:func:`paired_ms`), means over seeds, one
+    series per method family."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    families: dict[str, list[tuple[float, float, str]]] = {}
+    for name, rows in groups(results).items():
+        point = (statistics.mean(paired_ms(results, r) for r in rows),
+                 100 * statistics.mean(r["test_accuracy"] for r in rows), name)
+        families.setdefault(_family(name), []).append(point)
+    for (family, points), marker in zip(families.items(), "osD^v<>"):
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, label=family)
+        for x, y, name in points:
+            if name.startswith("torch_pruning_"):
+                ax.annotate(name.rsplit("_", 1)[1], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set(xlabel=f"batch-1 latency, eager PyTorch, {results['threads']} thread(s) (ms; dense / paired speedup)",
+           ylabel="test accuracy (%)",
+           title=f"{results['model']} at {results['image_size']} px: structured SABR vs Torch-Pruning")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(results: dict, json_path: Path) -> None:
+    """Print the table and draw the plot beside the JSON file."""
+    print(f"\n## {results['model']} ({results['image_size']} px, {results['threads']} thread(s))\n")
+    print(table(results))
+    if results["methods"]:
+        plot(results, json_path.with_suffix(".png"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=[*MODELS, "mobilenet_v2"])
+    p.add_argument("--data", default=str(DATA), help="image folder, one sub-folder per class")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=1, help="training and timing threads (default: 1)")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    p.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS), help="Torch-Pruning channel ratios")
+    p.add_argument("--epochs-base", type=int, help="passed to sabr run (default: sabr's)")
+    p.add_argument("--epochs-sabr", type=int, help="passed to sabr run (default: sabr's)")
+    p.add_argument("--finetune-epochs", type=int, help="Torch-Pruning fine-tune epochs (default: as many as "
+                   "SABR's phase 2 and fine-tune took for the seed)")
+    p.add_argument("--runs", type=int, default=50, help="timed calls per path and batch size (default: 50)")
+    p.add_argument("--runs-dir", default="runs/structured", help="where the sabr runs go")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="results folder")
+    p.add_argument("--quick", action="store_true", help="smoke test: " + ", ".join(
+        f"{k} {v}" for k, v in QUICK.items()) + "; results go to quick-* files and <runs-dir>-quick")
+    p.add_argument("--report", action="store_true", help="only print the table and redraw the plot from the JSON")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    prefix = "quick-" if args.quick else ""
+    if args.quick:
+        vars(args).update(QUICK, runs_dir=f"{args.runs_dir}-quick")
+    if not args.report and importlib.util.find_spec("torch_pruning") is None:
+        raise SystemExit("the Torch-Pruning peer needs the torch-pruning package: pip install 'torch-pruning>=1.6'.")
+    torch.set_num_threads(args.threads)
+    for model in args.models:
+        path = Path(args.out) / f"{prefix}structured-{model}.json"
+        if args.report:
+            results = load_results(path, model, args)
+        else:
+            start = time.perf_counter()
+            results = bench_model(model, args, path)
+            log.info("%s: %.0f s", model, time.perf_counter() - start)
+        report(results, path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

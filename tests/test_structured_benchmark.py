@@ -1,0 +1,103 @@
+"""benchmarks/structured.py: its rows resume per (name, seed), its report, and its core on a tiny model."""
+
+import argparse
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from benchmarks import structured  # the checkout's root is on sys.path under pytest: a module, not a path
+from sabr import RunConfig, create_model
+from sabr.experiment import prepare
+
+
+def _row(name, seed, acc, ms, base=0.9):
+    lat = {"eager": {"1": ms, "32": 10 * ms}, "onnxruntime": {"1": ms / 2, "32": 5 * ms}}
+    return {"name": name, "seed": seed, "test_accuracy": acc, "base_test_accuracy": base, "params": 2_000_000,
+            "macs": 30_000_000, "latency_ms": lat,
+            "speedup": {k: {b: 2.0 / v for b, v in d.items()} for k, d in lat.items()}}
+
+
+def test_accumulate_measures_each_name_and_seed_once_and_saves_each_row():
+    results, saved, calls = {"methods": []}, [], []
+    save = lambda: saved.append(json.loads(json.dumps(results)))  # noqa: E731
+
+    def make(name, seed):
+        def call():
+            calls.append((name, seed))
+            if name == "boom":
+                raise KeyboardInterrupt  # cut off midway
+            return _row(name, seed, 0.8, 1.0)
+        return call
+
+    structured.accumulate(results, save, "dense", 0, make("dense", 0))
+    with pytest.raises(KeyboardInterrupt):
+        structured.accumulate(results, save, "boom", 0, make("boom", 0))
+    resumed = json.loads(json.dumps(saved[-1]))  # what the file holds
+    assert [m["name"] for m in resumed["methods"]] == ["dense"]
+    assert structured.accumulate(resumed, save, "dense", 0, make("dense", 0)) == resumed["methods"][0]
+    structured.accumulate(resumed, save, "dense", 1, make("dense", 1))
+    assert calls == [("dense", 0), ("boom", 0), ("dense", 1)] and len(saved) == 2
+
+
+def test_results_of_another_setting_are_refused(tmp_path):
+    args = argparse.Namespace(image_size=32, threads=1)
+    path = tmp_path / "structured-m.json"
+    assert structured.load_results(path, "m", args)["methods"] == []
+    path.write_text(json.dumps({"model": "m", "image_size": 64, "threads": 1, "methods": []}))
+    with pytest.raises(SystemExit, match="64 px"):
+        structured.load_results(path, "m", args)
+
+
+def test_report_gives_mean_std_over_seeds_and_a_pareto_plot(tmp_path, capsys):
+    rows = [_row("dense", 0, 0.90, 2.0), _row("dense", 1, 0.92, 2.0), _row("sabr_structured", 0, 0.89, 1.0),
+            _row("sabr_structured", 1, 0.89, 1.0), _row("torch_pruning_0.5", 0, 0.85, 1.0)]
+    results = {"model": "m", "image_size": 32, "threads": 1, "methods": rows}
+    text = structured.table(results)
+    assert "| dense | 2 | 91.00 ± 1.41 | -1.00 ± 1.41 | 2.00 ± 0.00 | 30.0 ± 0.0 | 2.000 ± 0.000 (1.00x) |" in text
+    assert "| sabr_structured | 2 | 89.00 ± 0.00 |" in text and "0.500 ± 0.000 (4.00x)" in text
+    assert "| torch_pruning_0.5 | 1 | 85.00 ± 0.00 | 5.00 ± 0.00 |" in text
+    fast = rows[2] | {"speedup": {"eager": {"1": 4.0}}}
+    assert structured.paired_ms(results, fast) == 0.5  # dense 2 ms of seed 0 / the paired speedup 4x
+    assert structured.paired_ms({"methods": rows[2:]}, fast) == 1.0  # no dense row: its own latency
+    assert structured.main(["--report", "--models", "resnet18", "--out", str(tmp_path)]) == 0  # no file: empty table
+    (tmp_path / "structured-resnet18.json").write_text(json.dumps(results | {"model": "resnet18"}))
+    assert structured.main(["--report", "--models", "resnet18", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "structured-resnet18.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| torch_pruning_0.5 | 1 |" in capsys.readouterr().out
+
+
+def tiny_seed() -> structured.Seed:
+    """A seed whose run is a tiny digits experiment and an untrained compact CNN (no sabr run started)."""
+    s = structured.Seed("compact_cnn", 0, argparse.Namespace(threads=1, finetune_epochs=1))
+    exp = prepare(RunConfig(data="digits", max_per_class=10, image_size=8, epochs_sabr=1, device="cpu"),
+                  progress=False)
+    s._cache.update(run=None, exp=exp, base=create_model("compact_cnn", 10, 1, 8).eval())
+    return s
+
+
+def test_sabr_epochs_count_phase_2_and_the_fine_tune(tmp_path):
+    (tmp_path / "summary.json").write_text(json.dumps({"sabr": {"epochs": 7}, "pruned": {"finetune_epochs": 3}}))
+    assert structured.sabr_epochs(tmp_path) == 10
+    (tmp_path / "summary.json").write_text(json.dumps({"sabr": {"epochs": 7}, "pruned": {}}))
+    assert structured.sabr_epochs(tmp_path) == 7
+
+
+@pytest.mark.slow  # a digits experiment, a fine-tune epoch, two ONNX exports: about 10 s on a busy CPU
+def test_torch_pruning_removes_channels_and_a_row_is_measured_against_the_base():
+    s = tiny_seed()
+    small = structured.torch_pruning(s.base, s.example(), 0.5)
+    convs = lambda m: [c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)]  # noqa: E731
+    assert all(a < b for a, b in zip(convs(small), convs(s.base)))
+    assert [m for m in small.modules() if isinstance(m, nn.Linear)][-1].out_features == 10  # the head is whole
+    tuned = s.peer(0.5)  # pruned the same way, then fine-tuned one epoch on the run's splits
+    assert convs(tuned) == convs(small)
+    row = structured.measure(s, "torch_pruning_0.5", tuned, runs=2)
+    assert row["params"] == sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in s.base.parameters())
+    assert set(row["latency_ms"]) == {"eager", "onnxruntime"} and set(row["latency_ms"]["eager"]) == {"1", "32"}
+    assert row["speedup"]["eager"]["1"] > 0 and row["max_abs_diff_onnxruntime"] <= 1e-4
+    assert 0 <= row["test_accuracy"] <= 1 and row["base_test_accuracy"] == structured.evaluate_split(
+        s.exp, s.base, s.exp.test)[1]
+    dense = structured.measure(s, "dense", s.base, runs=2)
+    assert dense["params"] == sum(p.numel() for p in s.base.parameters())
