@@ -136,13 +136,13 @@ def oneshot_finetune(exp: Experiment, model: nn.Module, epochs: int, sparsity: f
 
     ``allocation`` is a key of :data:`ALLOCATIONS` (``"layer"``: one-shot layer-wise magnitude;
     ``"threshold"``: SABR's rule, as after an L1 phase). Dropout is turned off; BatchNorm statistics are
-    recalibrated after pruning when ``exp.config.bn_recalibrate``. The fine-tune is
+    recalibrated after pruning when ``exp.config.recalibrates``. The fine-tune is
     :func:`sabr.phases.finetune_masked` at ``lr`` (zeros stay zero, best validation weights kept, the
     pruned start included). Returns the model (pruned in place) and one row per epoch.
     """
     set_dropout(model, 0.0)
     magnitude_prune(model, sparsity, allocation, exp.config.params)
-    if exp.config.bn_recalibrate:
+    if exp.config.recalibrates:
         bn_recalibrator(exp)(model)
     return finetune_masked(exp, model, epochs, lr=lr, params=exp.config.params)
 

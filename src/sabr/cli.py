@@ -58,7 +58,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type = RunConfig)
             kw["required"] = True
         if f.metadata.get("switch"):
             parser.add_argument(flag, action="store_true", **kw)
-        elif f.type == "bool":
+        elif f.type in ("bool", "bool | None"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         else:
             typ, is_list = _base_type(f.type)

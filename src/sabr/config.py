@@ -141,7 +141,8 @@ class RunConfig:
                                          "the sparsest factor within the budget, chosen on validation)", min=0)
     gamma: float = _f(0.1, "pruning: weights below gamma*std(w) are left out of the threshold's std", min=0)
     epsilon: float | None = _f(None, "pruning: one fixed threshold for every tensor instead (plain mode)", min=0)
-    bn_recalibrate: bool = _f(True, "re-estimate BatchNorm statistics on training batches after pruning")
+    bn_recalibrate: bool | None = _f(None, "re-estimate BatchNorm statistics on training batches after pruning "
+                                           "(default: on, off with --structured)")
     finetune_epochs: int = _f(0, "phase 4 (optional): masked fine-tuning epochs after pruning; zeros stay zero "
                                  "(the 'sabr_ft' row of docs/benchmarks.md)", min=0)
     sweep: list[float] = _f(list(BUDGET_FACTORS), "pruning factors the budget search tries on validation (and the "
@@ -193,6 +194,14 @@ class RunConfig:
             else:
                 parts += [flag, *map(str, value if isinstance(value, list) else [value])]
         return " ".join(shlex.quote(p) for p in parts)
+
+    @property
+    def recalibrates(self) -> bool:
+        """Whether pruned models get their BatchNorm statistics re-estimated: ``bn_recalibrate``, or by default
+        on for unstructured pruning and off for ``structured`` (whose pruned channels output exactly zero; on
+        resnet18 at 32 px, sign-language photos, re-estimating lowered the validation accuracy of the
+        unpruned base model from 97.84% to 96.77% and of the SABR model from 97.30% to 95.15%)."""
+        return (not self.structured) if self.bn_recalibrate is None else self.bn_recalibrate
 
     def sabr_settings(self) -> SabrSettings:
         """Phase 2's hyper-parameters (``teta1``, ``growth_rate``, ...) as a :class:`SabrSettings`

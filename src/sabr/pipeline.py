@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from . import report
-from .budget import BudgetTracker, Trial, budget_floor, prune_copy, search_prune_factor
+from .budget import (TRACK_FACTOR, TRACK_FACTOR_STRUCTURED, BudgetTracker, Trial, budget_floor, prune_copy,
+                     search_prune_factor)
 from .channels import group_parameters
 from .checkpoint import check_trusted, load_weights_into, read_metadata, read_weights, save_checkpoint, write_json
 from .config import RunConfig
@@ -203,8 +204,9 @@ def _sabr_phase(exp: Experiment, folder: RunDir, base: PhaseResult, state: dict 
     done = {"base": base.saved()}
     budget = None
     if cfg.max_drop is not None:
-        budget = BudgetTracker(budget_floor(base.val_accuracy, cfg.max_drop), cfg.patience,
-                               cfg.prune_teta1 or 0.2, cfg.gamma, cfg.params, channel_groups_of(exp, base.model))
+        track = cfg.prune_teta1 or (TRACK_FACTOR_STRUCTURED if cfg.structured else TRACK_FACTOR)
+        budget = BudgetTracker(budget_floor(base.val_accuracy, cfg.max_drop), cfg.patience, track, cfg.gamma,
+                               cfg.params, channel_groups_of(exp, base.model))
     settings = resolve_threshold(exp, base.model, cfg.sabr_settings(), base.val_accuracy)  # measured in phase 1
     model, reg, rows = train_sabr(exp, base.model, settings=settings, progress=progress, budget=budget, resume=resume,
                                   on_epoch=_saver(exp, folder, "sabr", done))
@@ -284,7 +286,7 @@ def _budget_phase(exp: Experiment, folder: RunDir, base: PhaseResult, sabr: Phas
     cfg = exp.config
     floor = budget_floor(base.val_accuracy, cfg.max_drop) if cfg.max_drop is not None else float("-inf")
     factors = sorted(set(cfg.sweep) | ({cfg.prune_teta1} if cfg.prune_teta1 is not None else set()))
-    recal = bn_recalibrator(exp) if cfg.bn_recalibrate else None
+    recal = bn_recalibrator(exp) if cfg.recalibrates else None
     validate = lambda m: evaluate_split(exp, m, exp.val)[1]  # noqa: E731 - the search's only look at data
     base_model = copy.deepcopy(base.model)
     load_weights_into(base_model, base_weights, source="the base checkpoint")
@@ -324,7 +326,7 @@ def _prune_phase(exp: Experiment, folder: RunDir, model: nn.Module, choice: Budg
     Returns ``(pruned model, per-layer stats, its summary figures)``; ``choice.base_figures`` is filled.
     """
     cfg = exp.config
-    recal = bn_recalibrator(exp) if cfg.bn_recalibrate else None
+    recal = bn_recalibrator(exp) if cfg.recalibrates else None
     groups = channel_groups_of(exp, model)
     if cfg.epsilon is not None:
         pruned = copy.deepcopy(model)
