@@ -164,3 +164,12 @@ def test_structured_run_fine_tunes_reprunes_and_exports_a_smaller_model_with_the
     with torch.no_grad():
         assert torch.allclose(small(x), model(x), atol=1e-5, rtol=0)
     assert sum(p.numel() for p in small.parameters()) == st["params_after"]
+
+
+def test_batchnorm_recalibration_defaults_on_for_weights_and_off_for_channels():
+    from sabr import RunConfig
+
+    assert RunConfig().recalibrates and not RunConfig(structured=True).recalibrates
+    assert RunConfig(structured=True, bn_recalibrate=True).recalibrates
+    assert not RunConfig(bn_recalibrate=False).recalibrates
+    assert RunConfig(structured=True, bn_recalibrate=True).command() == "sabr run --structured --bn-recalibrate"
