@@ -89,7 +89,7 @@ class RunConfig:
     # training
     base_checkpoint: str | None = _f(None, "skip phase 1: start from this trained model (a sabr checkpoint "
                                            ".safetensors of the same --model and classes, e.g. another run's "
-                                           "checkpoints/base.safetensors); its accuracy is measured on this run's splits")
+                                           "RUN/base.safetensors); its accuracy is measured on this run's splits")
     epochs_base: int = _f(30, "phase 1 (base training) epochs", min=1)
     epochs_sabr: int = _f(60, "phase 2 (SABR) epoch limit; it ends earlier once every tensor is frozen or, with a "
                               "budget, after --patience epochs without gain", min=0)
