@@ -11,12 +11,14 @@ A plain mode with one fixed ``epsilon`` threshold for every tensor exists too.
 
 Structured mode (``groups=``, :mod:`sabr.channels`) applies the same rule to the channels of each group:
 ``s`` is the std of the channels' root mean squares, and a channel below the threshold has every weight
-of its row, its biases and its BatchNorm scale and shift set to zero (each group keeps at least its
-largest channel): the channel then carries exactly zero and :func:`sabr.shrink` removes it.
+of its row, its biases and its BatchNorm scale and shift set to zero (each group keeps a multiple of
+:data:`CHANNEL_MULTIPLE` channels, its largest, or all of them): the channel then carries exactly zero and
+:func:`sabr.shrink` removes it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -92,14 +94,26 @@ def prune(
     return stats
 
 
+CHANNEL_MULTIPLE = 8
+"""Structured pruning keeps a multiple of this many channels per group (the largest of those the rule would
+remove are kept back), or all of them. Dense kernels run much slower on odd widths: a shrunk resnet18
+with 246, 244, 157, 479 and 241 channels in its last stages (31% fewer parameters, 14% fewer MACs) ran at
+0.87x the speed of the full model at batch 1 on one thread."""
+
+
 def _removed_channels(named: dict, group: ChannelGroup, teta1: float, gamma: float,
                       epsilon: float | None) -> tuple[torch.Tensor, float]:
-    """``(boolean mask of the channels the rule removes, threshold)`` for one group; the largest stays."""
+    """``(boolean mask of the channels the rule removes, threshold)`` for one group: the channels below the
+    threshold, less the largest of them so that a multiple of :data:`CHANNEL_MULTIPLE` channels (at least
+    one multiple, at most all) stays."""
     rms = channel_rms(named, group)
     threshold = float(epsilon) if epsilon is not None else prune_threshold(rms, teta1, gamma)
     drop = rms < threshold
-    if bool(drop.all()):
-        drop[int(rms.argmax())] = False
+    kept = group.channels - int(drop.sum())
+    keep = min(group.channels, max(1, math.ceil(kept / CHANNEL_MULTIPLE)) * CHANNEL_MULTIPLE)
+    if keep > kept:
+        order = torch.argsort(rms, descending=True)  # the largest first
+        drop[order[:keep]] = False
     return drop, threshold
 
 
