@@ -304,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report and importlib.util.find_spec("torch_pruning") is None:
         raise SystemExit("the Torch-Pruning peer needs the torch-pruning package: pip install 'torch-pruning>=1.6'.")
     torch.set_num_threads(args.threads)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     for model in args.models:
         path = Path(args.out) / f"{prefix}structured-{model}.json"
         if args.report:
