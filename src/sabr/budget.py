@@ -28,7 +28,6 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from .channels import STRUCTURED_FACTOR
 from .config import BUDGET_FACTORS
 from .pruning import prunable_sparsity, prune
 
@@ -43,10 +42,11 @@ MIN_GAIN = 0.01
 TRACK_FACTOR = 0.2
 """The pruning factor phase 2's prunable sparsity is measured with (the rule's default), per weight."""
 
-TRACK_FACTOR_STRUCTURED = STRUCTURED_FACTOR
-"""The same for whole channels (``--structured``): :data:`sabr.channels.STRUCTURED_FACTOR`. At 0.2 no channel is
-removable until channels reach zero, so every epoch looks alike and phase 2 would stop after ``patience``
-epochs for lack of a measurable gain."""
+TRACK_FACTOR_STRUCTURED = 1.0
+"""The same for whole channels (``--structured``). Channel sizes spread far less than single weights: on
+resnet18 at 32 px (sign-language photos, seed 0, phase-2 epoch 13) factor 0.2 would remove 0.0% of the
+groups' weights while factors 0.5, 1, 2 and 3 removed 1.9%, 12%, 42% and 71%, so at 0.2 every epoch
+looks alike and phase 2 would stop after ``patience`` epochs for lack of a measurable gain."""
 
 
 def budget_floor(base_val_accuracy: float, max_drop: float) -> float:
