@@ -28,7 +28,7 @@ from .checkpoint import check_trusted, load_weights_into, read_metadata, read_we
 from .config import RunConfig
 from .distributed import DistContext, init_from_env, shutdown
 from .errors import ConfigError, SabrError
-from .experiment import Experiment, evaluate_split, prepare
+from .experiment import Experiment, evaluate_split, load_experiment, prepare
 from .export import load_run
 from .integrations.tensorboard import logger_for
 from .metrics import sparsity_report
@@ -385,8 +385,8 @@ def reprune(run_dir: str | Path, teta1_values, gamma: float = 0.1, progress: boo
     model, meta = load_run(folder.path, "sabr", trust_model_code=trust_model_code)
     if not folder.config.is_file():
         raise SabrError(f"{folder.config} is missing; `sabr prune` needs a run folder written by `sabr run`.")
-    cfg = RunConfig.from_dict({**folder.read_config(), "device": "cpu"})
-    exp = prepare(cfg, progress)
+    exp = load_experiment(folder.path, progress=progress)
+    cfg = exp.config
     exp.preprocess = meta["transform"]
     model.to(exp.device)
     base_meta = folder.checkpoint("base").with_suffix(".json")
