@@ -132,8 +132,7 @@ class RunConfig:
                                                  f"{SABR_DEFAULTS.accuracy_threshold:g}")
     k_epoch: int = _f(SABR_DEFAULTS.k_epoch, "epochs without growth before one tensor freezes", min=1)
     zero_eps: float = _f(SABR_DEFAULTS.zero_eps, "|w| below this counts as near zero during phase 2", gt=0)
-    structured: bool = _f(False, "structured SABR: one lambda per group of coupled output channels, whole channels "
-                                 "pruned; the shrunk model (`sabr export --format shrunk`) is faster")
+    structured: bool = _f(False, "structured SABR on channel groups: whole channels pruned, a faster shrunk model")
     params: list[str] | None = _f(None, "names of the tensors to regularise (default: every Conv/Linear weight)",
                                   nargs="+")
     # pruning (phase 3)
@@ -197,10 +196,8 @@ class RunConfig:
 
     @property
     def recalibrates(self) -> bool:
-        """Whether pruned models get their BatchNorm statistics re-estimated: ``bn_recalibrate``, or by default
-        on for unstructured pruning and off for ``structured`` (whose pruned channels output exactly zero; on
-        resnet18 at 32 px, sign-language photos, re-estimating lowered the validation accuracy of the
-        unpruned base model from 97.84% to 96.77% and of the SABR model from 97.30% to 95.15%)."""
+        """``bn_recalibrate``, or by default on for unstructured pruning and off for ``structured`` (see
+        docs/spec.md: on resnet18 it cost 1-2 validation points with nothing pruned)."""
         return (not self.structured) if self.bn_recalibrate is None else self.bn_recalibrate
 
     def sabr_settings(self) -> SabrSettings:
