@@ -261,6 +261,7 @@ class BudgetChoice:
     base_chosen: Trial
     base_fits: bool
     base_model: nn.Module
+    groups: list | None = None  # structured mode: the regulariser's channel groups, pruned in phase 3
     base_figures: dict = field(default_factory=dict)
 
     def curve(self) -> list[dict]:
@@ -294,7 +295,7 @@ def _budget_phase(exp: Experiment, folder: RunDir, base: PhaseResult, sabr: Phas
     trials = {k: [Trial(**t) for t in v] for k, v in saved.items()}
     done = {"base": base.saved(), "sabr": sabr.saved()}
     results = {}
-    groups = channel_groups_of(exp, base_model)
+    groups = None if reg.groups is None else list(reg.groups.values())
     for name, model in (("sabr", sabr.model), ("base", base_model)):
         def on_trial(ts: list[Trial], name: str = name) -> None:
             trials[name] = ts
@@ -315,7 +316,7 @@ def _budget_phase(exp: Experiment, folder: RunDir, base: PhaseResult, sabr: Phas
                     "phase 2 with a smaller --teta1", 100 * cfg.max_drop, chosen.factor, 100 * chosen.val_accuracy)
     log.info("budget: pruning factor %g -> sparsity %.2f%%, validation %.2f%% (base %.2f%%, floor %.2f%%)",
              chosen.factor, 100 * chosen.sparsity, 100 * chosen.val_accuracy, 100 * base.val_accuracy, 100 * floor)
-    return BudgetChoice(cfg.max_drop, floor, ts, chosen, fits, b_ts, b_chosen, b_fits, base_model)
+    return BudgetChoice(cfg.max_drop, floor, ts, chosen, fits, b_ts, b_chosen, b_fits, base_model, groups=groups)
 
 
 def _prune_phase(exp: Experiment, folder: RunDir, model: nn.Module, choice: BudgetChoice,
@@ -327,7 +328,7 @@ def _prune_phase(exp: Experiment, folder: RunDir, model: nn.Module, choice: Budg
     """
     cfg = exp.config
     recal = bn_recalibrator(exp) if cfg.recalibrates else None
-    groups = channel_groups_of(exp, model)
+    groups = choice.groups
     if cfg.epsilon is not None:
         pruned = copy.deepcopy(model)
         layer_stats = prune(pruned, epsilon=cfg.epsilon, params=cfg.params, groups=groups)
