@@ -108,12 +108,29 @@ def test_results_of_another_protocol_are_refused(tmp_path):
         compare.load_results(old, "fashion-lenet5", {}, "cmd")
 
 
+def test_peers_are_tuned_at_the_middle_target_and_trained_once_at_the_others():
+    calls, results = [], {"trials": [], "methods": []}
+
+    def train(target, lr):
+        calls.append((target, lr))
+        return {"val_accuracy": 0.9 - abs(lr - 1e-3), "sparsity": target, "test_accuracy": 0.5, "command": "c"}
+
+    entries = compare.tune_then_train(results, lambda: None, "gmp_layer", (0.9, 0.95, 0.98), 0, (3e-4, 1e-3, 3e-3),
+                                      train, 0.9)
+    assert calls == [(0.95, 3e-4), (0.95, 1e-3), (0.95, 3e-3), (0.9, 1e-3), (0.98, 1e-3)]
+    assert [(e["target"], e["value"], e["trials"]) for e in entries] == [(0.95, 1e-3, 3), (0.9, 1e-3, 1),
+                                                                          (0.98, 1e-3, 1)]
+    calls.clear()  # a second call (a resumed run) trains nothing
+    assert compare.tune_then_train(results, lambda: None, "gmp_layer", (0.9, 0.95, 0.98), 0, (3e-4, 1e-3, 3e-3),
+                                   train, 0.9) == entries and not calls
+
+
 def test_planned_epochs_count_every_trial():
     spec = {"run": {"epochs_base": 10, "sweep": [0.1, 0.2]}, "epochs": 20, "ft_epochs": 5}
     train, passes = compare.planned(spec)
-    # base + 3 magnitude peers x 3 targets x 3 lrs x 20 + 2 L1 peers x 3 scales x (15 shared + 3 targets x 5)
-    # + 2 SABR family x 3 lrs x 20
-    assert train == 10 + 540 + 180 + 120
+    # base + 3 magnitude peers x (3 lrs + 2 other targets) x 20
+    # + 2 L1 peers x (3 scales x 15 + (3 scales + 2 other targets) x 5) + 2 SABR family x 3 lrs x 20
+    assert train == 10 + 300 + 140 + 120
     assert passes == train + 2 * 3 * 2 * 2
 
 
