@@ -71,12 +71,26 @@ def test_tracker_keeps_the_sparsest_epoch_within_the_budget_and_runs_out_of_pati
 
 def test_tracker_falls_back_to_the_best_validation_epoch_when_nothing_fits():
     model = _model()
-    tracker = BudgetTracker(floor=0.99, patience=5)
+    tracker = BudgetTracker(floor=0.99, patience=2)
     tracker.update(model, 1, 0.80)
     tracker.update(model, 2, 0.85)
     tracker.update(model, 3, 0.82)
     epoch, weights, within = tracker.kept()
     assert (epoch, within) == (2, False) and weights is not None
+    assert not tracker.exhausted  # patience counts from the first epoch within the budget: none yet
+
+
+def test_tracker_patience_starts_at_the_first_epoch_within_the_budget():
+    model = _model()
+    tracker = BudgetTracker(floor=0.9, patience=2)
+    for epoch in range(1, 6):  # five epochs below the floor: the phase goes on
+        tracker.update(model, epoch, 0.85)
+    assert not tracker.exhausted and tracker.since_gain == 0
+    tracker.update(model, 6, 0.95)  # the first fit
+    assert tracker.kept()[0] == 6 and not tracker.exhausted
+    tracker.update(model, 7, 0.85)
+    tracker.update(model, 8, 0.95)  # no gain
+    assert tracker.exhausted and tracker.kept()[0] == 6
     assert MIN_GAIN == 0.01
 
 

@@ -130,13 +130,19 @@ def test_prune_keeps_a_multiple_of_eight_channels_the_largest_or_all():
     assert len(alive(model[2].weight)) == 4  # fewer channels than one multiple: all stay
 
 
-def test_a_frozen_group_stops_training_all_its_tensors():
+def test_the_group_with_the_largest_removable_share_freezes_and_none_while_no_channel_is_removable():
+    torch.manual_seed(0)
     model = create_model("resnet18", 10, 3, 32)
     groups = channel_groups(model, torch.zeros(1, 3, 32, 32))
     reg = SABR(model, groups=groups, k_epoch=1, accuracy_threshold=0.0)
     reg.step(0.9)
-    assert reg.step(0.5).frozen is not None
-    frozen = next(iter(reg.frozen))
+    assert reg.step(0.5).frozen is None and not reg.frozen  # every channel alike: nothing to freeze yet
+    with torch.no_grad():
+        model.layer4[1].conv1.weight[:256] *= 1e-3  # half of one group's channels collapse
+        model.layer3[1].conv1.weight[:64] *= 1e-3  # a quarter of another's
+    assert reg.step(0.4).frozen == "layer4.1.conv1"
+    assert reg.step(0.3).frozen == "layer3.1.conv1"
+    frozen = "layer4.1.conv1"
     assert all(not reg.params[w].requires_grad for w in reg.units[frozen])
     assert len(reg.units) == len(groups) and not reg.all_frozen
     again = SABR(model, groups=groups)

@@ -7,8 +7,8 @@ property of the model and the data instead:
 
 * during phase 2, :class:`BudgetTracker` keeps the epoch whose *prunable sparsity* (what the pruning
   rule would remove, :func:`sabr.pruning.prunable_sparsity`) is the highest among the epochs whose
-  validation accuracy is within the budget, and ends the phase once ``patience`` epochs in a row brought
-  no gain (the remaining weights shrinking by less than ``MIN_GAIN``);
+  validation accuracy is within the budget, and ends the phase once ``patience`` epochs in a row after the
+  first one within the budget brought no gain (the remaining weights shrinking by less than ``MIN_GAIN``);
 * after it, :func:`search_prune_factor` prunes copies of the kept model at every factor of ``FACTORS``
   (BatchNorm statistics recalibrated) and chooses the factor one step before the first that breaks the
   budget (:func:`choose`).
@@ -28,6 +28,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from .channels import STRUCTURED_FACTOR
 from .config import BUDGET_FACTORS
 from .pruning import prunable_sparsity, prune
 
@@ -42,11 +43,10 @@ MIN_GAIN = 0.01
 TRACK_FACTOR = 0.2
 """The pruning factor phase 2's prunable sparsity is measured with (the rule's default), per weight."""
 
-TRACK_FACTOR_STRUCTURED = 1.0
-"""The same for whole channels (``--structured``). Channel sizes spread far less than single weights: on
-resnet18 at 32 px (sign-language photos, seed 0, phase-2 epoch 13) factor 0.2 would remove 0.0% of the
-groups' weights while factors 0.5, 1, 2 and 3 removed 1.9%, 12%, 42% and 71%, so at 0.2 every epoch
-looks alike and phase 2 would stop after ``patience`` epochs for lack of a measurable gain."""
+TRACK_FACTOR_STRUCTURED = STRUCTURED_FACTOR
+"""The same for whole channels (``--structured``): :data:`sabr.channels.STRUCTURED_FACTOR`. At 0.2 no channel is
+removable until channels reach zero, so every epoch looks alike and phase 2 would stop after ``patience``
+epochs for lack of a measurable gain."""
 
 
 def budget_floor(base_val_accuracy: float, max_drop: float) -> float:
@@ -60,7 +60,9 @@ class BudgetTracker:
 
     Args:
         floor: the lowest admissible validation accuracy (:func:`budget_floor`).
-        patience: epochs in a row without gain after which phase 2 ends.
+        patience: epochs in a row without gain after which phase 2 ends, counted from the first epoch
+            within the budget. Before it the epochs are not counted: the adaptive rule is lowering the
+            lambdas to bring the accuracy back, and phase 2 runs on to its epoch limit if it never does.
         prune_teta1: the pruning factor the prunable sparsity is measured with (the rule's 0.2).
         gamma: the pruning rule's ``gamma``.
         params: the regularised tensors (``None``: every Conv/Linear weight).
@@ -87,7 +89,7 @@ class BudgetTracker:
         if val_accuracy >= self.floor and (1 - sparsity) <= (1 - self.best_sparsity) * (1 - MIN_GAIN):
             self.best_epoch, self.best_sparsity, self.since_gain = epoch, sparsity, 0
             self.best_model = _copy(model)
-        else:
+        elif self.best_model is not None:
             self.since_gain += 1
         if self.best_model is None and val_accuracy > self.fallback_accuracy:
             self.fallback_epoch, self.fallback_accuracy, self.fallback_model = epoch, val_accuracy, _copy(model)
@@ -95,7 +97,7 @@ class BudgetTracker:
 
     @property
     def exhausted(self) -> bool:
-        """True once ``patience`` epochs in a row brought no gain within the budget."""
+        """True once ``patience`` epochs in a row after the first within the budget brought no gain."""
         return self.since_gain >= self.patience
 
     def kept(self) -> tuple[int, dict[str, torch.Tensor] | None, bool]:

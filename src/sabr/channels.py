@@ -23,6 +23,14 @@ import torch
 from torch import nn
 
 
+STRUCTURED_FACTOR = 1.0
+"""The pruning factor at which phase 2 of structured SABR counts a channel as removable: to track the prunable
+sparsity (:data:`sabr.budget.TRACK_FACTOR_STRUCTURED`) and to choose the group to freeze. Channel sizes
+spread far less than single weights: on resnet18 at 32 px (sign-language photos, seed 0, phase-2 epoch 13)
+factor 0.2 would remove 0.0% of the groups' weights while factors 0.5, 1, 2 and 3 removed 1.9%, 12%, 42%
+and 71%."""
+
+
 @dataclass(frozen=True)
 class ChannelGroup:
     """Output channels removed together.
@@ -108,11 +116,6 @@ def group_lasso(named: dict[str, torch.Tensor], group: ChannelGroup) -> torch.Te
     """
     rows = channel_rows(named, group)
     return rows.norm(dim=1).sum() * math.sqrt(rows.shape[1])
-
-
-def live_channels(named: dict[str, torch.Tensor], group: ChannelGroup, eps: float) -> int:
-    """Channels of ``group`` whose root mean square is at least ``eps``."""
-    return int((channel_rms(named, group) >= eps).sum())
 
 
 def group_parameters(groups: Sequence[ChannelGroup]) -> list[str]:

@@ -117,7 +117,7 @@ class RunConfig:
     max_drop: float | None = _f(0.01, "accuracy budget: the result is the sparsest model whose validation accuracy "
                                       "is within this fraction of the base model's (0.01 = 1 point)", min=0, max=1)
     patience: int = _f(10, "phase 2 ends after this many epochs in a row that found no sparser model within the "
-                           "budget", min=1)
+                           "budget (counted from the first epoch within it)", min=1)
     # SABR (phase 2)
     teta1: float = _f(SABR_DEFAULTS.teta1, "lambda initialisation factor: lambda = teta1 * std(w), the pull of "
                                            "100 optimizer steps (see --scale-teta1)", min=0)

@@ -117,6 +117,12 @@ def _removed_channels(named: dict, group: ChannelGroup, teta1: float, gamma: flo
     return drop, threshold
 
 
+def removed_channels(named: dict, group: ChannelGroup, teta1: float = 0.2, gamma: float = 0.1) -> torch.Tensor:
+    """Boolean ``(channels,)``: the channels of ``group`` that :func:`prune` at ``teta1`` would remove
+    (``named``: parameter name -> tensor); nothing is changed."""
+    return _removed_channels(named, group, teta1, gamma, None)[0]
+
+
 def _prune_channels(model: nn.Module, groups: Sequence[ChannelGroup], teta1: float, gamma: float,
                     epsilon: float | None) -> list[LayerPruning]:
     named = dict(model.named_parameters())

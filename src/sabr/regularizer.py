@@ -52,7 +52,7 @@ from torch import nn
 
 from .config import SABR_DEFAULTS as DEFAULTS
 from .config import SabrSettings
-from .channels import ChannelGroup, group_lasso, groups_by_name, live_channels
+from .channels import STRUCTURED_FACTOR, ChannelGroup, group_lasso, groups_by_name
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -160,9 +160,12 @@ class SABR:
             group ``g`` is one unit with one lambda, ``teta1 * std(weights of g)``, and the term
             ``lambda_g * sqrt(d) * sum_j ||row_j||_2`` over its channels (:func:`sabr.channels.group_lasso`),
             which drives whole coupled channels to zero so that :func:`sabr.shrink` removes them. Growth,
-            shrinking and freezing act on groups exactly as on tensors; the group frozen is the one with
-            the fewest live channels (root mean square ``>= zero_eps``), and freezing it freezes its weight
-            tensors (each belongs to one group). ``params`` is ignored.
+            shrinking act on groups exactly as on tensors. The group frozen is the one with the largest
+            share of channels the pruning rule would remove at factor :data:`~sabr.channels.STRUCTURED_FACTOR`,
+            and no group is frozen while none has such a channel (channels shrink but rarely reach zero, so
+            counting live channels would tie every group and freeze the smallest ones before any of their
+            channels could go). Freezing a group freezes its weight tensors (each belongs to one group).
+            ``params`` is ignored.
 
     Attributes:
         units: unit name -> its tensor names: one tensor per unit, or a channel group's tensors.
@@ -279,12 +282,19 @@ class SABR:
                   action, f", froze {froze}" if froze else "")
         return StepResult(action=action, drop=drop, best=self.best, frozen=froze)
 
-    def _freeze_sparsest(self, unfrozen: list[str]) -> str:
+    def _freeze_sparsest(self, unfrozen: list[str]) -> str | None:
         if self.groups is None:
             counts = {n: int((self.params[n].detach().abs() >= self.zero_eps).sum()) for n in unfrozen}
+            name = min(unfrozen, key=lambda n: counts[n])  # min() keeps the first of equal counts
         else:
-            counts = {u: live_channels(self.params, self.groups[u], self.zero_eps) for u in unfrozen}
-        name = min(unfrozen, key=lambda n: counts[n])  # min() keeps the first of equal counts
+            from .pruning import removed_channels  # pruning builds on this module
+
+            shares = {u: float(removed_channels(self.params, self.groups[u], STRUCTURED_FACTOR).float().mean())
+                      for u in unfrozen}
+            ready = [u for u in unfrozen if shares[u] > 0]
+            if not ready:  # no group has a removable channel yet: freezing one would keep all of its channels
+                return None
+            name = max(ready, key=lambda u: shares[u])  # max() keeps the first of equal shares
         self.freeze(name)
         return name
 
