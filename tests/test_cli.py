@@ -31,7 +31,8 @@ def test_every_command_has_help(capsys):
 
 
 def test_flags_come_from_the_dataclasses():
-    from sabr.config import ElevatorSettings, RecognizeSettings, RunConfig
+    from sabr.app_config import ElevatorSettings, RecognizeSettings
+    from sabr.config import RunConfig
 
     parser = cli.build_parser()
     args = parser.parse_args(["elevator", "--script", "s.txt", "--floors", "3", "--headless", "--stable-frames", "4"])

@@ -12,7 +12,8 @@ import sys
 from dataclasses import MISSING, Field, fields
 from typing import TYPE_CHECKING, Any, Callable
 
-from .config import AppSettings, ElevatorSettings, RecognizeSettings, RunConfig, load_yaml
+from .app_config import AppSettings, ElevatorSettings, RecognizeSettings
+from .config import RunConfig, load_yaml
 from .errors import ConfigError, SabrError
 
 if TYPE_CHECKING:  # the CLI imports torch, numpy and the apps only in the commands that need them

@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from .errors import ConfigError
 
@@ -351,63 +351,3 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(values, dict):
         raise ConfigError(f"config file {p} must hold a mapping of keys to values.")
     return {str(k).replace("-", "_"): v for k, v in values.items()}
-
-
-# --------------------------------------------------------------------------- app settings
-@dataclass
-class AppSettings:
-    """The options shared by the two applications (``sabr recognize``, ``sabr elevator``).
-
-    Like :class:`RunConfig`, each field is one command-line flag (``roi_fraction`` becomes
-    ``--roi-fraction``). ``model``, ``phase``, ``references``, ``source``, ``device`` and ``threads`` say
-    what the command loads; the loops (:func:`sabr.apps.recognize`, :func:`sabr.apps.run_elevator`) read
-    the rest. Fractions are in [0, 1].
-    """
-
-    required_flags: ClassVar[tuple[str, ...]] = ()  # fields whose flag the command line requires
-    model: str | None = _f(None, "a `sabr run` folder, a checkpoint .safetensors (with its .json beside it), or a "
-                                 "`sabr export` file (sparse, shrunk or .onnx)")
-    phase: str = _f("pruned", "which model of a run folder", choices=["base", "sabr", "pruned"])
-    headless: bool = _f(False, "no window: write annotated frames and JSONL to --out", switch=True)
-    out: str | None = _f(None, "output folder (required with --headless)")
-    references: str | None = _f(None, "one example image per class: a folder of class sub-folders or of one image "
-                                      "per class (default: sampled from the run's training folder)")
-    roi: str | None = _f(None, "region of interest x,y,w,h in pixels (default: a centred square)")
-    roi_fraction: float = _f(0.75, "side of the default centred square ROI over the frame's shorter side",
-                             gt=0, max=1)
-    window: int = _f(5, "temporal smoothing window, frames", min=1)
-    threshold: float = _f(0.6, "confidence (fraction) below which no label is claimed", min=0, max=1)
-    snapshot: int | None = _f(None, "also save this frame (0-based) of the view as OUT/snapshot.png",
-                                 min=0)
-    device: str = _f("cpu", "'cpu' or 'cuda'")
-    threads: int = _f(1, "CPU threads for the model (default: 1: one small frame at a time gains nothing from more, "
-                         "and loses a lot on a busy CPU)", min=1)
-    source: str | None = _f(None, "webcam index (0), a video file, or a folder of images")
-
-    def __post_init__(self) -> None:
-        check_fields(self)  # every value by type and range, before a model is loaded or a file opened
-        if not _DEVICE.fullmatch(self.device):
-            raise ConfigError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}.")
-
-
-@dataclass
-class RecognizeSettings(AppSettings):
-    """Everything that defines a ``sabr recognize`` (see :class:`AppSettings`)."""
-
-    required_flags: ClassVar[tuple[str, ...]] = ("model", "source")  # on the command line
-    max_frames: int | None = _f(None, "stop after this many frames", min=1)
-
-
-@dataclass
-class ElevatorSettings(AppSettings):
-    """Everything that defines a ``sabr elevator`` (see :class:`AppSettings`); one floor per class."""
-
-    script: str | None = _f(None, "timed gestures, one '<time s> <gesture> [<hold s>]' per line")
-    floors: int | None = _f(None, "number of floors for --script without --model", min=2)
-    fps: float | None = _f(None, "simulation frames per second (default: the source's, 10 for a script)",
-                              gt=0)
-    floors_per_second: float = _f(1.0, "car speed", gt=0)
-    door_seconds: float = _f(2.0, "time the doors stay open", min=0)
-    stable_frames: int = _f(8, "frames a gesture must hold to request its floor", min=1)
-    min_confidence: float = _f(0.7, "smoothed confidence each of those frames needs", min=0, max=1)
-    max_seconds: float = _f(120.0, "simulated time limit", gt=0)

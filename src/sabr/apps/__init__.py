@@ -11,7 +11,7 @@ The settings (:class:`RecognizeSettings`, :class:`ElevatorSettings`) are the com
 Needs OpenCV (``pip install "torch-sabr[apps]"``; ``opencv-python`` instead of the headless build for windows).
 """
 
-from ..config import AppSettings, ElevatorSettings, RecognizeSettings
+from ..app_config import AppSettings, ElevatorSettings, RecognizeSettings
 from .elevator import Elevator, Event, render_elevator
 from .loops import ElevatorSummary, RecognizeSummary, ScriptStep, read_script, recognize, run_elevator
 from .recognizer import ModelInfo, Prediction, Recognizer, load_any, training_data_folder

@@ -20,7 +20,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..checkpoint import make_folder
-from ..config import ElevatorSettings, RecognizeSettings
+from ..app_config import ElevatorSettings, RecognizeSettings
 from ..errors import ConfigError, SabrError
 from .elevator import Elevator, render_elevator
 from .recognizer import Prediction, Recognizer
@@ -148,7 +148,7 @@ def recognize(recognizer: Recognizer, source: FrameSource, settings: RecognizeSe
     Args:
         recognizer: the model and its training preprocessing.
         source: the frames (webcam, video or image folder); closed at the end.
-        settings: the loop's options (default: :class:`~sabr.config.RecognizeSettings`'s defaults); it reads
+        settings: the loop's options (default: :class:`~sabr.app_config.RecognizeSettings`'s defaults); it reads
             ``out`` (folder for ``predictions.jsonl`` and the annotated ``annotated.mp4``, ``frames/*.png``
             for an image folder; required when ``headless``), ``headless`` (no window; otherwise frames are
             shown and the ROI can be dragged), ``roi`` (``"x,y,w,h"`` in pixels; default a centred square of
@@ -335,7 +335,7 @@ def run_elevator(classes: Sequence[str], recognizer: Recognizer | None = None, s
 
     Args:
         classes: class names, one floor each (floor k = class k).
-        settings: the simulation's options (default: :class:`~sabr.config.ElevatorSettings`'s defaults); it
+        settings: the simulation's options (default: :class:`~sabr.app_config.ElevatorSettings`'s defaults); it
             reads ``fps`` (simulation frame rate; ``None``: the source's, or 10 for a script),
             ``floors_per_second`` and ``door_seconds`` (the car's speed and how long its doors stay open),
             ``stable_frames`` and ``min_confidence`` (a request needs the same smoothed label for
