@@ -26,6 +26,7 @@ so a run cut off midway continues where it stopped; ``--report`` prints the tabl
     python benchmarks/compare.py --estimate              # CPU-hours of the full run, measured
     python benchmarks/compare.py --threads 1             # the full run (both configurations), resumable
     python benchmarks/compare.py --report                # tables and plots of what is there
+    python benchmarks/compare.py --merge a/X.json b/X.json  # seeds run side by side, joined into --out
 """
 
 from __future__ import annotations
@@ -258,6 +259,26 @@ def load_results(path: Path, name: str, spec: dict, command: str) -> dict:
             "threads": torch.get_num_threads(), "bases": {}, "trials": [], "methods": []}
 
 
+def merge(parts: list[dict]) -> dict:
+    """One results file from several of the same configuration and protocol, e.g. seeds run side by side
+    (``--seeds N --out DIR`` per process): bases, trials and methods joined, each (name, target, seed[, value])
+    once (the first file's copy). Raises ``SystemExit`` on files of different configurations or protocols."""
+    kinds = {(r.get("config"), r.get("protocol")) for r in parts}
+    if len(kinds) != 1:
+        raise SystemExit(f"cannot merge results of different configurations or protocols: {sorted(map(str, kinds))}")
+    merged = {**parts[0], "bases": {}, "trials": [], "methods": []}
+    seen: set = set()
+    for r in parts:
+        merged["bases"] = {**r["bases"], **merged["bases"]}
+        for kind, key in (("trials", ("name", "target", "seed", "value")), ("methods", ("name", "target", "seed"))):
+            for entry in r[kind]:
+                k = (kind, *(entry[f] for f in key))
+                if k not in seen:
+                    seen.add(k)
+                    merged[kind].append(entry)
+    return merged
+
+
 # --------------------------------------------------------------------------- cost
 def planned(spec: dict) -> tuple[int, int]:
     """``(training epochs, validation passes)`` of one seed at most (the SABR family may stop earlier)."""
@@ -381,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--estimate", action="store_true", help="train nothing: print the CPU-hours of the full run")
     p.add_argument("--report", action="store_true", help="train nothing: print the tables, draw the plots")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="train nothing: join results files of one "
+                   "configuration (seeds run side by side with their own --out) into --out, then report")
     p.add_argument("-v", "--verbose", action="store_true", help="log every epoch of every method")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -391,6 +414,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown configuration(s) {unknown}; choose from {', '.join([*CONFIGS, *QUICK])}")
     out = Path(args.out)
+    if args.merge:
+        merged = merge([json.loads(Path(f).read_text()) for f in args.merge])
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / f"{merged['config']}.json", merged)
+        report(out)
+        return 0
     if args.report:
         report(out)
         return 0

@@ -125,6 +125,22 @@ def test_peers_are_tuned_at_the_middle_target_and_trained_once_at_the_others():
                                    train, 0.9) == entries and not calls
 
 
+def test_merge_joins_seeds_run_side_by_side_and_refuses_other_protocols():
+    def part(seed, values):
+        r = {**_fresh(), "config": "c"}
+        r["bases"][str(seed)] = {"test_accuracy": 0.9}
+        for v in values:
+            compare.accumulate(r, lambda: None, "gmp_layer", 0.9, seed, (v,), FakeMethod(), 0.9)
+        return r
+
+    merged = compare.merge([part(0, (0.1,)), part(1, (0.2,)), part(0, (0.1,))])
+    assert set(merged["bases"]) == {"0", "1"}
+    assert [(m["seed"], m["value"]) for m in merged["methods"]] == [(0, 0.1), (1, 0.2)]
+    assert len(merged["trials"]) == 2
+    with pytest.raises(SystemExit, match="different"):
+        compare.merge([part(0, ()), {**part(1, ()), "protocol": "0.2.0"}])
+
+
 def test_planned_epochs_count_every_trial():
     spec = {"run": {"epochs_base": 10, "sweep": [0.1, 0.2]}, "epochs": 20, "ft_epochs": 5}
     train, passes = compare.planned(spec)
