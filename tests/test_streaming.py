@@ -3,11 +3,13 @@ with augmentation and two DataLoader workers."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from sabr.config import RunConfig
-from sabr.errors import ConfigError
+from sabr.errors import ConfigError, DataError
 from sabr.experiment import prepare
 from sabr.phases import train_base
 from sabr.resume import load_state, save_state
@@ -40,6 +42,20 @@ def test_stream_needs_an_image_folder_and_workers_need_stream():
         prepare(RunConfig(stream=True, device="cpu"), progress=False)
     with pytest.raises(ConfigError, match="needs --stream"):
         RunConfig(workers=2)
+
+
+def test_a_file_that_is_not_an_image_is_skipped_or_refused_before_training(tmp_path):
+    folder = digits_folder(tmp_path / "digits")
+    first = sorted(p for p in folder.iterdir() if p.is_dir())[0]
+    good = sorted(first.iterdir())[0]
+    (first / "broken.png").write_bytes(good.read_bytes()[:40])  # a PNG cut off in its header chunk
+    (first / "notes.png").write_text("not an image")
+    exp = prepare(_config(folder, stream=True), progress=False)
+    assert sorted(Path(f).name for f in exp.skipped) == ["broken.png", "notes.png"]
+    every = exp.train.images.files + exp.val.images.files + exp.test.images.files
+    assert not [f for f in every if Path(f).name in ("broken.png", "notes.png")]
+    with pytest.raises(DataError, match="notes.png|broken.png"):
+        prepare(_config(folder, stream=True, on_bad_image="error"), progress=False)
 
 
 @pytest.mark.slow

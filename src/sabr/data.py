@@ -116,6 +116,25 @@ def open_image(path: str | Path) -> Image.Image:
         raise DataError(f"cannot read image {printable(str(path))}: {exc}") from exc
 
 
+def check_image(path: str | Path) -> None:
+    """Check an image file's structure without decoding its pixels (PIL's ``verify``: the header, and the
+    chunks' checksums of a PNG), as a streamed folder is scanned. Raises ``DataError`` if it is unreadable."""
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read image {printable(str(path))}: {exc}") from exc
+
+
+def bad_image(exc: DataError, on_bad_image: str) -> None:
+    """What a loader does with an unreadable file: raise (``on_bad_image="error"``) with how to fix it, or
+    return so that the caller skips the file."""
+    if on_bad_image == "error":
+        raise DataError(f"{exc}. The file is corrupt, truncated or not an image: delete or replace it, or "
+                        "pass --on-bad-image skip to leave such files out (they are listed in the run "
+                        "folder's skipped_images.txt).") from exc
+
+
 def printable(name: str) -> str:
     """``name`` as valid text: a file or class name whose bytes are not UTF-8 (e.g. from an old Latin-1
     archive; Python holds those bytes as surrogates) gets them as ``\\xNN`` escapes, so it can be printed,
@@ -309,6 +328,16 @@ def _entries(folder: Path) -> list[Path]:
                         "readable (e.g. chmod -R a+rX) or leave it out of --data.") from None
 
 
+def check_skipped(path: Path, classes: list[str], labels: list[int], skipped: list[str]) -> None:
+    """Warn about the ``skipped`` files of a folder; raise ``DataError`` if a class is left with no image."""
+    if skipped:
+        log.warning("skipped %d unreadable image file(s) in %s (first: %s)", len(skipped), printable(str(path)),
+                    printable(skipped[0]))
+    missing = sorted(set(range(len(classes))) - set(labels))
+    if missing:
+        raise DataError(f"class folder(s) {', '.join(classes[i] for i in missing)} in {path} hold no readable image.")
+
+
 def _load_folder(path: Path, pre: Preprocess, on_bad_image: str, progress: bool,
                  max_per_class: int | None = None, seed: int = 0) -> ImageDataset:
     from tqdm.auto import tqdm
@@ -324,19 +353,11 @@ def _load_folder(path: Path, pre: Preprocess, on_bad_image: str, progress: bool,
         try:
             images.append(pre.to_uint8(open_image(f)))
         except DataError as exc:
-            if on_bad_image == "error":
-                raise DataError(f"{exc}. The file is corrupt, truncated or not an image: delete or replace it, or "
-                                "pass --on-bad-image skip to leave such files out (they are listed in the run "
-                                "folder's skipped_images.txt).") from exc
+            bad_image(exc, on_bad_image)
             skipped.append(str(f))
             continue
         labels.append(label)
-    if skipped:
-        log.warning("skipped %d unreadable image file(s) in %s (first: %s)", len(skipped), printable(str(path)),
-                    printable(skipped[0]))
-    missing = sorted(set(range(len(classes))) - set(labels))
-    if missing:
-        raise DataError(f"class folder(s) {', '.join(classes[i] for i in missing)} in {path} hold no readable image.")
+    check_skipped(path, classes, labels, skipped)
     return ImageDataset(_folder_name(path), torch.stack(images), torch.as_tensor(labels, dtype=torch.int64), classes,
                         skipped=skipped)
 

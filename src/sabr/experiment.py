@@ -138,7 +138,8 @@ def _read(config: RunConfig, probe: Preprocess, progress: bool):
     if config.data == "digits" or _find_idx(Path(config.data).expanduser()) or not Path(config.data).is_dir():
         raise ConfigError(f"--stream reads an image folder from disk; {config.data} is not one (the digits and IDX "
                           "files are read into memory: leave out --stream).")
-    return scan_folder(config.data, probe, config.max_per_class, config.seed, config.workers)
+    return scan_folder(config.data, probe, config.max_per_class, config.seed, config.workers, config.on_bad_image,
+                       progress)
 
 
 def check_model(name: str, image_size: int, channels: int, params: list[str] | None = None) -> None:

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 from .augment import Augment
-from .data import ImageDataset, Preprocess, list_image_folder, natural_key, open_image
+from .data import (ImageDataset, Preprocess, bad_image, check_image, check_skipped, list_image_folder, natural_key,
+                   open_image)
+from .errors import DataError
 
 STATS_SAMPLE = 512
 """Training images (a seeded sample) whose pixels give the normalisation when the folder is streamed."""
@@ -89,10 +91,15 @@ def _collate(samples: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Te
 
 
 def scan_folder(path: str | Path, preprocess: Preprocess, max_per_class: int | None = None, seed: int = 0,
-                workers: int = 0) -> ImageDataset:
-    """An image folder's classes, labels and files, without reading the images: the dataset's ``images``
+                workers: int = 0, on_bad_image: str = "skip", progress: bool = False) -> ImageDataset:
+    """An image folder's classes, labels and files, without decoding the images: the dataset's ``images``
     is a :class:`FileImages`. ``max_per_class`` keeps a seeded choice of files per class, as
-    :func:`sabr.data.load_dataset` does."""
+    :func:`sabr.data.load_dataset` does. Every file's structure is checked first
+    (:func:`sabr.data.check_image`), so that a file that is not an image is skipped (listed in the
+    dataset's ``skipped``) or, with ``on_bad_image="error"``, refused before training rather than found
+    in the middle of an epoch."""
+    from tqdm.auto import tqdm
+
     from .data import _folder_name
 
     path = Path(path).expanduser()
@@ -101,10 +108,20 @@ def scan_folder(path: str | Path, preprocess: Preprocess, max_per_class: int | N
         rng = np.random.default_rng(seed)
         files = [sorted((fs[i] for i in rng.permutation(len(fs))[:max_per_class]), key=lambda f: natural_key(f.name))
                  for fs in files]
-    flat = [(label, f) for label, fs in enumerate(files) for f in fs]
+    flat, skipped = [], []
+    for label, f in tqdm([(label, f) for label, fs in enumerate(files) for f in fs], desc=f"checking {path.name}",
+                         unit="img", disable=None if progress else True, leave=False):
+        try:
+            check_image(f)
+        except DataError as exc:
+            bad_image(exc, on_bad_image)
+            skipped.append(str(f))
+            continue
+        flat.append((label, f))
+    check_skipped(path, classes, [label for label, _ in flat], skipped)
     labels = torch.as_tensor([label for label, _ in flat], dtype=torch.int64)
     images = FileImages([f for _, f in flat], preprocess, workers)
-    return ImageDataset(_folder_name(path), images, labels, classes)  # type: ignore[arg-type]
+    return ImageDataset(_folder_name(path), images, labels, classes, skipped=skipped)  # type: ignore[arg-type]
 
 
 def sample_images(images: FileImages, index: np.ndarray, seed: int = 0, limit: int = STATS_SAMPLE) -> torch.Tensor:
