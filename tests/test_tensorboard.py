@@ -24,13 +24,14 @@ def test_epoch_scalars_names():
 def test_run_writes_event_files_that_read_back(tmp_path):
     out = tmp_path / "run"
     assert main(["run", "--quiet", "--max-per-class", "15", "--epochs-base", "1", "--epochs-sabr", "3", "--k-epoch",
-                 "1", "--accuracy-threshold", "0", "--teta1", "0.05", "--sweep", "0.2", "--device", "cpu",
+                 "1", "--accuracy-threshold", "0", "--teta1", "0.05", "--sweep", "0.2", "--finetune-epochs", "2", "--device", "cpu",
                  "--log", "tensorboard", "--out", str(out)]) == 0
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0}).Reload()
     tags = events.Tags()
     scalars = set(tags["scalars"])
     assert {"base/train_loss", "base/val_accuracy", "sabr/val_accuracy", "sabr/near_zero_sparsity",
-            "sabr/frozen"} <= scalars
+            "sabr/frozen", "finetune/val_accuracy", "finetune/train_loss"} <= scalars
+    assert [e.step for e in events.Scalars("finetune/val_accuracy")] == [1, 2]
     lambdas = sorted(t for t in scalars if t.startswith("lambda/"))
     assert len(lambdas) >= 2 and [e.step for e in events.Scalars(lambdas[0])] == [1, 2, 3]
     summary = json.loads((out / "summary.json").read_text())

@@ -281,7 +281,8 @@ def sweep(exp: Experiment, model: nn.Module, teta1_values, gamma: float, params=
 
 
 def finetune_masked(exp: Experiment, model: nn.Module, epochs: int, lr: float | None = None,
-                    params=None, progress: bool = False) -> tuple[nn.Module, list[dict]]:
+                    params=None, progress: bool = False,
+                    on_row: Callable[[dict], None] | None = None) -> tuple[nn.Module, list[dict]]:
     """Fine-tune a pruned model in place for ``epochs`` epochs, keeping its zeros exactly zero.
 
     The zero pattern of the regularised tensors (``params``, default every Conv/Linear weight) is taken
@@ -289,7 +290,8 @@ def finetune_masked(exp: Experiment, model: nn.Module, epochs: int, lr: float | 
     optimizer at ``lr`` (default: the config's phase-2 rate) with phase 2's ReduceLROnPlateau(factor 0.51,
     min 1e-5), no penalty, dropout as the model has it. Every parameter trains: tensors that SABR froze
     (``requires_grad=False``) are unfrozen. Returns the model (best validation accuracy of the epochs, the
-    starting weights included) and one row per epoch.
+    starting weights included) and one row per epoch; ``on_row(row)``, when given, also gets each row as
+    it is finished (e.g. for TensorBoard).
     """
     cfg = exp.config
     masks = zero_masks(model, params)
@@ -304,8 +306,13 @@ def finetune_masked(exp: Experiment, model: nn.Module, epochs: int, lr: float | 
                            after_step=lambda: apply_masks(model, masks), amp=cfg.amp,
                            progress=_labelled(bar, f"fine-tune {epoch}/{epochs}"))
 
-    hooks = FitHooks(on_row=lambda r: log.info("fine-tune %3d/%d  loss %.4f  val %.2f%%", r["epoch"], epochs,
-                                               r["train_loss"], 100 * r["val_accuracy"]))
+    def row_done(r: dict) -> None:
+        log.info("fine-tune %3d/%d  loss %.4f  val %.2f%%", r["epoch"], epochs, r["train_loss"],
+                 100 * r["val_accuracy"])
+        if on_row is not None:
+            on_row(r)
+
+    hooks = FitHooks(on_row=row_done)
     state = fit(model, opt, train, lambda: evaluate(model, exp.val, exp.preprocess, exp.device), epochs,
                 keep="best_or_start", scheduler=sabr_scheduler(opt), hooks=hooks)
     return model, state.rows

@@ -1,10 +1,9 @@
 """The three phases, end to end: base training, SABR regularisation, pruning (then, optionally, a masked
 fine-tune of the pruned model); then the report, all in one run folder (:class:`~sabr.rundir.RunDir`).
 
-:func:`run` is what ``sabr run`` calls: a short composition of :func:`~sabr.experiment.prepare` and the
-phases of :mod:`sabr.phases` (:func:`train_base`, :func:`train_sabr`, :func:`prune_and_evaluate`,
-:func:`finetune_masked`), each also usable on its own from Python; :func:`resume` continues a run and
-:func:`reprune` re-prunes a finished one. The names of both modules are importable from here.
+:func:`run` is what ``sabr run`` calls: :func:`~sabr.experiment.prepare` and the phases of :mod:`sabr.phases`
+(:func:`train_base`, :func:`train_sabr`, :func:`prune_and_evaluate`, :func:`finetune_masked`), each usable on
+its own from Python; :func:`resume` continues a run, :func:`reprune` re-prunes a finished one.
 """
 
 from __future__ import annotations
@@ -341,7 +340,9 @@ def _prune_phase(exp: Experiment, folder: RunDir, model: nn.Module, choice: Budg
     figures = {"test_accuracy": test}
     if cfg.finetune_epochs:
         kept_zero = cfg.params if groups is None else group_parameters(groups)  # pruned channels stay exactly zero
-        pruned, rows = finetune_masked(exp, pruned, cfg.finetune_epochs, params=kept_zero,
+        board = logger_for(cfg.log, folder.path) if exp.dist.is_main else None
+        on_row = None if board is None else lambda r: board.log_epoch("finetune", {"rows": [r]})  # noqa: E731
+        pruned, rows = finetune_masked(exp, pruned, cfg.finetune_epochs, params=kept_zero, on_row=on_row,
                                        progress=progress and exp.dist.is_main)
         _, tuned = evaluate_split(exp, pruned, exp.test)
         log.info("masked fine-tune: test accuracy %.2f%% -> %.2f%%", 100 * test, 100 * tuned)
