@@ -1,10 +1,9 @@
 """TensorBoard logging of a run: ``sabr run --log tensorboard`` writes ``<run>/tensorboard/``.
 
 Each epoch of each phase (``base``, ``sabr``, and ``finetune`` with ``--finetune-epochs``) adds its losses,
-accuracies (fractions) and learning rate under ``<phase>/``; in
-phase 2 also SABR's per-tensor lambdas (``lambda/<tensor>``), the near-zero and prunable sparsity, the
-number of frozen tensors, and each freeze as a text event (``sabr/freeze``). Steps are epochs of the
-phase. :func:`epoch_scalars` is the one list of figures (the Lightning callback logs the same names).
+accuracies (fractions) and learning rate under ``<phase>/``; in phase 2 also SABR's per-tensor lambdas
+(``lambda/<tensor>``), the near-zero and prunable sparsity, the number of frozen tensors, and each freeze as
+a text event (``sabr/freeze``). Steps are epochs of the phase. :func:`epoch_scalars` is the one list of figures (the Lightning callback logs the same names).
 Needs the real ``tensorboard`` package (``pip install 'torch-sabr[tensorboard]'``).
 """
 
