@@ -433,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = {**CONFIGS, **QUICK}[name]
         path = out / f"{name}.json"
         results = load_results(path, name, spec, command)
+        results["threads"] = args.threads or torch.get_num_threads()  # what the runs use (RunConfig.threads)
         for seed in args.seeds or spec.get("seeds", SEEDS):
             run_seed(name, spec, seed, results, lambda: write_json(path, results), Path(args.work) / name / f"seed{seed}",
                      args.threads)
