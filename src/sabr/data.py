@@ -22,7 +22,7 @@ import re
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -103,6 +103,10 @@ def _as_uint8(array: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(array), 0, 255).astype(np.uint8)
 
 
+_UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+"""What PIL raises for a file it cannot read (corrupt, truncated, not an image, too large)."""
+
+
 def open_image(path: str | Path) -> Image.Image:
     """Open an image file fully (EXIF orientation applied). Raises ``DataError`` if unreadable."""
     try:
@@ -112,7 +116,7 @@ def open_image(path: str | Path) -> Image.Image:
             if im.mode == "CMYK":
                 im = im.convert("RGB")
             return im.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except _UNREADABLE as exc:
         raise DataError(f"cannot read image {printable(str(path))}: {exc}") from exc
 
 
@@ -122,17 +126,8 @@ def check_image(path: str | Path) -> None:
     try:
         with Image.open(path) as im:
             im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except _UNREADABLE as exc:
         raise DataError(f"cannot read image {printable(str(path))}: {exc}") from exc
-
-
-def bad_image(exc: DataError, on_bad_image: str) -> None:
-    """What a loader does with an unreadable file: raise (``on_bad_image="error"``) with how to fix it, or
-    return so that the caller skips the file."""
-    if on_bad_image == "error":
-        raise DataError(f"{exc}. The file is corrupt, truncated or not an image: delete or replace it, or "
-                        "pass --on-bad-image skip to leave such files out (they are listed in the run "
-                        "folder's skipped_images.txt).") from exc
 
 
 def printable(name: str) -> str:
@@ -328,36 +323,47 @@ def _entries(folder: Path) -> list[Path]:
                         "readable (e.g. chmod -R a+rX) or leave it out of --data.") from None
 
 
-def check_skipped(path: Path, classes: list[str], labels: list[int], skipped: list[str]) -> None:
-    """Warn about the ``skipped`` files of a folder; raise ``DataError`` if a class is left with no image."""
+def read_folder(path: Path, read: Callable[[Path], Any], on_bad_image: str, progress: bool, verb: str,
+                max_per_class: int | None = None, seed: int = 0) -> tuple[list[str], list[int], list, list[str]]:
+    """``(classes, labels, read(file) of each readable file, skipped files)`` of an image folder.
+
+    ``max_per_class`` keeps a seeded choice of files per class, made before reading (a quick run reads only
+    what it uses). A file ``read`` refuses with ``DataError`` is skipped (``on_bad_image="skip"``) or stops
+    everything with how to fix it (``"error"``); a class left with no readable file is an error.
+    """
+    from tqdm.auto import tqdm
+
+    classes, files = list_image_folder(path)
+    if max_per_class:
+        rng = np.random.default_rng(seed)
+        files = [sorted((fs[i] for i in rng.permutation(len(fs))[:max_per_class]), key=lambda f: natural_key(f.name))
+                 for fs in files]
+    labels, values, skipped = [], [], []
+    flat = [(label, f) for label, fs in enumerate(files) for f in fs]
+    for label, f in tqdm(flat, desc=f"{verb} {path.name}", unit="img", disable=None if progress else True, leave=False):
+        try:
+            values.append(read(f))
+        except DataError as exc:
+            if on_bad_image == "error":
+                raise DataError(f"{exc}. The file is corrupt, truncated or not an image: delete or replace it, or "
+                                "pass --on-bad-image skip to leave such files out (they are listed in the run "
+                                "folder's skipped_images.txt).") from exc
+            skipped.append(str(f))
+            continue
+        labels.append(label)
     if skipped:
         log.warning("skipped %d unreadable image file(s) in %s (first: %s)", len(skipped), printable(str(path)),
                     printable(skipped[0]))
     missing = sorted(set(range(len(classes))) - set(labels))
     if missing:
         raise DataError(f"class folder(s) {', '.join(classes[i] for i in missing)} in {path} hold no readable image.")
+    return classes, labels, values, skipped
 
 
 def _load_folder(path: Path, pre: Preprocess, on_bad_image: str, progress: bool,
                  max_per_class: int | None = None, seed: int = 0) -> ImageDataset:
-    from tqdm.auto import tqdm
-
-    classes, files = list_image_folder(path)
-    if max_per_class:  # choose before reading: a quick run reads only what it uses
-        rng = np.random.default_rng(seed)
-        files = [sorted((fs[i] for i in rng.permutation(len(fs))[:max_per_class]), key=lambda f: natural_key(f.name))
-                 for fs in files]
-    images, labels, skipped = [], [], []
-    flat = [(label, f) for label, fs in enumerate(files) for f in fs]
-    for label, f in tqdm(flat, desc=f"reading {path.name}", unit="img", disable=None if progress else True, leave=False):
-        try:
-            images.append(pre.to_uint8(open_image(f)))
-        except DataError as exc:
-            bad_image(exc, on_bad_image)
-            skipped.append(str(f))
-            continue
-        labels.append(label)
-    check_skipped(path, classes, labels, skipped)
+    classes, labels, images, skipped = read_folder(path, lambda f: pre.to_uint8(open_image(f)), on_bad_image,
+                                                   progress, "reading", max_per_class, seed)
     return ImageDataset(_folder_name(path), torch.stack(images), torch.as_tensor(labels, dtype=torch.int64), classes,
                         skipped=skipped)
 

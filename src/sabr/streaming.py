@@ -17,9 +17,7 @@ import numpy as np
 import torch
 
 from .augment import Augment
-from .data import (ImageDataset, Preprocess, bad_image, check_image, check_skipped, list_image_folder, natural_key,
-                   open_image)
-from .errors import DataError
+from .data import ImageDataset, Preprocess, check_image, open_image, read_folder
 
 STATS_SAMPLE = 512
 """Training images (a seeded sample) whose pixels give the normalisation when the folder is streamed."""
@@ -98,30 +96,17 @@ def scan_folder(path: str | Path, preprocess: Preprocess, max_per_class: int | N
     (:func:`sabr.data.check_image`), so that a file that is not an image is skipped (listed in the
     dataset's ``skipped``) or, with ``on_bad_image="error"``, refused before training rather than found
     in the middle of an epoch."""
-    from tqdm.auto import tqdm
-
     from .data import _folder_name
 
+    def checked(f: Path) -> Path:
+        check_image(f)
+        return f
+
     path = Path(path).expanduser()
-    classes, files = list_image_folder(path)
-    if max_per_class:
-        rng = np.random.default_rng(seed)
-        files = [sorted((fs[i] for i in rng.permutation(len(fs))[:max_per_class]), key=lambda f: natural_key(f.name))
-                 for fs in files]
-    flat, skipped = [], []
-    for label, f in tqdm([(label, f) for label, fs in enumerate(files) for f in fs], desc=f"checking {path.name}",
-                         unit="img", disable=None if progress else True, leave=False):
-        try:
-            check_image(f)
-        except DataError as exc:
-            bad_image(exc, on_bad_image)
-            skipped.append(str(f))
-            continue
-        flat.append((label, f))
-    check_skipped(path, classes, [label for label, _ in flat], skipped)
-    labels = torch.as_tensor([label for label, _ in flat], dtype=torch.int64)
-    images = FileImages([f for _, f in flat], preprocess, workers)
-    return ImageDataset(_folder_name(path), images, labels, classes, skipped=skipped)  # type: ignore[arg-type]
+    classes, labels, files, skipped = read_folder(path, checked, on_bad_image, progress, "checking", max_per_class,
+                                                  seed)
+    images, targets = FileImages(files, preprocess, workers), torch.as_tensor(labels, dtype=torch.int64)
+    return ImageDataset(_folder_name(path), images, targets, classes, skipped=skipped)  # type: ignore[arg-type]
 
 
 def sample_images(images: FileImages, index: np.ndarray, seed: int = 0, limit: int = STATS_SAMPLE) -> torch.Tensor:
