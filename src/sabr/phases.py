@@ -211,7 +211,7 @@ def train_sabr(exp: Experiment, model: nn.Module, *, epochs: int | None = None, 
     else:  # the threshold the run started with (an "auto" one was resolved from the base model)
         hyper = dataclasses.replace(hyper, accuracy_threshold=resume["sabr"]["accuracy_threshold"])
     set_dropout(model, 0.0)
-    groups = budget.groups if budget is not None else channel_groups_of(exp, model)  # the budget's: traced once
+    groups = budget.groups if budget is not None and budget.groups is not None else channel_groups_of(exp, model)
     reg = SABR(model, **dataclasses.asdict(hyper), params=cfg.params, groups=groups,
                steps_per_epoch=steps_per_epoch(exp) if cfg.scale_teta1 else None)
     opt = exp.optimizer(model.parameters(), lr=(cfg.lr_sabr or cfg.lr) if lr is None else lr)
