@@ -13,11 +13,12 @@ Protocol (``PROTOCOL``), per configuration and seed:
   pruned to the target with SABR's rule and fine-tuned, masked, for ``ft_epochs``).
 * SABR family: ``sabr run --base-checkpoint <base> --max-drop 0.01`` with ``--epochs-sabr epochs``
   (``sabr``) or ``--epochs-sabr epochs-ft_epochs --finetune-epochs ft_epochs`` (``sabr_ft``); no target.
-* Hyper-parameters: 3 trials per method, chosen on validation only: Adam's rate ``LRS`` for GMP,
-  one-shot and SABR (``--lr-sabr``), ``teta1 x L1_SCALES`` for the L1 peers. A peer is tuned at the
-  middle target (``TUNE_TARGET``) and keeps the trial with the best validation accuracy; its other
-  targets are trained once with that value. The SABR family (no target) keeps the sparsest trial within
-  its budget on validation. Test accuracy is measured once per trained model and never chooses anything.
+* Hyper-parameters: 4 trials per method, chosen on validation only: Adam's rate ``LRS`` for GMP and
+  one-shot, ``teta1 x L1_SCALES`` for the L1 peers and the SABR family (``--teta1``; the learning rate
+  is the L1 peers' and ``sabr run``'s default). A peer is tuned at the middle target (``TUNE_TARGET``)
+  and keeps the trial with the best validation accuracy; its other targets are trained once with that
+  value. The SABR family (no target) keeps the sparsest trial within its budget on validation. Test
+  accuracy is measured once per trained model and never chooses anything.
 
 Results accumulate per (method, target, seed) in ``--out/<config>.json`` (written after every trial),
 so a run cut off midway continues where it stopped; ``--report`` prints the tables and draws the plots.
@@ -54,12 +55,16 @@ log = logging.getLogger("compare")
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = "/usr/share/datasets/fashion-mnist"
-PROTOCOL = "0.3.0"  # 0.2.0 tuned every peer at every target: 1.5x the CPU, 3x the trials of the SABR family
+PROTOCOL = "0.4.0"
+"""0.4.0: the SABR family tunes ``teta1`` as the L1 peers do (0.3.0 tuned its learning rate, at a ``teta1`` whose
+ramp needs about 60 epochs), and every grid has a fourth value, one step up (in 0.3.0 every peer chose its
+grid's top). 0.3.0: each peer tuned at one target (0.2.0 tuned every target: 1.5x the CPU, 3x the trials)."""
+UPGRADABLE = "0.3.0"  # its peer trials are 0.4.0 trials (the same values, the same training): kept on upgrade
 TARGETS = (0.90, 0.95, 0.98)
 TUNE_TARGET = 0.95
 SEEDS = (0, 1, 2)
-LRS = (3e-4, 1e-3, 3e-3)
-L1_SCALES = (1.0, 3.0, 10.0)
+LRS = (3e-4, 1e-3, 3e-3, 1e-2)
+L1_SCALES = (1.0, 3.0, 10.0, 30.0)
 MAX_DROP = 0.01
 
 CONFIGS: dict[str, dict] = {
@@ -122,12 +127,14 @@ def _peer_trial(exp: Experiment, base: nn.Module, name: str, target: float, valu
                                                        l1_epochs=spec["epochs"] - spec["ft_epochs"], **spec)}
 
 
-def sabr_config(spec: dict, seed: int, base_path: Path, finetune: bool, lr: float, out: Path,
+def sabr_config(spec: dict, seed: int, base_path: Path, finetune: bool, scale: float, out: Path,
                 threads: int | None = None) -> RunConfig:
-    """The ``sabr run`` configuration of a SABR-family trial (same epoch budget as every peer)."""
+    """The ``sabr run`` configuration of a SABR-family trial: ``teta1`` = the default x ``scale``, the same
+    epoch budget as every peer."""
     ft = spec["ft_epochs"] if finetune else 0
     return RunConfig(**spec["run"], seed=seed, base_checkpoint=str(base_path), epochs_sabr=spec["epochs"] - ft,
-                     finetune_epochs=ft, lr_sabr=lr, max_drop=MAX_DROP, device="cpu", threads=threads, out=str(out))
+                     finetune_epochs=ft, teta1=RunConfig.teta1 * scale, max_drop=MAX_DROP, device="cpu",
+                     threads=threads, out=str(out))
 
 
 def _sabr_trial(cfg: RunConfig) -> dict:
@@ -231,9 +238,10 @@ def run_seed(name: str, spec: dict, seed: int, results: dict, save: Callable[[],
                                      spec.get(values, _default(values)), train, acc):
             _logged(entry)
     for method, finetune in SABR_FAMILY.items():
-        def train(lr: float, method: str = method, finetune: bool = finetune) -> dict:
-            return _sabr_trial(sabr_config(spec, seed, base_path, finetune, lr, work / f"{method}-lr{lr:g}", threads))
-        _logged(accumulate(results, save, method, None, seed, spec.get("lrs", LRS), train, acc))
+        def train(scale: float, method: str = method, finetune: bool = finetune) -> dict:
+            return _sabr_trial(sabr_config(spec, seed, base_path, finetune, scale, work / f"{method}-teta1x{scale:g}",
+                                           threads))
+        _logged(accumulate(results, save, method, None, seed, spec.get("l1_scales", L1_SCALES), train, acc))
 
 
 def _default(values: str) -> tuple:
@@ -246,11 +254,21 @@ def _logged(entry: dict) -> None:
              100 * entry["sparsity"], 100 * entry["test_accuracy"], 100 * entry["base_test_accuracy"])
 
 
+def upgrade(results: dict) -> dict:
+    """``results`` under ``PROTOCOL``: a file of ``UPGRADABLE`` keeps its bases and peer trials (the methods
+    are chosen again from them, with the trials the new values add) and drops its SABR-family trials (they
+    tuned another hyper-parameter); a file of any other protocol is returned as it is."""
+    if results.get("protocol") != UPGRADABLE:
+        return results
+    return {**results, "protocol": PROTOCOL, "upgraded_from": UPGRADABLE, "methods": [],
+            "trials": [t for t in results["trials"] if not t["name"].startswith("sabr")]}
+
+
 def load_results(path: Path, name: str, spec: dict, command: str) -> dict:
-    """The results file of a configuration: the one a cut-off run left, or a new one. A file written under
-    another protocol is refused (the 0.1.0 files are kept as they are)."""
+    """The results file of a configuration: the one a cut-off run left (upgraded, see :func:`upgrade`), or a
+    new one. A file written under another protocol is refused (the 0.1.0 files are kept as they are)."""
     if path.is_file():
-        results = json.loads(path.read_text())
+        results = upgrade(json.loads(path.read_text()))
         if results.get("protocol") != PROTOCOL:
             raise SystemExit(f"{path} holds results of protocol {results.get('protocol')!r}, not {PROTOCOL}: "
                              "leave it, and pass another --out.")
@@ -262,7 +280,9 @@ def load_results(path: Path, name: str, spec: dict, command: str) -> dict:
 def merge(parts: list[dict]) -> dict:
     """One results file from several of the same configuration and protocol, e.g. seeds run side by side
     (``--seeds N --out DIR`` per process): bases, trials and methods joined, each (name, target, seed[, value])
-    once (the first file's copy). Raises ``SystemExit`` on files of different configurations or protocols."""
+    once (the first file's copy), each file upgraded first (:func:`upgrade`). Raises ``SystemExit`` on files of
+    different configurations or protocols."""
+    parts = [upgrade(r) for r in parts]
     kinds = {(r.get("config"), r.get("protocol")) for r in parts}
     if len(kinds) != 1:
         raise SystemExit(f"cannot merge results of different configurations or protocols: {sorted(map(str, kinds))}")
@@ -285,9 +305,9 @@ def planned(spec: dict) -> tuple[int, int]:
     e, f, targets = spec["epochs"], spec["ft_epochs"], len(spec.get("targets", TARGETS))
     lrs, scales = len(spec.get("lrs", LRS)), len(spec.get("l1_scales", L1_SCALES))
     train = (spec["run"]["epochs_base"] + 3 * (lrs + targets - 1) * e + 2 * (scales * (e - f) + (scales + targets - 1) * f)
-             + 2 * lrs * e)
+             + 2 * scales * e)
     factors = len(spec["run"].get("sweep", RunConfig().sweep))
-    return train, train + 2 * lrs * 2 * factors  # + the budget search: both models at every factor
+    return train, train + 2 * scales * 2 * factors  # + the budget search: both models at every factor
 
 
 def estimate(name: str, spec: dict, threads: int | None) -> float:

@@ -108,6 +108,23 @@ def test_results_of_another_protocol_are_refused(tmp_path):
         compare.load_results(old, "fashion-lenet5", {}, "cmd")
 
 
+def test_a_file_of_the_previous_protocol_keeps_its_peer_trials_and_drops_the_sabr_family_ones(tmp_path):
+    trial = {"target": 0.95, "seed": 0, "val_accuracy": 0.9, "sparsity": 0.95, "test_accuracy": 0.9, "command": "c"}
+    old = {"protocol": compare.UPGRADABLE, "config": "c", "bases": {"0": {"test_accuracy": 0.9}},
+           "trials": [{**trial, "name": "gmp_layer", "value": 3e-3}, {**trial, "name": "sabr", "target": None,
+                                                                       "value": 1e-3, "within_budget": True}],
+           "methods": [_entry("gmp_layer", 0.95, 0, 0.95, 0.9)]}
+    (tmp_path / "c.json").write_text(json.dumps(old))
+    results = compare.load_results(tmp_path / "c.json", "c", {}, "cmd")
+    assert results["protocol"] == compare.PROTOCOL and results["upgraded_from"] == compare.UPGRADABLE
+    assert [t["name"] for t in results["trials"]] == ["gmp_layer"] and results["methods"] == []
+    assert results["bases"] == old["bases"]
+    method = FakeMethod()  # the kept trial is not trained again; the value the new grid adds is
+    compare.accumulate(results, lambda: None, "gmp_layer", 0.95, 0, (3e-3, 1e-2), method, 0.9)
+    assert method.calls == [1e-2]
+    assert compare.merge([old, results])["protocol"] == compare.PROTOCOL  # an old part is upgraded to merge
+
+
 def test_peers_are_tuned_at_the_middle_target_and_trained_once_at_the_others():
     calls, results = [], {"trials": [], "methods": []}
 
@@ -144,10 +161,10 @@ def test_merge_joins_seeds_run_side_by_side_and_refuses_other_protocols():
 def test_planned_epochs_count_every_trial():
     spec = {"run": {"epochs_base": 10, "sweep": [0.1, 0.2]}, "epochs": 20, "ft_epochs": 5}
     train, passes = compare.planned(spec)
-    # base + 3 magnitude peers x (3 lrs + 2 other targets) x 20
-    # + 2 L1 peers x (3 scales x 15 + (3 scales + 2 other targets) x 5) + 2 SABR family x 3 lrs x 20
-    assert train == 10 + 300 + 140 + 120
-    assert passes == train + 2 * 3 * 2 * 2
+    # base + 3 magnitude peers x (4 lrs + 2 other targets) x 20
+    # + 2 L1 peers x (4 scales x 15 + (4 scales + 2 other targets) x 5) + 2 SABR family x 4 scales x 20
+    assert train == 10 + 360 + 180 + 160
+    assert passes == train + 2 * 4 * 2 * 2
 
 
 @pytest.mark.slow  # a fresh interpreter, Fashion-MNIST read, 7 methods trained: about 20 s on a busy CPU
