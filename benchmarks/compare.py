@@ -55,16 +55,19 @@ log = logging.getLogger("compare")
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = "/usr/share/datasets/fashion-mnist"
-PROTOCOL = "0.4.0"
-"""0.4.0: the SABR family tunes ``teta1`` as the L1 peers do (0.3.0 tuned its learning rate, at a ``teta1`` whose
-ramp needs about 60 epochs), and every grid has a fourth value, one step up (in 0.3.0 every peer chose its
-grid's top). 0.3.0: each peer tuned at one target (0.2.0 tuned every target: 1.5x the CPU, 3x the trials)."""
-UPGRADABLE = "0.3.0"  # its peer trials are 0.4.0 trials (the same values, the same training): kept on upgrade
+PROTOCOL = "0.5.0"
+"""0.5.0: the ``teta1`` grid one step up, x 3 to x 100 (in 0.4.0 the L1 peers and the SABR family all chose x 30,
+its top). 0.4.0: the SABR family tunes ``teta1`` as the L1 peers do (0.3.0 tuned its learning rate, at a
+``teta1`` whose ramp needs about 60 epochs), and every grid has a fourth value, one step up. 0.3.0: each
+peer tuned at one target (0.2.0 tuned every target: 1.5x the CPU, 3x the trials)."""
+UPGRADABLE = {"0.4.0": ("gmp_", "oneshot_", "l1_", "sabr"), "0.3.0": ("gmp_", "oneshot_", "l1_")}
+"""Earlier protocols whose trials are trials of this one (same values, same training), by the method-name
+prefixes whose trials are kept on upgrade (0.3.0's SABR family tuned another hyper-parameter)."""
 TARGETS = (0.90, 0.95, 0.98)
 TUNE_TARGET = 0.95
 SEEDS = (0, 1, 2)
 LRS = (3e-4, 1e-3, 3e-3, 1e-2)
-L1_SCALES = (1.0, 3.0, 10.0, 30.0)
+L1_SCALES = (3.0, 10.0, 30.0, 100.0)
 MAX_DROP = 0.01
 
 CONFIGS: dict[str, dict] = {
@@ -255,13 +258,15 @@ def _logged(entry: dict) -> None:
 
 
 def upgrade(results: dict) -> dict:
-    """``results`` under ``PROTOCOL``: a file of ``UPGRADABLE`` keeps its bases and peer trials (the methods
-    are chosen again from them, with the trials the new values add) and drops its SABR-family trials (they
-    tuned another hyper-parameter); a file of any other protocol is returned as it is."""
-    if results.get("protocol") != UPGRADABLE:
+    """``results`` under ``PROTOCOL``: a file of an :data:`UPGRADABLE` protocol keeps its bases and the trials
+    that protocol shares with this one (every method is chosen again from them, with the trials the new
+    values add; a trial of a value no longer in the grid is kept and not chosen); a file of any other
+    protocol is returned as it is."""
+    kept = UPGRADABLE.get(results.get("protocol"))
+    if kept is None:
         return results
-    return {**results, "protocol": PROTOCOL, "upgraded_from": UPGRADABLE, "methods": [],
-            "trials": [t for t in results["trials"] if not t["name"].startswith("sabr")]}
+    return {**results, "protocol": PROTOCOL, "upgraded_from": results["protocol"], "methods": [],
+            "trials": [t for t in results["trials"] if t["name"].startswith(kept)]}
 
 
 def load_results(path: Path, name: str, spec: dict, command: str) -> dict:

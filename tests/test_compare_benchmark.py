@@ -108,16 +108,17 @@ def test_results_of_another_protocol_are_refused(tmp_path):
         compare.load_results(old, "fashion-lenet5", {}, "cmd")
 
 
-def test_a_file_of_the_previous_protocol_keeps_its_peer_trials_and_drops_the_sabr_family_ones(tmp_path):
+@pytest.mark.parametrize("protocol, kept", [("0.3.0", ["gmp_layer"]), ("0.4.0", ["gmp_layer", "sabr"])])
+def test_a_file_of_an_earlier_protocol_keeps_the_trials_it_shares(tmp_path, protocol, kept):
     trial = {"target": 0.95, "seed": 0, "val_accuracy": 0.9, "sparsity": 0.95, "test_accuracy": 0.9, "command": "c"}
-    old = {"protocol": compare.UPGRADABLE, "config": "c", "bases": {"0": {"test_accuracy": 0.9}},
+    old = {"protocol": protocol, "config": "c", "bases": {"0": {"test_accuracy": 0.9}},
            "trials": [{**trial, "name": "gmp_layer", "value": 3e-3}, {**trial, "name": "sabr", "target": None,
                                                                        "value": 1e-3, "within_budget": True}],
            "methods": [_entry("gmp_layer", 0.95, 0, 0.95, 0.9)]}
     (tmp_path / "c.json").write_text(json.dumps(old))
     results = compare.load_results(tmp_path / "c.json", "c", {}, "cmd")
-    assert results["protocol"] == compare.PROTOCOL and results["upgraded_from"] == compare.UPGRADABLE
-    assert [t["name"] for t in results["trials"]] == ["gmp_layer"] and results["methods"] == []
+    assert results["protocol"] == compare.PROTOCOL and results["upgraded_from"] == protocol
+    assert [t["name"] for t in results["trials"]] == kept and results["methods"] == []  # chosen again
     assert results["bases"] == old["bases"]
     method = FakeMethod()  # the kept trial is not trained again; the value the new grid adds is
     compare.accumulate(results, lambda: None, "gmp_layer", 0.95, 0, (3e-3, 1e-2), method, 0.9)
