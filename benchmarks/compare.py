@@ -132,12 +132,13 @@ def _peer_trial(exp: Experiment, base: nn.Module, name: str, target: float, valu
 
 def sabr_config(spec: dict, seed: int, base_path: Path, finetune: bool, scale: float, out: Path,
                 threads: int | None = None) -> RunConfig:
-    """The ``sabr run`` configuration of a SABR-family trial: ``teta1`` = the default x ``scale``, the same
-    epoch budget as every peer."""
+    """The ``sabr run`` configuration of a SABR-family trial: ``teta1`` = the configuration's x ``scale`` (as
+    the L1 peers scale it), the same epoch budget as every peer."""
     ft = spec["ft_epochs"] if finetune else 0
-    return RunConfig(**spec["run"], seed=seed, base_checkpoint=str(base_path), epochs_sabr=spec["epochs"] - ft,
-                     finetune_epochs=ft, teta1=RunConfig.teta1 * scale, max_drop=MAX_DROP, device="cpu",
-                     threads=threads, out=str(out))
+    run = dict(spec["run"])
+    teta1 = run.pop("teta1", RunConfig.teta1) * scale
+    return RunConfig(**run, seed=seed, base_checkpoint=str(base_path), epochs_sabr=spec["epochs"] - ft,
+                     finetune_epochs=ft, teta1=teta1, max_drop=MAX_DROP, device="cpu", threads=threads, out=str(out))
 
 
 def _sabr_trial(cfg: RunConfig) -> dict:

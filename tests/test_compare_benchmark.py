@@ -194,3 +194,12 @@ def test_quick_runs_as_a_plain_script_and_resumes_without_training(tmp_path):
     assert second.returncode == 0, second.stderr
     assert (tmp_path / "out" / "quick-fashion-lenet5.json").stat().st_mtime == mtime  # nothing trained, nothing written
     assert "| sabr_ft | budget | 1 |" in second.stdout
+
+
+def test_sabr_family_scales_the_configurations_teta1_as_the_l1_peers_do(tmp_path):
+    spec = {"run": {"model": "lenet5"}, "epochs": 20, "ft_epochs": 5}
+    cfg = compare.sabr_config(spec, 0, tmp_path / "base.safetensors", True, 10.0, tmp_path / "run")
+    assert cfg.teta1 == pytest.approx(10 * compare.RunConfig.teta1)
+    assert (cfg.epochs_sabr, cfg.finetune_epochs, cfg.max_drop) == (15, 5, compare.MAX_DROP)
+    spec["run"]["teta1"] = 2e-3  # a configuration with its own teta1: the scale applies to it
+    assert compare.sabr_config(spec, 0, tmp_path / "b", False, 3.0, tmp_path / "r").teta1 == pytest.approx(6e-3)
