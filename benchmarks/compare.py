@@ -280,7 +280,7 @@ def load_results(path: Path, name: str, spec: dict, command: str) -> dict:
                              "leave it, and pass another --out.")
         return results
     return {"config": name, "protocol": PROTOCOL, "spec": spec, "max_drop": MAX_DROP, "command": command,
-            "threads": torch.get_num_threads(), "bases": {}, "trials": [], "methods": []}
+            "bases": {}, "trials": [], "methods": []}  # main() records the runs' "threads"
 
 
 def merge(parts: list[dict]) -> dict:
