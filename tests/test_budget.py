@@ -11,7 +11,7 @@ from torch import nn
 
 from sabr import RunConfig, prune, sparsity_report
 from sabr import pipeline
-from sabr.budget import MIN_GAIN, BudgetTracker, Trial, choose, search_prune_factor
+from sabr.budget import MIN_GAIN, BudgetTracker, PruneRamp, Trial, choose, search_prune_factor
 from sabr.pruning import prunable_sparsity, recalibrate_batchnorm
 
 
@@ -198,3 +198,74 @@ def test_a_run_killed_inside_the_budget_search_resumes_to_the_same_result(tmp_pa
     resumed = pipeline.resume(tmp_path / "killed", progress=False)
     for key in ("base", "sabr", "pruned", "budget", "base_pruned", "curve", "layers"):
         assert json.dumps(resumed[key], sort_keys=True) == json.dumps(whole[key], sort_keys=True), key
+
+
+def test_prune_ramp_grows_while_the_budget_holds_then_returns_to_the_last_model_within_it():
+    model = _model()
+    ramp = PruneRamp.start(model, floor=0.9, factors=[0.3, 0.1, 0.2, 0.5], kept_accuracy=0.92)
+    assert ramp.factors == [0.1, 0.2, 0.3, 0.5] and ramp.factor == 0.1
+    assert ramp.update(model, 1, 0.93) == "grow" and ramp.factor == 0.2 and ramp.kept_factor == 0.1
+    with torch.no_grad():
+        model[0].weight.add_(1.0)  # epoch 2 trains the model pruned at 0.2 ...
+    assert ramp.update(model, 2, 0.91) == "grow" and (ramp.factor, ramp.kept_factor, ramp.kept_epoch) == (0.3, 0.2, 2)
+    kept = copy.deepcopy(ramp.kept_model)
+    assert ramp.update(model, 3, 0.89) == "revert"  # ... epoch 3 at 0.3 breaks the budget: back to epoch 2's
+    assert (ramp.factor, ramp.kept_factor, ramp.growing) == (0.2, 0.2, False)
+    assert all(torch.equal(kept[k], v) for k, v in ramp.kept_model.items())
+    assert ramp.update(model, 4, 0.85) == "hold"  # below the floor again: nothing changes, no more returns
+    assert ramp.update(model, 5, 0.905) == "hold"  # within the budget, but not better than the kept 0.91
+    assert ramp.update(model, 6, 0.95) == "keep" and (ramp.kept_epoch, ramp.kept_accuracy, ramp.factor) == (6, 0.95, 0.2)
+
+
+def test_prune_ramp_stops_growing_at_the_end_of_the_grid_and_reverts_to_the_start():
+    model = _model()
+    ramp = PruneRamp.start(model, floor=0.9, factors=[0.1, 0.2], kept_accuracy=0.92)
+    assert ramp.update(model, 1, 0.95) == "grow"
+    assert ramp.update(model, 2, 0.95) == "keep" and not ramp.growing and ramp.kept_factor == 0.2
+    start = PruneRamp.start(model, floor=0.9, factors=[0.1, 0.2], kept_accuracy=0.92)
+    assert start.update(model, 1, 0.5) == "revert" and (start.kept_epoch, start.factor) == (0, 0.1)
+
+
+def test_finetune_with_a_ramp_prunes_one_factor_further_per_epoch_within_the_budget():
+    from sabr.pipeline import finetune_masked, prepare
+
+    exp = prepare(RunConfig(max_per_class=20, epochs_base=1, device="cpu"), progress=False)
+    model = exp.new_model()
+    factors = [0.2, 0.5, 1.0]
+    prune(model, teta1=factors[0])
+    grown = []
+
+    def grow(m, factor):
+        grown.append(factor)
+        prune(m, teta1=factor)
+
+    ramp = PruneRamp.start(model, float("-inf"), factors, kept_accuracy=0.0)  # every epoch fits
+    tuned, rows = finetune_masked(exp, copy.deepcopy(model), 3, ramp=ramp, grow=grow)
+    assert grown == [0.5, 1.0] and [r["prune_teta1"] for r in rows] == [0.2, 0.5, 1.0]
+    assert ramp.kept_epoch == 3 and sparsity_report(tuned).sparsity > sparsity_report(model).sparsity
+    # nothing fits: back to the starting model after epoch 1, which the run ends with unchanged
+    ramp = PruneRamp.start(model, 2.0, factors, kept_accuracy=0.0)
+    tuned, rows = finetune_masked(exp, copy.deepcopy(model), 2, ramp=ramp, grow=grow)
+    assert grown == [0.5, 1.0] and [r["prune_teta1"] for r in rows] == [0.2, 0.2]
+    assert all(torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), model.state_dict().values()))
+
+
+@pytest.mark.slow
+def test_a_run_with_a_fine_tune_judges_the_budget_after_it(tmp_path, monkeypatch):
+    real_search = pipeline.search_prune_factor
+
+    def weakest(*args, **kwargs):  # the search keeps the weakest factor, as a budget broken above it would
+        _, fits, trials = real_search(*args, **kwargs)
+        return min(trials, key=lambda t: t.factor), True, trials
+
+    monkeypatch.setattr(pipeline, "search_prune_factor", weakest)
+    out = tmp_path / "run"
+    s = pipeline.run(RunConfig(**{**TINY, "max_drop": 1.0}, finetune_epochs=2, out=str(out)), progress=False)
+    p, b = s["pruned"], s["budget"]
+    assert p["prune_teta1_before_finetune"] == 0.1
+    # every epoch fits: epoch 1 trains at 0.1, epoch 2 at 0.3, which is kept (1.0 would need a third epoch)
+    assert (b["prune_teta1"], b["within_budget"]) == (0.3, True)
+    history = (out / "history_finetune.csv").read_text().splitlines()
+    assert history[0].split(",")[-1] == "prune_teta1" and [r.split(",")[-1] for r in history[1:]] == ["0.1", "0.3"]
+    assert p["nonzero"] == sum(l["nonzero"] for l in s["layers"])  # the layers table is the kept model's
+    assert p["sparsity"] > s["curve"][0]["sparsity"]

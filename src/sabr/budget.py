@@ -11,7 +11,10 @@ property of the model and the data instead:
   first one within the budget brought no gain (the remaining weights shrinking by less than ``MIN_GAIN``);
 * after it, :func:`search_prune_factor` prunes copies of the kept model at every factor of ``FACTORS``
   (BatchNorm statistics recalibrated) and chooses the factor one step before the first that breaks the
-  budget (:func:`choose`).
+  budget (:func:`choose`);
+* with a masked fine-tune (``--finetune-epochs``), :class:`PruneRamp` judges the budget again after every
+  fine-tune epoch and prunes one factor further while it holds, since the fine-tune buys back accuracy that
+  the search, which judges pruned copies before any training, cannot count.
 
 Both read the validation split only; the test split is evaluated once, on the result. A tighter budget
 admits a subset of the candidates of a looser one, so it never yields a sparser choice among them.
@@ -153,6 +156,71 @@ def choose(trials: Iterable[Trial], floor: float) -> tuple[Trial, bool]:
     if len(fitting) == len(ordered) or len(fitting) == 1:
         return fitting[-1], True
     return fitting[-2], True
+
+
+@dataclass
+class PruneRamp:
+    """The budget judged after the masked fine-tune: SABR's adaptive rule applied to the pruning factor.
+
+    The fine-tune starts from the model pruned at the factor the search chose, which was within the budget
+    before any training. After every fine-tune epoch whose validation accuracy is within the budget, the
+    model is kept and the factor grows one step along ``factors`` (the caller prunes the model further at
+    :attr:`factor`); after an epoch below the floor the model returns to the last kept one and the factor
+    grows no more, so the remaining epochs fine-tune that model (an epoch better on validation is then kept).
+    The result is the last kept model: the sparsest whose validation accuracy was within the budget *after*
+    training. The fine-tune's epoch count is unchanged; only validation is read.
+
+    Args:
+        floor: the lowest admissible validation accuracy (:func:`budget_floor`).
+        factors: the pruning factors, ascending; the model starts pruned at the first.
+        kept_accuracy: the starting model's validation accuracy (the search's, before the fine-tune).
+        model: the starting model (kept until an epoch replaces it).
+    """
+
+    floor: float
+    factors: list[float]
+    kept_accuracy: float
+    kept_model: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    index: int = 0
+    growing: bool = True
+    kept_index: int = 0
+    kept_epoch: int = 0
+
+    @classmethod
+    def start(cls, model: nn.Module, floor: float, factors: Iterable[float], kept_accuracy: float) -> "PruneRamp":
+        """A ramp from ``model``, pruned at ``min(factors)`` and ``kept_accuracy`` on validation."""
+        return cls(floor, sorted(factors), kept_accuracy, _copy(model))
+
+    @property
+    def factor(self) -> float:
+        """The factor the model is pruned at now."""
+        return self.factors[self.index]
+
+    @property
+    def kept_factor(self) -> float:
+        """The factor the kept model is pruned at."""
+        return self.factors[self.kept_index]
+
+    def update(self, model: nn.Module, epoch: int, val_accuracy: float) -> str:
+        """Score one finished fine-tune epoch and say what the caller does next.
+
+        Returns ``"grow"`` (the model is kept; prune it at :attr:`factor`, one step up), ``"keep"`` (kept;
+        the factor stays: growth has stopped or the grid ends), ``"revert"`` (below the floor: load
+        :attr:`kept_model` back; growth stops) or ``"hold"`` (nothing changes).
+        """
+        fits = val_accuracy >= self.floor
+        if fits and (self.growing or val_accuracy > self.kept_accuracy):
+            self.kept_model, self.kept_accuracy = _copy(model), val_accuracy
+            self.kept_index, self.kept_epoch = self.index, epoch
+            if self.growing and self.index + 1 < len(self.factors):
+                self.index += 1
+                return "grow"
+            self.growing = False
+            return "keep"
+        if not fits and self.growing:
+            self.growing, self.index = False, self.kept_index
+            return "revert"
+        return "hold"
 
 
 def prune_copy(model: nn.Module, factor: float, gamma: float, params=None,

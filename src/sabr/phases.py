@@ -23,7 +23,7 @@ from .experiment import Experiment, evaluate_split
 from .metrics import sparsity_report
 from .models import set_dropout
 from .pruning import apply_masks, prune, recalibrate_batchnorm, zero_masks
-from .budget import BudgetTracker
+from .budget import BudgetTracker, PruneRamp
 from .regularizer import SABR, SabrSettings, auto_threshold
 from .resume import restore_training, training_state
 from .train import (EpochStats, FitHooks, FitState, NonFiniteLossError, batches, evaluate, fit, phase_generator,
@@ -282,17 +282,25 @@ def sweep(exp: Experiment, model: nn.Module, teta1_values, gamma: float, params=
 
 def finetune_masked(exp: Experiment, model: nn.Module, epochs: int, lr: float | None = None,
                     params=None, progress: bool = False,
-                    on_row: Callable[[dict], None] | None = None) -> tuple[nn.Module, list[dict]]:
+                    on_row: Callable[[dict], None] | None = None, ramp: PruneRamp | None = None,
+                    grow: Callable[[nn.Module, float], None] | None = None) -> tuple[nn.Module, list[dict]]:
     """Fine-tune a pruned model in place for ``epochs`` epochs, keeping its zeros exactly zero.
 
     The zero pattern of the regularised tensors (``params``, default every Conv/Linear weight) is taken
-    once at the start and re-applied after every optimizer step, so the sparsity never drops. The configured
+    at the start and re-applied after every optimizer step, so the sparsity never drops. The configured
     optimizer at ``lr`` (default: the config's phase-2 rate) with phase 2's ReduceLROnPlateau(factor 0.51,
     min 1e-5), no penalty, dropout as the model has it. Every parameter trains: tensors that SABR froze
     (``requires_grad=False``) are unfrozen. Returns the model (best validation accuracy of the epochs, the
     starting weights included) and one row per epoch; ``on_row(row)``, when given, also gets each row as
     it is finished (e.g. for TensorBoard).
+
+    With a ``ramp`` (:class:`sabr.budget.PruneRamp`, started from ``model``), the budget is judged after every
+    epoch instead: ``grow(model, factor)`` prunes the model further in place when the ramp grows, the zero
+    pattern is taken again after each growth or return, each row records the ``prune_teta1`` its epoch
+    trained at, and the model ends as the ramp's kept one.
     """
+    if ramp is not None and grow is None:
+        raise ValueError("finetune_masked(ramp=...) needs grow(model, factor) to prune the model further")
     cfg = exp.config
     masks = zero_masks(model, params)
     for p in model.parameters():
@@ -307,12 +315,29 @@ def finetune_masked(exp: Experiment, model: nn.Module, epochs: int, lr: float | 
                            progress=_labelled(bar, f"fine-tune {epoch}/{epochs}"))
 
     def row_done(r: dict) -> None:
-        log.info("fine-tune %3d/%d  loss %.4f  val %.2f%%", r["epoch"], epochs, r["train_loss"],
-                 100 * r["val_accuracy"])
+        log.info("fine-tune %3d/%d  loss %.4f  val %.2f%%%s", r["epoch"], epochs, r["train_loss"],
+                 100 * r["val_accuracy"], f"  factor {r['prune_teta1']:g}" if "prune_teta1" in r else "")
         if on_row is not None:
             on_row(r)
 
+    def judge(state: FitState) -> None:
+        action = ramp.update(model, state.epoch, state.rows[-1]["val_accuracy"])
+        if state.epoch == epochs:  # no epoch left to train a further pruned model: the kept one is the result
+            return
+        if action == "grow":
+            grow(model, ramp.factor)
+        elif action == "revert":
+            model.load_state_dict(ramp.kept_model)
+        if action in ("grow", "revert"):
+            log.info("fine-tune: budget %s after epoch %d -> pruning factor %g", "held" if action == "grow"
+                     else "broken", state.epoch, ramp.factor)
+            masks.update(zero_masks(model, params))
+
     hooks = FitHooks(on_row=row_done)
+    if ramp is not None:
+        hooks = FitHooks(on_row=row_done, row_fields=lambda r: {"prune_teta1": ramp.factor}, on_epoch=judge)
     state = fit(model, opt, train, lambda: evaluate(model, exp.val, exp.preprocess, exp.device), epochs,
-                keep="best_or_start", scheduler=sabr_scheduler(opt), hooks=hooks)
+                keep="best_or_start" if ramp is None else "last", scheduler=sabr_scheduler(opt), hooks=hooks)
+    if ramp is not None:
+        model.load_state_dict(ramp.kept_model)
     return model, state.rows

@@ -51,9 +51,9 @@ def summary_rows(summary: dict) -> list[tuple[str, str, str, str]]:
          f"|w|<{s['zero_eps']:g}"),
         ("pruned", f"{_pct(p['test_accuracy'])} test", _pct(p["sparsity"]),
          f"{p['nonzero']:,} of {p['total']:,} weights non-zero, {_pct(p['macs_reduction'])} fewer MACs"
-         + _budget_note(summary.get("budget"))
+         + _budget_note(summary.get("budget"), p)
          + (f", then {p['finetune_epochs']} masked fine-tune epochs ({_pct(p['test_accuracy_before_finetune'])} "
-            "test before)" if p.get("finetune_epochs") else "")),
+            "test before)" if p.get("finetune_epochs") and "prune_teta1_before_finetune" not in p else "")),
     ]
     st = summary.get("structured")
     if st:
@@ -74,12 +74,16 @@ def _kept(sabr: dict) -> str:
     return f" (kept epoch {kept})" if kept is not None and kept != sabr["epochs"] else ""
 
 
-def _budget_note(budget: dict | None) -> str:
+def _budget_note(budget: dict | None, pruned: dict) -> str:
     if not budget:
         return ""
     limit = (f"budget {100 * budget['max_drop']:g} pt" if budget["max_drop"] is not None else "no budget")
-    return (f"; factor {budget['prune_teta1']:g} chosen on validation ({_pct(budget['val_accuracy'])} val, {limit}"
-            f"{'' if budget['within_budget'] else ': NOT met'})")
+    result = (f"({_pct(budget['val_accuracy'])} val, {limit}{'' if budget['within_budget'] else ': NOT met'})")
+    if "prune_teta1_before_finetune" in pruned:  # the fine-tune grew the factor (sabr.budget.PruneRamp)
+        return (f"; factor {pruned['prune_teta1_before_finetune']:g} chosen on validation "
+                f"({_pct(pruned['test_accuracy_before_finetune'])} test), grown to {budget['prune_teta1']:g} in "
+                f"{pruned['finetune_epochs']} masked fine-tune epochs {result}")
+    return f"; factor {budget['prune_teta1']:g} chosen on validation {result}"
 
 
 def format_table(summary: dict) -> str:
