@@ -55,14 +55,13 @@ log = logging.getLogger("compare")
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = "/usr/share/datasets/fashion-mnist"
-PROTOCOL = "0.5.0"
-"""0.5.0: the ``teta1`` grid one step up, x 3 to x 100 (in 0.4.0 the L1 peers and the SABR family all chose x 30,
+PROTOCOL = "0.6.0"
+"""0.6.0: ``sabr_ft`` judges the budget after its fine-tune (``sabr run --finetune-epochs`` grows the pruning factor
+while each fine-tune epoch keeps validation within the budget; before, the factor was chosen before the fine-tune).
+0.5.0: the ``teta1`` grid one step up, x 3 to x 100 (in 0.4.0 the L1 peers and the SABR family all chose x 30,
 its top). 0.4.0: the SABR family tunes ``teta1`` as the L1 peers do (0.3.0 tuned its learning rate, at a
 ``teta1`` whose ramp needs about 60 epochs), and every grid has a fourth value, one step up. 0.3.0: each
 peer tuned at one target (0.2.0 tuned every target: 1.5x the CPU, 3x the trials)."""
-UPGRADABLE = {"0.4.0": ("gmp_", "oneshot_", "l1_", "sabr"), "0.3.0": ("gmp_", "oneshot_", "l1_")}
-"""Earlier protocols whose trials are trials of this one (same values, same training), by the method-name
-prefixes whose trials are kept on upgrade (0.3.0's SABR family tuned another hyper-parameter)."""
 TARGETS = (0.90, 0.95, 0.98)
 TUNE_TARGET = 0.95
 SEEDS = (0, 1, 2)
@@ -117,6 +116,10 @@ PEERS: dict[str, tuple[Callable, str, str]] = {  # name -> (method, its trial va
     "l1_ramp": (_l1(True), "l1_scales", _L1_CALL.replace("{ramp}", "ramp=True, ")),
 }
 SABR_FAMILY = {"sabr": False, "sabr_ft": True}  # name -> with the masked fine-tune
+UPGRADABLE = {"0.5.0": (*PEERS, "sabr"), "0.4.0": (*PEERS, "sabr"), "0.3.0": tuple(PEERS)}
+"""Earlier protocols whose trials are trials of this one (same values, same training), by the methods whose
+trials are kept on upgrade (0.3.0's SABR family tuned another hyper-parameter; ``sabr_ft`` before 0.6.0 chose
+its pruning factor before the fine-tune)."""
 
 
 def _peer_trial(exp: Experiment, base: nn.Module, name: str, target: float, value: float, spec: dict,
@@ -243,8 +246,8 @@ def run_seed(name: str, spec: dict, seed: int, results: dict, save: Callable[[],
             _logged(entry)
     for method, finetune in SABR_FAMILY.items():
         def train(scale: float, method: str = method, finetune: bool = finetune) -> dict:
-            return _sabr_trial(sabr_config(spec, seed, base_path, finetune, scale, work / f"{method}-teta1x{scale:g}",
-                                           threads))
+            folder = work / f"{method}-teta1x{scale:g}-p{PROTOCOL}"  # another protocol's run is never read back
+            return _sabr_trial(sabr_config(spec, seed, base_path, finetune, scale, folder, threads))
         _logged(accumulate(results, save, method, None, seed, spec.get("l1_scales", L1_SCALES), train, acc))
 
 
@@ -267,7 +270,7 @@ def upgrade(results: dict) -> dict:
     if kept is None:
         return results
     return {**results, "protocol": PROTOCOL, "upgraded_from": results["protocol"], "methods": [],
-            "trials": [t for t in results["trials"] if t["name"].startswith(kept)]}
+            "trials": [t for t in results["trials"] if t["name"] in kept]}
 
 
 def load_results(path: Path, name: str, spec: dict, command: str) -> dict:

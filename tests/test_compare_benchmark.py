@@ -108,12 +108,14 @@ def test_results_of_another_protocol_are_refused(tmp_path):
         compare.load_results(old, "fashion-lenet5", {}, "cmd")
 
 
-@pytest.mark.parametrize("protocol, kept", [("0.3.0", ["gmp_layer"]), ("0.4.0", ["gmp_layer", "sabr"])])
+@pytest.mark.parametrize("protocol, kept", [("0.3.0", ["gmp_layer"]), ("0.4.0", ["gmp_layer", "sabr"]),
+                                            ("0.5.0", ["gmp_layer", "sabr"])])
 def test_a_file_of_an_earlier_protocol_keeps_the_trials_it_shares(tmp_path, protocol, kept):
     trial = {"target": 0.95, "seed": 0, "val_accuracy": 0.9, "sparsity": 0.95, "test_accuracy": 0.9, "command": "c"}
     old = {"protocol": protocol, "config": "c", "bases": {"0": {"test_accuracy": 0.9}},
-           "trials": [{**trial, "name": "gmp_layer", "value": 3e-3}, {**trial, "name": "sabr", "target": None,
-                                                                       "value": 1e-3, "within_budget": True}],
+           "trials": [{**trial, "name": "gmp_layer", "value": 3e-3},
+                      *({**trial, "name": n, "target": None, "value": 30.0, "within_budget": True}
+                        for n in ("sabr", "sabr_ft"))],
            "methods": [_entry("gmp_layer", 0.95, 0, 0.95, 0.9)]}
     (tmp_path / "c.json").write_text(json.dumps(old))
     results = compare.load_results(tmp_path / "c.json", "c", {}, "cmd")
