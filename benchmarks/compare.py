@@ -28,6 +28,7 @@ so a run cut off midway continues where it stopped; ``--report`` prints the tabl
     python benchmarks/compare.py --threads 1             # the full run (both configurations), resumable
     python benchmarks/compare.py --report                # tables and plots of what is there
     python benchmarks/compare.py --merge a/X.json b/X.json  # seeds run side by side, joined into --out
+    python benchmarks/compare.py --seeds 2 --methods sabr sabr_ft --out b  # a share of one seed, for a free core
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 import torch
 from torch import nn
@@ -226,8 +227,8 @@ def base_model(exp: Experiment, path: Path) -> tuple[nn.Module, dict]:
 
 
 def run_seed(name: str, spec: dict, seed: int, results: dict, save: Callable[[], None], work: Path,
-             threads: int | None) -> None:
-    """Every method, target and trial of one seed that ``results`` does not hold yet."""
+             threads: int | None, methods: Collection[str] | None = None) -> None:
+    """Every method (of ``methods``, default all), target and trial of one seed that ``results`` does not hold yet."""
     cfg = RunConfig(**spec["run"], seed=seed, device="cpu", threads=threads)
     torch.manual_seed(seed)
     exp = prepare(cfg, progress=False)
@@ -240,11 +241,16 @@ def run_seed(name: str, spec: dict, seed: int, results: dict, save: Callable[[],
              len(exp.train), len(exp.val), len(exp.test))
     acc = figures["test_accuracy"]
     for method, (_, values, _) in PEERS.items():
+        if methods is not None and method not in methods:
+            continue
         train = lambda t, v, m=method: _peer_trial(exp, base, m, t, v, spec, work)  # noqa: E731
         for entry in tune_then_train(results, save, method, spec.get("targets", TARGETS), seed,
                                      spec.get(values, _default(values)), train, acc):
             _logged(entry)
     for method, finetune in SABR_FAMILY.items():
+        if methods is not None and method not in methods:
+            continue
+
         def train(scale: float, method: str = method, finetune: bool = finetune) -> dict:
             folder = work / f"{method}-teta1x{scale:g}-p{PROTOCOL}"  # another protocol's run is never read back
             return _sabr_trial(sabr_config(spec, seed, base_path, finetune, scale, folder, threads))
@@ -429,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder of <config>.json/.png")
     p.add_argument("--work", default="runs/compare", help="cached base models, L1 phases and sabr run folders")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--methods", nargs="+", choices=[*PEERS, *SABR_FAMILY], help="only these methods (default: all; "
+                   "e.g. the SABR family in a second process with its own --out, joined by --merge)")
     p.add_argument("--estimate", action="store_true", help="train nothing: print the CPU-hours of the full run")
     p.add_argument("--report", action="store_true", help="train nothing: print the tables, draw the plots")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="train nothing: join results files of one "
@@ -465,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         results["threads"] = args.threads or torch.get_num_threads()  # what the runs use (RunConfig.threads)
         for seed in args.seeds or spec.get("seeds", SEEDS):
             run_seed(name, spec, seed, results, lambda: write_json(path, results), Path(args.work) / name / f"seed{seed}",
-                     args.threads)
+                     args.threads, args.methods)
     report(out)
     return 0
 

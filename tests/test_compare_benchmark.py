@@ -178,7 +178,12 @@ def test_quick_runs_as_a_plain_script_and_resumes_without_training(tmp_path):
            "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--quick", "--threads", "1",
            "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
-    first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    part = subprocess.run(cmd + ["--methods", "gmp_layer", "sabr"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=300)
+    assert part.returncode == 0, part.stderr
+    results = json.loads((tmp_path / "out" / "quick-fashion-lenet5.json").read_text())
+    assert {m["name"] for m in results["methods"]} == {"gmp_layer", "sabr"}
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)  # the rest
     assert first.returncode == 0, first.stderr
     results = json.loads((tmp_path / "out" / "quick-fashion-lenet5.json").read_text())
     names = {m["name"] for m in results["methods"]}
