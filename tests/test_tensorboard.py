@@ -21,7 +21,15 @@ def test_epoch_scalars_names():
 
 
 @pytest.mark.slow
-def test_run_writes_event_files_that_read_back(tmp_path):
+def test_run_writes_event_files_that_read_back(tmp_path, monkeypatch):
+    from sabr.integrations import tensorboard
+
+    opened, closed = [], []
+    monkeypatch.setattr(tensorboard.TensorBoardLogger, "close",
+                        lambda self, real=tensorboard.TensorBoardLogger.close: (closed.append(self), real(self)))
+    monkeypatch.setattr(tensorboard.TensorBoardLogger, "log_epoch",
+                        lambda self, *a, real=tensorboard.TensorBoardLogger.log_epoch: (opened.append(self),
+                                                                                         real(self, *a)))
     out = tmp_path / "run"
     assert main(["run", "--quiet", "--max-per-class", "15", "--epochs-base", "1", "--epochs-sabr", "3", "--k-epoch",
                  "1", "--accuracy-threshold", "0", "--teta1", "0.05", "--sweep", "0.2", "--finetune-epochs", "2", "--device", "cpu",
@@ -39,3 +47,4 @@ def test_run_writes_event_files_that_read_back(tmp_path):
     history = (out / "history_sabr.csv").read_text().splitlines()
     assert len(logged) == len(history) - 1 == summary["sabr"]["epochs"]
     assert summary["sabr"]["frozen_tensors"] and "sabr/freeze/text_summary" in tags["tensors"]  # freeze events
+    assert len(set(opened)) == 1 and closed == [opened[0]]  # one writer for the run, closed at its end

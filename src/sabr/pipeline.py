@@ -96,12 +96,17 @@ def _run(config: RunConfig, progress: bool, overwrite: bool, resume: bool, dist:
     torch.manual_seed(config.seed)
     exp = prepare(config, progress, dist)
     folder, state, resolved = _open_run(exp, overwrite, resume)
-    torch.manual_seed(config.seed)  # the model's initialisation does not depend on the data
-    base = _base_phase(exp, folder, exp.new_model(), state, progress)
-    warnings = _check_base(exp, base)
-    sabr, reg, base_weights = _sabr_phase(exp, folder, base, state, progress)
-    choice = _budget_phase(exp, folder, base, sabr, reg, base_weights, state)
-    pruned, layer_stats, pruned_figures = _prune_phase(exp, folder, sabr.model, choice, progress)
+    board = logger_for(config.log, folder.path) if dist.is_main else None  # --log tensorboard: one writer per run
+    try:
+        torch.manual_seed(config.seed)  # the model's initialisation does not depend on the data
+        base = _base_phase(exp, folder, exp.new_model(), state, progress, board)
+        warnings = _check_base(exp, base)
+        sabr, reg, base_weights = _sabr_phase(exp, folder, base, state, progress, board)
+        choice = _budget_phase(exp, folder, base, sabr, reg, base_weights, state)
+        pruned, layer_stats, pruned_figures = _prune_phase(exp, folder, sabr.model, choice, progress, board)
+    finally:
+        if board is not None:
+            board.close()
     summary = report.build_summary(exp, sabr.model, pruned, reg, layer_stats, {
         "base": base.figures(), "sabr": sabr.figures(), "pruned": pruned_figures}, choice.curve(), resolved)
     summary.update(budget=choice.summary(base, sabr, pruned_figures), base_pruned=choice.base_figures,
@@ -153,10 +158,9 @@ def _open_run(exp: Experiment, overwrite: bool, resume: bool) -> tuple[RunDir, d
     return folder, state, resolved
 
 
-def _saver(exp: Experiment, folder: RunDir, phase: str, done: dict) -> Callable[[dict], None]:
+def _saver(exp: Experiment, folder: RunDir, phase: str, done: dict, board=None) -> Callable[[dict], None]:
     """A phase's ``on_epoch``: rank 0 saves its state with the figures of the phases already ``done`` (and logs
-    the epoch to TensorBoard with ``--log tensorboard``)."""
-    board = logger_for(exp.config.log, folder.path) if exp.dist.is_main else None
+    the epoch to the run's TensorBoard ``board`` with ``--log tensorboard``)."""
 
     def on_epoch(phase_state: dict) -> None:
         if exp.dist.is_main:
@@ -177,7 +181,7 @@ def _finish(exp: Experiment, folder: RunDir, phase: str, model: nn.Module, rows:
 
 
 def _base_phase(exp: Experiment, folder: RunDir, model: nn.Module, state: dict | None,
-                progress: bool) -> PhaseResult:
+                progress: bool, board=None) -> PhaseResult:
     """Phase 1, or its saved result when the run resumes in a later phase (then ``model`` is untrained)."""
     if state is not None and state["phase"] != "base":
         done = state["done"]["base"]
@@ -187,12 +191,12 @@ def _base_phase(exp: Experiment, folder: RunDir, model: nn.Module, state: dict |
         load_weights_into(model, _read_checkpoint_weights(Path(given)), source=given)
         log.info("phase 1 skipped: the base model is %s", given)
         return _finish(exp, folder, "base", model, [])
-    model, rows = train_base(exp, model, progress=progress, resume=state, on_epoch=_saver(exp, folder, "base", {}))
+    model, rows = train_base(exp, model, progress=progress, resume=state, on_epoch=_saver(exp, folder, "base", {}, board))
     return _finish(exp, folder, "base", model, rows)
 
 
 def _sabr_phase(exp: Experiment, folder: RunDir, base: PhaseResult, state: dict | None,
-                progress: bool) -> tuple[PhaseResult, SABR, dict]:
+                progress: bool, board=None) -> tuple[PhaseResult, SABR, dict]:
     """Phase 2 from the base model (or from its saved epoch, or its saved result when the run resumes in the
     budget search); rank 0 also writes ``sabr_state.json``. Returns ``(result, regulariser, base weights)``."""
     cfg = exp.config
@@ -208,7 +212,7 @@ def _sabr_phase(exp: Experiment, folder: RunDir, base: PhaseResult, state: dict 
                                cfg.params, channel_groups_of(exp, base.model))
     settings = resolve_threshold(exp, base.model, cfg.sabr_settings(), base.val_accuracy)  # measured in phase 1
     model, reg, rows = train_sabr(exp, base.model, settings=settings, progress=progress, budget=budget, resume=resume,
-                                  on_epoch=_saver(exp, folder, "sabr", done))
+                                  on_epoch=_saver(exp, folder, "sabr", done, board))
     kept_epoch, kept_weights, _ = budget.kept() if budget is not None else (len(rows), None, False)
     kept = kept_epoch if kept_weights is not None else len(rows)
     stopped = ("all_frozen" if reg.all_frozen else
@@ -331,7 +335,7 @@ def _ramp(exp: Experiment, choice: BudgetChoice, pruned: nn.Module, layer_stats:
 
 
 def _prune_phase(exp: Experiment, folder: RunDir, model: nn.Module, choice: BudgetChoice,
-                 progress: bool) -> tuple[nn.Module, list, dict]:
+                 progress: bool, board=None) -> tuple[nn.Module, list, dict]:
     """Phase 3 at the chosen factor (or ``--epsilon``), the base model pruned the same way, the optional
     masked fine-tune, and the one evaluation on the test split; rank 0 saves ``pruned``.
 
@@ -352,7 +356,6 @@ def _prune_phase(exp: Experiment, folder: RunDir, model: nn.Module, choice: Budg
     figures = {"test_accuracy": test}
     if cfg.finetune_epochs:
         kept_zero = cfg.params if groups is None else group_parameters(groups)  # pruned channels stay exactly zero
-        board = logger_for(cfg.log, folder.path) if exp.dist.is_main else None
         on_row = None if board is None else lambda r: board.log_epoch("finetune", {"rows": [r]})  # noqa: E731
         ramp, stats = _ramp(exp, choice, pruned, layer_stats)
 
