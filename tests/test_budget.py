@@ -200,30 +200,30 @@ def test_a_run_killed_inside_the_budget_search_resumes_to_the_same_result(tmp_pa
         assert json.dumps(resumed[key], sort_keys=True) == json.dumps(whole[key], sort_keys=True), key
 
 
-def test_prune_ramp_grows_while_the_budget_holds_then_returns_to_the_last_model_within_it():
+def test_prune_ramp_grows_within_the_budget_and_returns_to_the_kept_model_below_it():
     model = _model()
     ramp = PruneRamp.start(model, floor=0.9, factors=[0.3, 0.1, 0.2, 0.5], kept_accuracy=0.92)
     assert ramp.factors == [0.1, 0.2, 0.3, 0.5] and ramp.factor == 0.1
-    assert ramp.update(model, 1, 0.93) == "grow" and ramp.factor == 0.2 and ramp.kept_factor == 0.1
+    # epoch 1 at 0.1 fits but is not better than the start: the start stays kept, the factor grows anyway
+    assert ramp.update(model, 1, 0.91) == "grow" and (ramp.factor, ramp.kept_factor, ramp.kept_epoch) == (0.2, 0.1, 0)
     with torch.no_grad():
-        model[0].weight.add_(1.0)  # epoch 2 trains the model pruned at 0.2 ...
-    assert ramp.update(model, 2, 0.91) == "grow" and (ramp.factor, ramp.kept_factor, ramp.kept_epoch) == (0.3, 0.2, 2)
+        model[0].weight.add_(1.0)  # epoch 2 trains the model pruned at 0.2: sparser, so kept
+    assert ramp.update(model, 2, 0.905) == "grow" and (ramp.factor, ramp.kept_factor, ramp.kept_epoch) == (0.3, 0.2, 2)
     kept = copy.deepcopy(ramp.kept_model)
-    assert ramp.update(model, 3, 0.89) == "revert"  # ... epoch 3 at 0.3 breaks the budget: back to epoch 2's
-    assert (ramp.factor, ramp.kept_factor, ramp.growing) == (0.2, 0.2, False)
+    assert ramp.update(model, 3, 0.89) == "revert"  # epoch 3 at 0.3 breaks the budget: back to epoch 2's model
+    assert (ramp.factor, ramp.kept_factor) == (0.2, 0.2)
     assert all(torch.equal(kept[k], v) for k, v in ramp.kept_model.items())
-    assert ramp.update(model, 4, 0.85) == "hold"  # below the floor again: nothing changes, no more returns
-    assert ramp.update(model, 5, 0.905) == "hold"  # within the budget, but not better than the kept 0.91
-    assert ramp.update(model, 6, 0.95) == "keep" and (ramp.kept_epoch, ramp.kept_accuracy, ramp.factor) == (6, 0.95, 0.2)
+    assert ramp.update(model, 4, 0.85) == "hold"  # below the floor at the kept factor: train on
+    assert ramp.update(model, 5, 0.95) == "grow" and (ramp.kept_epoch, ramp.kept_accuracy) == (5, 0.95)  # better
+    assert ramp.update(model, 6, 0.93) == "grow" and (ramp.factor, ramp.kept_factor) == (0.5, 0.3)  # grows again
+    assert ramp.update(model, 7, 0.92) == "hold" and (ramp.kept_factor, ramp.kept_epoch) == (0.5, 7)  # the grid ends
 
 
-def test_prune_ramp_stops_growing_at_the_end_of_the_grid_and_reverts_to_the_start():
+def test_prune_ramp_below_the_floor_at_the_start_trains_on():
     model = _model()
     ramp = PruneRamp.start(model, floor=0.9, factors=[0.1, 0.2], kept_accuracy=0.92)
-    assert ramp.update(model, 1, 0.95) == "grow"
-    assert ramp.update(model, 2, 0.95) == "keep" and not ramp.growing and ramp.kept_factor == 0.2
-    start = PruneRamp.start(model, floor=0.9, factors=[0.1, 0.2], kept_accuracy=0.92)
-    assert start.update(model, 1, 0.5) == "revert" and (start.kept_epoch, start.factor) == (0, 0.1)
+    assert ramp.update(model, 1, 0.5) == "hold" and (ramp.kept_epoch, ramp.factor) == (0, 0.1)
+    assert ramp.update(model, 2, 0.95) == "grow" and ramp.kept_epoch == 2
 
 
 def test_finetune_with_a_ramp_prunes_one_factor_further_per_epoch_within_the_budget():
@@ -243,11 +243,20 @@ def test_finetune_with_a_ramp_prunes_one_factor_further_per_epoch_within_the_bud
     tuned, rows = finetune_masked(exp, copy.deepcopy(model), 3, ramp=ramp, grow=grow)
     assert grown == [0.5, 1.0] and [r["prune_teta1"] for r in rows] == [0.2, 0.5, 1.0]
     assert ramp.kept_epoch == 3 and sparsity_report(tuned).sparsity > sparsity_report(model).sparsity
-    # nothing fits: back to the starting model after epoch 1, which the run ends with unchanged
+    # nothing fits: the factor never grows, and the run ends with the starting model unchanged
     ramp = PruneRamp.start(model, 2.0, factors, kept_accuracy=0.0)
     tuned, rows = finetune_masked(exp, copy.deepcopy(model), 2, ramp=ramp, grow=grow)
     assert grown == [0.5, 1.0] and [r["prune_teta1"] for r in rows] == [0.2, 0.2]
     assert all(torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), model.state_dict().values()))
+    # the second factor breaks the budget: back to epoch 1's model and its zero pattern, then grown again
+    class SecondEpochBreaks(PruneRamp):
+        def update(self, model, epoch, val_accuracy):
+            self.floor = 2.0 if epoch == 2 else 0.0
+            return super().update(model, epoch, val_accuracy)
+
+    ramp = SecondEpochBreaks.start(model, 0.0, factors, kept_accuracy=0.0)
+    tuned, rows = finetune_masked(exp, copy.deepcopy(model), 4, ramp=ramp, grow=grow)
+    assert [r["prune_teta1"] for r in rows] == [0.2, 0.5, 0.2, 0.5] and ramp.kept_epoch == 4
 
 
 @pytest.mark.slow

@@ -295,9 +295,9 @@ def finetune_masked(exp: Experiment, model: nn.Module, epochs: int, lr: float | 
     it is finished (e.g. for TensorBoard).
 
     With a ``ramp`` (:class:`sabr.budget.PruneRamp`, started from ``model``), the budget is judged after every
-    epoch instead: ``grow(model, factor)`` prunes the model further in place when the ramp grows, the zero
-    pattern is taken again after each growth or return, each row records the ``prune_teta1`` its epoch
-    trained at, and the model ends as the ramp's kept one.
+    epoch instead: ``grow(model, factor)`` prunes the model further in place when the ramp grows, the model
+    returns to the ramp's kept weights when it says so, the zero pattern is taken again after either, each row
+    records the ``prune_teta1`` its epoch trained at, and the model ends as the ramp's kept one.
     """
     if ramp is not None and grow is None:
         raise ValueError("finetune_masked(ramp=...) needs grow(model, factor) to prune the model further")
@@ -328,9 +328,9 @@ def finetune_masked(exp: Experiment, model: nn.Module, epochs: int, lr: float | 
             grow(model, ramp.factor)
         elif action == "revert":
             model.load_state_dict(ramp.kept_model)
-        if action in ("grow", "revert"):
+        if action != "hold":
             log.info("fine-tune: budget %s after epoch %d -> pruning factor %g", "held" if action == "grow"
-                     else "broken", state.epoch, ramp.factor)
+                     else "broken: back to epoch %d's model," % ramp.kept_epoch, state.epoch, ramp.factor)
             masks.update(zero_masks(model, params))
 
     hooks = FitHooks(on_row=row_done)
