@@ -278,3 +278,11 @@ def test_a_run_with_a_fine_tune_judges_the_budget_after_it(tmp_path, monkeypatch
     assert history[0].split(",")[-1] == "prune_teta1" and [r.split(",")[-1] for r in history[1:]] == ["0.1", "0.3"]
     assert p["nonzero"] == sum(l["nonzero"] for l in s["layers"])  # the layers table is the kept model's
     assert p["sparsity"] > s["curve"][0]["sparsity"]
+
+
+@pytest.mark.slow
+def test_a_fixed_pruning_factor_is_not_grown_by_the_fine_tune(tmp_path):
+    s = pipeline.run(RunConfig(**{**TINY, "max_drop": 1.0}, prune_teta1=0.1, finetune_epochs=1,
+                               out=str(tmp_path / "run")), progress=False)
+    assert s["budget"]["prune_teta1"] == 0.1 and "prune_teta1_before_finetune" not in s["pruned"]
+    assert "prune_teta1" not in (tmp_path / "run" / "history_finetune.csv").read_text().splitlines()[0]
