@@ -134,6 +134,12 @@ class Trial:
     sparsity: float
     val_accuracy: float
 
+    @classmethod
+    def of(cls, factor: float, layers: list, val_accuracy: float) -> "Trial":
+        """The trial of ``factor`` from :func:`sabr.pruning.prune`'s per-layer figures: its sparsity is the
+        share of the layers' weights that pruning zeroed."""
+        return cls(factor, sum(l.total - l.nonzero for l in layers) / sum(l.total for l in layers), val_accuracy)
+
 
 def choose(trials: Iterable[Trial], floor: float) -> tuple[Trial, bool]:
     """The factor one grid step before the first that breaks the budget, and True; if the weakest factor
@@ -229,15 +235,21 @@ class PruneRamp:
         return "hold"
 
 
+def prune_at(model: nn.Module, factor: float, gamma: float, params=None,
+             recalibrate: Callable[[nn.Module], None] | None = None, groups=None) -> list:
+    """Prune ``model`` in place at ``factor`` (BatchNorm recalibrated when ``recalibrate`` is given) and
+    return :func:`sabr.pruning.prune`'s per-layer figures (``groups``: whole channels, structured mode)."""
+    layers = prune(model, teta1=factor, gamma=gamma, params=params, groups=groups)
+    if recalibrate is not None:
+        recalibrate(model)
+    return layers
+
+
 def prune_copy(model: nn.Module, factor: float, gamma: float, params=None,
                recalibrate: Callable[[nn.Module], None] | None = None, groups=None) -> tuple[nn.Module, list]:
-    """A pruned copy of ``model`` at ``factor`` (BatchNorm recalibrated when ``recalibrate`` is given),
-    and :func:`sabr.pruning.prune`'s per-layer figures (``groups``: whole channels, structured mode)."""
+    """A copy of ``model`` pruned by :func:`prune_at`, and its per-layer figures."""
     pruned = copy.deepcopy(model)
-    layers = prune(pruned, teta1=factor, gamma=gamma, params=params, groups=groups)
-    if recalibrate is not None:
-        recalibrate(pruned)
-    return pruned, layers
+    return pruned, prune_at(pruned, factor, gamma, params, recalibrate, groups)
 
 
 def search_prune_factor(model: nn.Module, validate: Callable[[nn.Module], float], floor: float,
@@ -267,8 +279,7 @@ def search_prune_factor(model: nn.Module, validate: Callable[[nn.Module], float]
         if any(t.factor == factor for t in trials):
             continue
         pruned, layers = prune_copy(model, factor, gamma, params, recalibrate, groups)
-        zeros = sum(l.total - l.nonzero for l in layers)
-        trials.append(Trial(factor, zeros / sum(l.total for l in layers), float(validate(pruned))))
+        trials.append(Trial.of(factor, layers, float(validate(pruned))))
         log.debug("budget: factor %g -> sparsity %.4f, val %.4f", factor, trials[-1].sparsity, trials[-1].val_accuracy)
         if on_trial is not None:
             on_trial(trials)

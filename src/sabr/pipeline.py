@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from . import report
-from .budget import (TRACK_FACTOR, TRACK_FACTOR_STRUCTURED, BudgetTracker, PruneRamp, Trial, budget_floor, prune_copy,
-                     search_prune_factor)
+from .budget import (TRACK_FACTOR, TRACK_FACTOR_STRUCTURED, BudgetTracker, PruneRamp, Trial, budget_floor, prune_at,
+                     prune_copy, search_prune_factor)
 from .channels import group_parameters
 from .checkpoint import check_trusted, load_weights_into, read_metadata, read_weights, save_checkpoint, write_json
 from .config import RunConfig
@@ -322,16 +322,14 @@ def _budget_phase(exp: Experiment, folder: RunDir, base: PhaseResult, sabr: Phas
     return BudgetChoice(cfg.max_drop, floor, ts, chosen, fits, b_ts, b_chosen, b_fits, base_model, groups=groups)
 
 
-def _ramp(exp: Experiment, choice: BudgetChoice, pruned: nn.Module, layer_stats: list) -> tuple[PruneRamp | None, dict]:
+def _ramp(exp: Experiment, choice: BudgetChoice, pruned: nn.Module) -> PruneRamp | None:
     """The fine-tune's :class:`~sabr.budget.PruneRamp` when the budget chose the factor (a budget is set, no
-    ``--prune-teta1`` or ``--epsilon``, and the chosen factor fits), else ``None``; and the per-layer
-    figures by factor, those of the chosen factor first."""
+    ``--prune-teta1`` or ``--epsilon``, and the chosen factor fits), else ``None``."""
     cfg = exp.config
-    stats = {choice.chosen.factor: layer_stats}
     if cfg.max_drop is None or cfg.prune_teta1 is not None or cfg.epsilon is not None or not choice.fits:
-        return None, stats
+        return None
     factors = [f for f in sorted(set(cfg.sweep)) if f >= choice.chosen.factor]
-    return PruneRamp.start(pruned, choice.floor, factors, choice.chosen.val_accuracy), stats
+    return PruneRamp.start(pruned, choice.floor, factors, choice.chosen.val_accuracy)
 
 
 def _prune_phase(exp: Experiment, folder: RunDir, model: nn.Module, choice: BudgetChoice,
@@ -357,12 +355,10 @@ def _prune_phase(exp: Experiment, folder: RunDir, model: nn.Module, choice: Budg
     if cfg.finetune_epochs:
         kept_zero = cfg.params if groups is None else group_parameters(groups)  # pruned channels stay exactly zero
         on_row = None if board is None else lambda r: board.log_epoch("finetune", {"rows": [r]})  # noqa: E731
-        ramp, stats = _ramp(exp, choice, pruned, layer_stats)
+        ramp, stats = _ramp(exp, choice, pruned), {choice.chosen.factor: layer_stats}  # per-layer figures by factor
 
         def grow(model: nn.Module, factor: float) -> None:
-            stats[factor] = prune(model, teta1=factor, gamma=cfg.gamma, params=cfg.params, groups=groups)
-            if recal is not None:
-                recal(model)
+            stats[factor] = prune_at(model, factor, cfg.gamma, cfg.params, recal, groups)
         pruned, rows = finetune_masked(exp, pruned, cfg.finetune_epochs, params=kept_zero, on_row=on_row,
                                        progress=progress and exp.dist.is_main, ramp=ramp, grow=grow)
         _, tuned = evaluate_split(exp, pruned, exp.test)
@@ -372,8 +368,7 @@ def _prune_phase(exp: Experiment, folder: RunDir, model: nn.Module, choice: Budg
             layer_stats = stats[ramp.kept_factor]
             figures.update(prune_teta1_before_finetune=choice.chosen.factor,
                            val_accuracy_before_finetune=choice.chosen.val_accuracy)
-            zeros = sum(l.total - l.nonzero for l in layer_stats) / sum(l.total for l in layer_stats)
-            choice.chosen = Trial(ramp.kept_factor, zeros, ramp.kept_accuracy)  # as the search counts it
+            choice.chosen = Trial.of(ramp.kept_factor, layer_stats, ramp.kept_accuracy)  # as the search counts it
             log.info("budget after the fine-tune: pruning factor %g -> sparsity %.2f%%, validation %.2f%%",
                      choice.chosen.factor, 100 * choice.chosen.sparsity, 100 * choice.chosen.val_accuracy)
         if exp.dist.is_main:
