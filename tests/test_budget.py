@@ -4,6 +4,7 @@ the reference preset, validation-only search, resume inside the search."""
 import copy
 import json
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -226,6 +227,18 @@ def test_prune_ramp_below_the_floor_at_the_start_trains_on():
     assert ramp.update(model, 2, 0.95) == "grow" and ramp.kept_epoch == 2
 
 
+def test_prune_ramp_from_below_the_floor_keeps_the_best_epoch_until_one_fits_then_grows():
+    model = _model()
+    ramp = PruneRamp.start(model, floor=0.9, factors=[0.1, 0.2], kept_accuracy=0.85)  # no factor fitted
+    assert not ramp.fits
+    assert ramp.update(model, 1, 0.80) == "hold" and (ramp.kept_epoch, ramp.fits) == (0, False)  # worse: start kept
+    assert ramp.update(model, 2, 0.88) == "hold" and (ramp.kept_epoch, ramp.kept_accuracy) == (2, 0.88)  # best yet
+    assert ramp.update(model, 3, 0.86) == "hold" and ramp.kept_epoch == 2
+    assert ramp.update(model, 4, 0.90) == "grow" and (ramp.kept_epoch, ramp.fits, ramp.factor) == (4, True, 0.2)
+    assert ramp.update(model, 5, 0.85) == "revert" and (ramp.kept_epoch, ramp.fits, ramp.factor) == (4, True, 0.1)
+    assert ramp.update(model, 6, 0.87) == "hold" and ramp.kept_epoch == 4  # once within, a worse epoch is not kept
+
+
 def test_finetune_with_a_ramp_prunes_one_factor_further_per_epoch_within_the_budget():
     from sabr.pipeline import finetune_masked, prepare
 
@@ -243,8 +256,8 @@ def test_finetune_with_a_ramp_prunes_one_factor_further_per_epoch_within_the_bud
     tuned, rows = finetune_masked(exp, copy.deepcopy(model), 3, ramp=ramp, grow=grow)
     assert grown == [0.5, 1.0] and [r["prune_teta1"] for r in rows] == [0.2, 0.5, 1.0]
     assert ramp.kept_epoch == 3 and sparsity_report(tuned).sparsity > sparsity_report(model).sparsity
-    # nothing fits: the factor never grows, and the run ends with the starting model unchanged
-    ramp = PruneRamp.start(model, 2.0, factors, kept_accuracy=0.0)
+    # the start fits and no epoch does: the factor never grows, and the run ends with the starting model unchanged
+    ramp = PruneRamp.start(model, 2.0, factors, kept_accuracy=2.0)
     tuned, rows = finetune_masked(exp, copy.deepcopy(model), 2, ramp=ramp, grow=grow)
     assert grown == [0.5, 1.0] and [r["prune_teta1"] for r in rows] == [0.2, 0.2]
     assert all(torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), model.state_dict().values()))
@@ -260,18 +273,20 @@ def test_finetune_with_a_ramp_prunes_one_factor_further_per_epoch_within_the_bud
 
 
 @pytest.mark.slow
-def test_a_run_with_a_fine_tune_judges_the_budget_after_it(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fits_before", [True, False])
+def test_a_run_with_a_fine_tune_judges_the_budget_after_it(tmp_path, monkeypatch, fits_before):
     real_search = pipeline.search_prune_factor
 
     def weakest(*args, **kwargs):  # the search keeps the weakest factor, as a budget broken above it would
-        _, fits, trials = real_search(*args, **kwargs)
-        return min(trials, key=lambda t: t.factor), True, trials
+        _, fits, trials = real_search(*args, **kwargs)  # (or, not fits_before, as a budget broken at every factor)
+        chosen = min(trials, key=lambda t: t.factor)
+        return (chosen, True, trials) if fits_before else (replace(chosen, val_accuracy=-2.0), False, trials)
 
     monkeypatch.setattr(pipeline, "search_prune_factor", weakest)
     out = tmp_path / "run"
     s = pipeline.run(RunConfig(**{**TINY, "max_drop": 1.0}, finetune_epochs=2, out=str(out)), progress=False)
     p, b = s["pruned"], s["budget"]
-    assert p["prune_teta1_before_finetune"] == 0.1
+    assert p["prune_teta1_before_finetune"] == 0.1 and p["within_budget_before_finetune"] is fits_before
     # every epoch fits: epoch 1 trains at 0.1, epoch 2 at 0.3, which is kept (1.0 would need a third epoch)
     assert (b["prune_teta1"], b["within_budget"]) == (0.3, True)
     history = (out / "history_finetune.csv").read_text().splitlines()

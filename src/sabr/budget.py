@@ -168,8 +168,9 @@ def choose(trials: Iterable[Trial], floor: float) -> tuple[Trial, bool]:
 class PruneRamp:
     """The budget judged after the masked fine-tune: SABR's adaptive rule applied to the pruning factor.
 
-    The fine-tune starts from the model pruned at the factor the search chose, which was within the budget
-    before any training. After every fine-tune epoch:
+    The fine-tune starts from the model pruned at the factor the search chose: within the budget before any
+    training, or, when no factor was (``fits=False``), the least-pruned one, which the fine-tune may bring
+    back within it. After every fine-tune epoch:
 
     * within the budget: the model is kept when it is sparser than the kept one (or as sparse and more
       accurate), and the factor grows one step along ``factors`` (the caller prunes the model further at
@@ -181,13 +182,15 @@ class PruneRamp:
       its first fine-tune epoch, at the factor the search chose, and was back at 95.96% after five).
 
     The result is the last kept model: the sparsest whose validation accuracy was within the budget *after*
-    training. The fine-tune's epoch count is unchanged; only validation is read.
+    training (:attr:`fits`); while no epoch has been, the most accurate one at the starting factor, as a
+    fine-tune without a ramp keeps. The fine-tune's epoch count is unchanged; only validation is read.
 
     Args:
         floor: the lowest admissible validation accuracy (:func:`budget_floor`).
         factors: the pruning factors, ascending; the model starts pruned at the first.
         kept_accuracy: the starting model's validation accuracy (the search's, before the fine-tune).
         kept_model: the starting model's weights (:meth:`start` copies them).
+        fits: whether the kept model is within the budget.
     """
 
     floor: float
@@ -197,11 +200,13 @@ class PruneRamp:
     index: int = 0
     kept_index: int = 0
     kept_epoch: int = 0
+    fits: bool = True
 
     @classmethod
     def start(cls, model: nn.Module, floor: float, factors: Iterable[float], kept_accuracy: float) -> "PruneRamp":
-        """A ramp from ``model``, pruned at ``min(factors)`` and ``kept_accuracy`` on validation."""
-        return cls(floor, sorted(factors), kept_accuracy, _copy(model))
+        """A ramp from ``model``, pruned at ``min(factors)`` and ``kept_accuracy`` on validation (within the
+        budget or not: ``fits`` is ``kept_accuracy >= floor``)."""
+        return cls(floor, sorted(factors), kept_accuracy, _copy(model), fits=kept_accuracy >= floor)
 
     @property
     def factor(self) -> float:
@@ -221,10 +226,12 @@ class PruneRamp:
         its factor again) or ``"hold"`` (train on as it is: the grid ends, or the model is below the floor
         at the kept factor).
         """
-        if val_accuracy >= self.floor:
-            if self.index > self.kept_index or val_accuracy > self.kept_accuracy:
-                self.kept_model, self.kept_accuracy = _copy(model), val_accuracy
-                self.kept_index, self.kept_epoch = self.index, epoch
+        within = val_accuracy >= self.floor
+        better = self.index > self.kept_index or val_accuracy > self.kept_accuracy
+        if within and better or not self.fits and (within or better):  # (not yet within: the best so far)
+            self.kept_model, self.kept_accuracy = _copy(model), val_accuracy
+            self.kept_index, self.kept_epoch, self.fits = self.index, epoch, within
+        if within:
             if self.index + 1 < len(self.factors):
                 self.index += 1
                 return "grow"

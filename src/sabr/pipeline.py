@@ -324,9 +324,10 @@ def _budget_phase(exp: Experiment, folder: RunDir, base: PhaseResult, sabr: Phas
 
 def _ramp(exp: Experiment, choice: BudgetChoice, pruned: nn.Module) -> PruneRamp | None:
     """The fine-tune's :class:`~sabr.budget.PruneRamp` when the budget chose the factor (a budget is set, no
-    ``--prune-teta1`` or ``--epsilon``, and the chosen factor fits), else ``None``."""
+    ``--prune-teta1`` or ``--epsilon``), else ``None``. When no factor fitted before the fine-tune, the ramp
+    starts from the least-pruned model and grows once a fine-tune epoch brings it within the budget."""
     cfg = exp.config
-    if cfg.max_drop is None or cfg.prune_teta1 is not None or cfg.epsilon is not None or not choice.fits:
+    if cfg.max_drop is None or cfg.prune_teta1 is not None or cfg.epsilon is not None:
         return None
     factors = [f for f in sorted(set(cfg.sweep)) if f >= choice.chosen.factor]
     return PruneRamp.start(pruned, choice.floor, factors, choice.chosen.val_accuracy)
@@ -367,10 +368,13 @@ def _prune_phase(exp: Experiment, folder: RunDir, model: nn.Module, choice: Budg
         if ramp is not None:
             layer_stats = stats[ramp.kept_factor]
             figures.update(prune_teta1_before_finetune=choice.chosen.factor,
-                           val_accuracy_before_finetune=choice.chosen.val_accuracy)
+                           val_accuracy_before_finetune=choice.chosen.val_accuracy,
+                           within_budget_before_finetune=choice.fits)
             choice.chosen = Trial.of(ramp.kept_factor, layer_stats, ramp.kept_accuracy)  # as the search counts it
-            log.info("budget after the fine-tune: pruning factor %g -> sparsity %.2f%%, validation %.2f%%",
-                     choice.chosen.factor, 100 * choice.chosen.sparsity, 100 * choice.chosen.val_accuracy)
+            choice.fits = ramp.fits
+            log.info("budget after the fine-tune: pruning factor %g -> sparsity %.2f%%, validation %.2f%% (%s)",
+                     choice.chosen.factor, 100 * choice.chosen.sparsity, 100 * choice.chosen.val_accuracy,
+                     "within the budget" if ramp.fits else "still below the floor")
         if exp.dist.is_main:
             folder.write_history("finetune", rows)
     base_report = sparsity_report(base_pruned, cfg.params)

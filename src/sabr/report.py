@@ -80,7 +80,9 @@ def _budget_note(budget: dict | None, pruned: dict) -> str:
     limit = (f"budget {100 * budget['max_drop']:g} pt" if budget["max_drop"] is not None else "no budget")
     result = (f"({_pct(budget['val_accuracy'])} val, {limit}{'' if budget['within_budget'] else ': NOT met'})")
     if "prune_teta1_before_finetune" in pruned:  # the fine-tune grew the factor (sabr.budget.PruneRamp)
-        return (f"; factor {pruned['prune_teta1_before_finetune']:g} chosen on validation "
+        chosen = ("chosen on validation" if pruned.get("within_budget_before_finetune", True)
+                  else "the least-pruned, none within the budget before the fine-tune")
+        return (f"; factor {pruned['prune_teta1_before_finetune']:g} {chosen} "
                 f"({_pct(pruned['test_accuracy_before_finetune'])} test), grown to {budget['prune_teta1']:g} in "
                 f"{pruned['finetune_epochs']} masked fine-tune epochs {result}")
     return f"; factor {budget['prune_teta1']:g} chosen on validation {result}"
