@@ -12,7 +12,8 @@ Protocol (``PROTOCOL``), per configuration and seed:
   SABR's initial lambdas, constant or x growth_rate every epoch, for ``epochs - ft_epochs`` epochs, then
   pruned to the target with SABR's rule and fine-tuned, masked, for ``ft_epochs``).
 * SABR family: ``sabr run --base-checkpoint <base> --max-drop 0.01`` with ``--epochs-sabr epochs``
-  (``sabr``) or ``--epochs-sabr epochs-ft_epochs --finetune-epochs ft_epochs`` (``sabr_ft``); no target.
+  (``sabr``), ``--epochs-sabr epochs-ft_epochs --finetune-epochs ft_epochs`` (``sabr_ft``) or half the
+  epochs each (``sabr_ft_half``: the fine-tune's budget ramp gets the epochs it can use); no target.
 * Hyper-parameters: 4 trials per method, chosen on validation only: Adam's rate ``LRS`` for GMP and
   one-shot, ``teta1 x L1_SCALES`` for the L1 peers and the SABR family (``--teta1``; the learning rate
   is the L1 peers' and ``sabr run``'s default). A peer is tuned at the middle target (``TUNE_TARGET``)
@@ -56,8 +57,9 @@ log = logging.getLogger("compare")
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = "/usr/share/datasets/fashion-mnist"
-PROTOCOL = "0.6.0"
-"""0.6.0: ``sabr_ft`` judges the budget after its fine-tune (``sabr run --finetune-epochs`` grows the pruning factor
+PROTOCOL = "0.7.0"
+"""0.7.0: ``sabr_ft_half`` joins the SABR family, and a fine-tune whose search found no factor within the budget
+starts its ramp at the weakest factor (before, it did not ramp: ``sabr_ft``'s x 100 trials). 0.6.0: ``sabr_ft`` judges the budget after its fine-tune (``sabr run --finetune-epochs`` grows the pruning factor
 while each fine-tune epoch keeps validation within the budget; before, the factor was chosen before the fine-tune).
 0.5.0: the ``teta1`` grid one step up, x 3 to x 100 (in 0.4.0 the L1 peers and the SABR family all chose x 30,
 its top). 0.4.0: the SABR family tunes ``teta1`` as the L1 peers do (0.3.0 tuned its learning rate, at a
@@ -116,11 +118,20 @@ PEERS: dict[str, tuple[Callable, str, str]] = {  # name -> (method, its trial va
     "l1_fixed": (_l1(False), "l1_scales", _L1_CALL.replace("{ramp}", "")),
     "l1_ramp": (_l1(True), "l1_scales", _L1_CALL.replace("{ramp}", "ramp=True, ")),
 }
-SABR_FAMILY = {"sabr": False, "sabr_ft": True}  # name -> with the masked fine-tune
-UPGRADABLE = {"0.5.0": (*PEERS, "sabr"), "0.4.0": (*PEERS, "sabr"), "0.3.0": tuple(PEERS)}
-"""Earlier protocols whose trials are trials of this one (same values, same training), by the methods whose
-trials are kept on upgrade (0.3.0's SABR family tuned another hyper-parameter; ``sabr_ft`` before 0.6.0 chose
-its pruning factor before the fine-tune)."""
+SABR_FAMILY: dict[str, Callable[[dict], int]] = {  # name -> its masked fine-tune's epochs, of the spec's
+    "sabr": lambda spec: 0, "sabr_ft": lambda spec: spec["ft_epochs"], "sabr_ft_half": lambda spec: spec["epochs"] // 2}
+
+
+def _named(*names: str) -> Callable[[dict], bool]:
+    return lambda trial: trial["name"] in names
+
+
+UPGRADABLE: dict[str, Callable[[dict], bool]] = {
+    "0.6.0": lambda t: t["name"] != "sabr_ft" or t["within_budget"],
+    "0.5.0": _named(*PEERS, "sabr"), "0.4.0": _named(*PEERS, "sabr"), "0.3.0": _named(*PEERS)}
+"""Earlier protocols whose trials are trials of this one (same values, same training), by which trials are kept
+on upgrade: 0.6.0's ``sabr_ft`` trials outside the budget did not ramp; ``sabr_ft`` before 0.6.0 chose its
+pruning factor before the fine-tune; 0.3.0's SABR family tuned another hyper-parameter."""
 
 
 def _peer_trial(exp: Experiment, base: nn.Module, name: str, target: float, value: float, spec: dict,
@@ -134,11 +145,10 @@ def _peer_trial(exp: Experiment, base: nn.Module, name: str, target: float, valu
                                                        l1_epochs=spec["epochs"] - spec["ft_epochs"], **spec)}
 
 
-def sabr_config(spec: dict, seed: int, base_path: Path, finetune: bool, scale: float, out: Path,
+def sabr_config(spec: dict, seed: int, base_path: Path, ft: int, scale: float, out: Path,
                 threads: int | None = None) -> RunConfig:
-    """The ``sabr run`` configuration of a SABR-family trial: ``teta1`` = the configuration's x ``scale`` (as
-    the L1 peers scale it), the same epoch budget as every peer."""
-    ft = spec["ft_epochs"] if finetune else 0
+    """The ``sabr run`` configuration of a SABR-family trial with ``ft`` masked fine-tune epochs: ``teta1`` =
+    the configuration's x ``scale`` (as the L1 peers scale it), the same epoch budget as every peer."""
     run = dict(spec["run"])
     teta1 = run.pop("teta1", RunConfig.teta1) * scale
     return RunConfig(**run, seed=seed, base_checkpoint=str(base_path), epochs_sabr=spec["epochs"] - ft,
@@ -247,13 +257,13 @@ def run_seed(name: str, spec: dict, seed: int, results: dict, save: Callable[[],
         for entry in tune_then_train(results, save, method, spec.get("targets", TARGETS), seed,
                                      spec.get(values, _default(values)), train, acc):
             _logged(entry)
-    for method, finetune in SABR_FAMILY.items():
+    for method, ft_epochs in SABR_FAMILY.items():
         if methods is not None and method not in methods:
             continue
 
-        def train(scale: float, method: str = method, finetune: bool = finetune) -> dict:
+        def train(scale: float, method: str = method, ft: int = ft_epochs(spec)) -> dict:
             folder = work / f"{method}-teta1x{scale:g}-p{PROTOCOL}"  # another protocol's run is never read back
-            return _sabr_trial(sabr_config(spec, seed, base_path, finetune, scale, folder, threads))
+            return _sabr_trial(sabr_config(spec, seed, base_path, ft, scale, folder, threads))
         _logged(accumulate(results, save, method, None, seed, spec.get("l1_scales", L1_SCALES), train, acc))
 
 
@@ -276,7 +286,7 @@ def upgrade(results: dict) -> dict:
     if kept is None:
         return results
     return {**results, "protocol": PROTOCOL, "upgraded_from": results["protocol"], "methods": [],
-            "trials": [t for t in results["trials"] if t["name"] in kept]}
+            "trials": [t for t in results["trials"] if kept(t)]}
 
 
 def load_results(path: Path, name: str, spec: dict, command: str) -> dict:
@@ -320,9 +330,9 @@ def planned(spec: dict) -> tuple[int, int]:
     e, f, targets = spec["epochs"], spec["ft_epochs"], len(spec.get("targets", TARGETS))
     lrs, scales = len(spec.get("lrs", LRS)), len(spec.get("l1_scales", L1_SCALES))
     train = (spec["run"]["epochs_base"] + 3 * (lrs + targets - 1) * e + 2 * (scales * (e - f) + (scales + targets - 1) * f)
-             + 2 * scales * e)
+             + len(SABR_FAMILY) * scales * e)
     factors = len(spec["run"].get("sweep", RunConfig().sweep))
-    return train, train + 2 * scales * 2 * factors  # + the budget search: both models at every factor
+    return train, train + len(SABR_FAMILY) * scales * 2 * factors  # + the budget search: both models, every factor
 
 
 def estimate(name: str, spec: dict, threads: int | None) -> float:

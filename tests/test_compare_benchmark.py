@@ -109,13 +109,15 @@ def test_results_of_another_protocol_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize("protocol, kept", [("0.3.0", ["gmp_layer"]), ("0.4.0", ["gmp_layer", "sabr"]),
-                                            ("0.5.0", ["gmp_layer", "sabr"])])
+                                            ("0.5.0", ["gmp_layer", "sabr"]),
+                                            ("0.6.0", ["gmp_layer", "sabr", "sabr_ft"])])
 def test_a_file_of_an_earlier_protocol_keeps_the_trials_it_shares(tmp_path, protocol, kept):
     trial = {"target": 0.95, "seed": 0, "val_accuracy": 0.9, "sparsity": 0.95, "test_accuracy": 0.9, "command": "c"}
     old = {"protocol": protocol, "config": "c", "bases": {"0": {"test_accuracy": 0.9}},
            "trials": [{**trial, "name": "gmp_layer", "value": 3e-3},
                       *({**trial, "name": n, "target": None, "value": 30.0, "within_budget": True}
-                        for n in ("sabr", "sabr_ft"))],
+                        for n in ("sabr", "sabr_ft")),
+                      {**trial, "name": "sabr_ft", "target": None, "value": 100.0, "within_budget": False}],  # no ramp
            "methods": [_entry("gmp_layer", 0.95, 0, 0.95, 0.9)]}
     (tmp_path / "c.json").write_text(json.dumps(old))
     results = compare.load_results(tmp_path / "c.json", "c", {}, "cmd")
@@ -165,9 +167,9 @@ def test_planned_epochs_count_every_trial():
     spec = {"run": {"epochs_base": 10, "sweep": [0.1, 0.2]}, "epochs": 20, "ft_epochs": 5}
     train, passes = compare.planned(spec)
     # base + 3 magnitude peers x (4 lrs + 2 other targets) x 20
-    # + 2 L1 peers x (4 scales x 15 + (4 scales + 2 other targets) x 5) + 2 SABR family x 4 scales x 20
-    assert train == 10 + 360 + 180 + 160
-    assert passes == train + 2 * 4 * 2 * 2
+    # + 2 L1 peers x (4 scales x 15 + (4 scales + 2 other targets) x 5) + 3 SABR family x 4 scales x 20
+    assert train == 10 + 360 + 180 + 240
+    assert passes == train + 3 * 4 * 2 * 2
 
 
 @pytest.mark.slow  # a fresh interpreter, Fashion-MNIST read, 7 methods trained: about 20 s on a busy CPU
@@ -187,7 +189,7 @@ def test_quick_runs_as_a_plain_script_and_resumes_without_training(tmp_path):
     assert first.returncode == 0, first.stderr
     results = json.loads((tmp_path / "out" / "quick-fashion-lenet5.json").read_text())
     names = {m["name"] for m in results["methods"]}
-    assert names == {*compare.PEERS, *compare.SABR_FAMILY} and len(results["methods"]) == 7
+    assert names == {*compare.PEERS, *compare.SABR_FAMILY} and len(results["methods"]) == 8
     for m in results["methods"]:
         assert {"name", "target", "seed", "sparsity", "test_accuracy", "base_test_accuracy", "command"} <= set(m)
         assert (m["target"] is None) == m["name"].startswith("sabr")
@@ -205,8 +207,9 @@ def test_quick_runs_as_a_plain_script_and_resumes_without_training(tmp_path):
 
 def test_sabr_family_scales_the_configurations_teta1_as_the_l1_peers_do(tmp_path):
     spec = {"run": {"model": "lenet5"}, "epochs": 20, "ft_epochs": 5}
-    cfg = compare.sabr_config(spec, 0, tmp_path / "base.safetensors", True, 10.0, tmp_path / "run")
+    cfg = compare.sabr_config(spec, 0, tmp_path / "base.safetensors", 5, 10.0, tmp_path / "run")
     assert cfg.teta1 == pytest.approx(10 * compare.RunConfig.teta1)
     assert (cfg.epochs_sabr, cfg.finetune_epochs, cfg.max_drop) == (15, 5, compare.MAX_DROP)
     spec["run"]["teta1"] = 2e-3  # a configuration with its own teta1: the scale applies to it
-    assert compare.sabr_config(spec, 0, tmp_path / "b", False, 3.0, tmp_path / "r").teta1 == pytest.approx(6e-3)
+    assert compare.sabr_config(spec, 0, tmp_path / "b", 0, 3.0, tmp_path / "r").teta1 == pytest.approx(6e-3)
+    assert {n: ft(spec) for n, ft in compare.SABR_FAMILY.items()} == {"sabr": 0, "sabr_ft": 5, "sabr_ft_half": 10}
