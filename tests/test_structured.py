@@ -7,7 +7,8 @@ from torch import nn
 
 from sabr import SABR, create_model, prune, shrink
 from sabr.channels import channel_groups, channel_rms, group_parameters
-from sabr.pruning import prunable_sparsity
+from sabr.errors import ConfigError
+from sabr.pruning import prunable_sparsity, prune_channel_share
 
 # (model, input channels, image size): every built-in and the torchvision families the groups cover
 ARCHITECTURES = [("compact_cnn", 1, 8), ("lenet5", 1, 28), ("small_vgg", 1, 28), ("vgg11", 3, 32),
@@ -130,6 +131,31 @@ def test_prune_keeps_a_multiple_of_eight_channels_the_largest_or_all():
     assert len(alive(model[2].weight)) == 4  # fewer channels than one multiple: all stay
 
 
+def test_a_channel_share_removes_the_smallest_channels_of_every_group_in_multiples_of_eight():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 32, 3), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 12, 3), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(12 * 16, 3))
+    groups = channel_groups(model, torch.zeros(1, 1, 8, 8))
+    named = dict(model.named_parameters())
+    alive = lambda w: set(torch.nonzero((w.reshape(w.shape[0], -1) != 0).any(1)).flatten().tolist())  # noqa: E731
+    with torch.no_grad():
+        model[0].weight[5] = 0.0  # a channel the std rule already removed counts first
+    rms = channel_rms(named, groups[0])
+    order = torch.argsort(rms).tolist()
+    assert order[0] == 5
+    stats = prune_channel_share(model, groups, 0.3)  # 32 x 0.3 = 9.6 -> 8 channels; 12 x 0.3 = 3.6 -> none
+    assert alive(model[0].weight) == set(range(32)) - set(order[:8])
+    assert (model[1].weight.detach()[order[:8]] == 0).all() and (model[0].bias.detach()[order[:8]] == 0).all()
+    assert alive(model[3].weight) == set(range(12))
+    assert [s.name for s in stats] == ["0.weight", "3.weight"] and stats[0].sparsity == pytest.approx(8 / 32)
+    assert stats[0].threshold == pytest.approx(float(rms[order[7]]))  # the largest removed channel's size
+    assert stats[1].threshold == 0.0
+    prune_channel_share(model, groups, 0.0)  # nothing more
+    assert len(alive(model[0].weight)) == 24
+    with pytest.raises(ConfigError, match="channel share"):
+        prune_channel_share(model, groups, 1.0)
+
+
 def test_the_group_with_the_largest_removable_share_freezes_and_none_while_no_channel_is_removable():
     torch.manual_seed(0)
     model = create_model("resnet18", 10, 3, 32)
@@ -156,11 +182,17 @@ def test_structured_run_fine_tunes_reprunes_and_exports_a_smaller_model_with_the
     from sabr.export import example_input
 
     out = tmp_path / "run"
-    assert cli.main(["run", "--structured", "--epochs-base", "2", "--epochs-sabr", "3", "--finetune-epochs", "1",
-                     "--sweep", "0.5", "1", "2", "--threads", "1", "--out", str(out), "--quiet"]) == 0
+    assert cli.main(["run", "--structured", "--epochs-base", "2", "--epochs-sabr", "3", "--finetune-epochs", "2",
+                     "--max-drop", "1", "--sweep", "0.5", "1", "2", "--threads", "1", "--out", str(out),
+                     "--quiet"]) == 0
     import json
 
     summary = json.loads((out / "summary.json").read_text())
+    # every fine-tune epoch is within a 100-point budget: epoch 2 trains with 12.5% of every group removed
+    history = (out / "history_finetune.csv").read_text().splitlines()
+    assert history[0].split(",")[-1] == "channel_share" and [r.split(",")[-1] for r in history[1:]] == ["0.0", "0.125"]
+    assert summary["pruned"]["channel_share"] == 0.125 and summary["budget"]["prune_teta1"] in (0.5, 1, 2)
+    assert "smallest 12.5% of every channel group removed in 2 masked fine-tune epochs" in (out / "summary.md").read_text()
     st = summary["structured"]
     assert st["groups"] == 4 and st["channels_after"] <= st["channels_before"]
     assert st["params_after"] <= st["params_before"] and st["speedup_batch1"] > 0

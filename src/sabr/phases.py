@@ -297,7 +297,7 @@ def finetune_masked(exp: Experiment, model: nn.Module, epochs: int, lr: float | 
     With a ``ramp`` (:class:`sabr.budget.PruneRamp`, started from ``model``), the budget is judged after every
     epoch instead: ``grow(model, factor)`` prunes the model further in place when the ramp grows, the model
     returns to the ramp's kept weights when it says so, the zero pattern is taken again after either, each row
-    records the ``prune_teta1`` its epoch trained at, and the model ends as the ramp's kept one.
+    records the step its epoch trained at (as ``ramp.column``), and the model ends as the ramp's kept one.
     """
     if ramp is not None and grow is None:
         raise ValueError("finetune_masked(ramp=...) needs grow(model, factor) to prune the model further")
@@ -316,7 +316,7 @@ def finetune_masked(exp: Experiment, model: nn.Module, epochs: int, lr: float | 
 
     def row_done(r: dict) -> None:
         log.info("fine-tune %3d/%d  loss %.4f  val %.2f%%%s", r["epoch"], epochs, r["train_loss"],
-                 100 * r["val_accuracy"], f"  factor {r['prune_teta1']:g}" if "prune_teta1" in r else "")
+                 100 * r["val_accuracy"], f"  {ramp.column} {r[ramp.column]:g}" if ramp is not None else "")
         if on_row is not None:
             on_row(r)
 
@@ -329,13 +329,13 @@ def finetune_masked(exp: Experiment, model: nn.Module, epochs: int, lr: float | 
         elif action == "revert":
             model.load_state_dict(ramp.kept_model)
         if action != "hold":
-            log.info("fine-tune: budget %s after epoch %d -> pruning factor %g", "held" if action == "grow"
-                     else "broken: back to epoch %d's model," % ramp.kept_epoch, state.epoch, ramp.factor)
+            log.info("fine-tune: budget %s after epoch %d -> %s %g", "held" if action == "grow"
+                     else "broken: back to epoch %d's model," % ramp.kept_epoch, state.epoch, ramp.column, ramp.factor)
             masks.update(zero_masks(model, params))
 
     hooks = FitHooks(on_row=row_done)
     if ramp is not None:
-        hooks = FitHooks(on_row=row_done, row_fields=lambda r: {"prune_teta1": ramp.factor}, on_epoch=judge)
+        hooks = FitHooks(on_row=row_done, row_fields=lambda r: {ramp.column: ramp.factor}, on_epoch=judge)
     state = fit(model, opt, train, lambda: evaluate(model, exp.val, exp.preprocess, exp.device), epochs,
                 keep="best_or_start" if ramp is None else "last", scheduler=sabr_scheduler(opt), hooks=hooks)
     if ramp is not None:

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from . import report
-from .budget import (TRACK_FACTOR, TRACK_FACTOR_STRUCTURED, BudgetTracker, PruneRamp, Trial, budget_floor, prune_at,
-                     prune_copy, search_prune_factor)
+from .budget import (CHANNEL_SHARES, TRACK_FACTOR, TRACK_FACTOR_STRUCTURED, BudgetTracker, PruneRamp, Trial,
+                     budget_floor, prune_at, prune_copy, search_prune_factor)
 from .channels import group_parameters
 from .checkpoint import check_trusted, load_weights_into, read_metadata, read_weights, save_checkpoint, write_json
 from .config import RunConfig
@@ -324,11 +324,14 @@ def _budget_phase(exp: Experiment, folder: RunDir, base: PhaseResult, sabr: Phas
 
 def _ramp(exp: Experiment, choice: BudgetChoice, pruned: nn.Module) -> PruneRamp | None:
     """The fine-tune's :class:`~sabr.budget.PruneRamp` when the budget chose the factor (a budget is set, no
-    ``--prune-teta1`` or ``--epsilon``), else ``None``. When no factor fitted before the fine-tune, the ramp
-    starts from the least-pruned model and grows once a fine-tune epoch brings it within the budget."""
+    ``--prune-teta1`` or ``--epsilon``), else ``None``: over the ``--sweep`` factors from the chosen one, or in
+    structured mode over :data:`~sabr.budget.CHANNEL_SHARES` on top of it. When no factor fitted before the
+    fine-tune, the ramp starts from the least-pruned model and grows once a fine-tune epoch is within the budget."""
     cfg = exp.config
     if cfg.max_drop is None or cfg.prune_teta1 is not None or cfg.epsilon is not None:
         return None
+    if choice.groups is not None:
+        return PruneRamp.start(pruned, choice.floor, CHANNEL_SHARES, choice.chosen.val_accuracy, "channel_share")
     factors = [f for f in sorted(set(cfg.sweep)) if f >= choice.chosen.factor]
     return PruneRamp.start(pruned, choice.floor, factors, choice.chosen.val_accuracy)
 
@@ -356,10 +359,11 @@ def _prune_phase(exp: Experiment, folder: RunDir, model: nn.Module, choice: Budg
     if cfg.finetune_epochs:
         kept_zero = cfg.params if groups is None else group_parameters(groups)  # pruned channels stay exactly zero
         on_row = None if board is None else lambda r: board.log_epoch("finetune", {"rows": [r]})  # noqa: E731
-        ramp, stats = _ramp(exp, choice, pruned), {choice.chosen.factor: layer_stats}  # per-layer figures by factor
+        ramp = _ramp(exp, choice, pruned)
+        stats = {ramp.factor if ramp is not None else None: layer_stats}  # per-layer figures by the ramp's step
 
-        def grow(model: nn.Module, factor: float) -> None:
-            stats[factor] = prune_at(model, factor, cfg.gamma, cfg.params, recal, groups)
+        def grow(model: nn.Module, step: float) -> None:
+            stats[step] = prune_at(model, step, cfg.gamma, cfg.params, recal, groups, share=groups is not None)
         pruned, rows = finetune_masked(exp, pruned, cfg.finetune_epochs, params=kept_zero, on_row=on_row,
                                        progress=progress and exp.dist.is_main, ramp=ramp, grow=grow)
         _, tuned = evaluate_split(exp, pruned, exp.test)
@@ -370,7 +374,10 @@ def _prune_phase(exp: Experiment, folder: RunDir, model: nn.Module, choice: Budg
             figures.update(prune_teta1_before_finetune=choice.chosen.factor,
                            val_accuracy_before_finetune=choice.chosen.val_accuracy,
                            within_budget_before_finetune=choice.fits)
-            choice.chosen = Trial.of(ramp.kept_factor, layer_stats, ramp.kept_accuracy)  # as the search counts it
+            if ramp.column == "channel_share":  # the factor stays the search's; the share goes on top of it
+                figures["channel_share"] = ramp.kept_factor
+            factor = ramp.kept_factor if ramp.column == "prune_teta1" else choice.chosen.factor
+            choice.chosen = Trial.of(factor, layer_stats, ramp.kept_accuracy)  # as the search counts it
             choice.fits = ramp.fits
             log.info("budget after the fine-tune: pruning factor %g -> sparsity %.2f%%, validation %.2f%% (%s)",
                      choice.chosen.factor, 100 * choice.chosen.sparsity, 100 * choice.chosen.val_accuracy,

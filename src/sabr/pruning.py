@@ -128,12 +128,40 @@ def _prune_channels(model: nn.Module, groups: Sequence[ChannelGroup], teta1: flo
     named = dict(model.named_parameters())
     stats = []
     for group in groups:
-        drop, threshold = _removed_channels(named, group, teta1, gamma, epsilon)
-        for name in group.parameters:
-            named[name][drop.to(named[name].device)] = 0.0
-        for name in group.weights:
-            nonzero = int(torch.count_nonzero(named[name]))
-            stats.append(LayerPruning(name, threshold, named[name].numel(), nonzero, 1.0 - nonzero / named[name].numel()))
+        stats += _zero_channels(named, group, *_removed_channels(named, group, teta1, gamma, epsilon))
+    return stats
+
+
+def _zero_channels(named: dict, group: ChannelGroup, drop: torch.Tensor, threshold: float) -> list[LayerPruning]:
+    """Zero the channels ``drop`` (a boolean mask or indices) of ``group``; its weight tensors' figures."""
+    for name in group.parameters:
+        named[name][drop.to(named[name].device)] = 0.0
+    stats = []
+    for name in group.weights:
+        nonzero = int(torch.count_nonzero(named[name]))
+        stats.append(LayerPruning(name, threshold, named[name].numel(), nonzero, 1.0 - nonzero / named[name].numel()))
+    return stats
+
+
+@torch.no_grad()
+def prune_channel_share(model: nn.Module, groups: Sequence[ChannelGroup], share: float) -> list[LayerPruning]:
+    """Remove the smallest channels of every group, by root mean square, in place: ``share`` of each group
+    rounded down to a multiple of :data:`CHANNEL_MULTIPLE` (channels already zero count first).
+
+    The structured fine-tune's budget ramp steps through shares (:data:`sabr.budget.CHANNEL_SHARES`): where
+    the channels of a group are near-uniform in size (resnet18's early layers after phase 2), no factor of the
+    std rule removes any, while a rank removes the smallest whatever their spread. Returns one
+    :class:`LayerPruning` per weight tensor of each group, as :func:`prune` does (the threshold is the
+    largest removed channel's root mean square, 0 when none is removed).
+    """
+    if not 0.0 <= share < 1.0:
+        raise ConfigError(f"a channel share must be in [0, 1) (got {share}).")
+    named = dict(model.named_parameters())
+    stats = []
+    for group in groups:
+        rms = channel_rms(named, group)
+        drop = torch.argsort(rms)[:int(share * group.channels) // CHANNEL_MULTIPLE * CHANNEL_MULTIPLE]
+        stats += _zero_channels(named, group, drop, float(rms[drop].max()) if len(drop) else 0.0)
     return stats
 
 

@@ -82,8 +82,10 @@ def _budget_note(budget: dict | None, pruned: dict) -> str:
     if "prune_teta1_before_finetune" in pruned:  # the fine-tune grew the factor (sabr.budget.PruneRamp)
         chosen = ("chosen on validation" if pruned.get("within_budget_before_finetune", True)
                   else "the least-pruned, none within the budget before the fine-tune")
+        grown = (f"then the smallest {100 * pruned['channel_share']:g}% of every channel group removed"
+                 if "channel_share" in pruned else f"grown to {budget['prune_teta1']:g}")
         return (f"; factor {pruned['prune_teta1_before_finetune']:g} {chosen} "
-                f"({_pct(pruned['test_accuracy_before_finetune'])} test), grown to {budget['prune_teta1']:g} in "
+                f"({_pct(pruned['test_accuracy_before_finetune'])} test), {grown} in "
                 f"{pruned['finetune_epochs']} masked fine-tune epochs {result}")
     return f"; factor {budget['prune_teta1']:g} chosen on validation {result}"
 
