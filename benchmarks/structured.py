@@ -2,12 +2,15 @@
 
 Per model (``--models``, default resnet18 vgg11) on the sign-language photos at 32 px, one thread, per seed:
 
-* ``sabr_structured``: ``python -m sabr run --structured`` (skipped when its ``summary.json`` exists);
-  its ``pruned`` checkpoint made physically smaller with :func:`sabr.export.shrink`.
+* ``sabr_structured``: ``python -m sabr run --structured --epochs-sabr 0 --finetune-epochs 30`` (skipped when
+  its ``summary.json`` exists): the budget's adaptive rule removes 12.5% more of every channel group after each
+  fine-tune epoch within 1 point of the base's validation accuracy (``sabr.budget.CHANNEL_SHARES``). Phase 2's
+  group penalty is off (0 epochs): at equal epochs it did not help (docs/benchmarks.md). Its ``pruned``
+  checkpoint is made physically smaller with :func:`sabr.export.shrink`.
 * ``dense``: the same run's ``base`` checkpoint.
 * ``torch_pruning_<ratio>``: Torch-Pruning (``MagnitudePruner``, group L2 magnitude, the final classifier
   kept whole) from the SAME base at each channel ratio, then fine-tuned on the run's own splits
-  (:func:`sabr.load_experiment`) for as many epochs as SABR's phase 2 and fine-tune took for that seed,
+  (:func:`sabr.load_experiment`) for as many epochs as SABR's phase 2 and fine-tune took for that seed (30),
   with the run's optimizer, phase-2 learning rate, schedule and batch size, keeping the best-validation epoch
   (:func:`sabr.phases.finetune_masked`; a physically pruned model has no zeros to keep).
 
@@ -19,6 +22,7 @@ cut off midway continues where it stopped; ``--report`` redraws the table and th
     python benchmarks/structured.py --models resnet18 --quick     # smoke run, a few minutes
     python benchmarks/structured.py                                # the full run (hours), resumable
     python benchmarks/structured.py --report                       # table and plot of what is there
+    python benchmarks/structured.py --base-from OLD_RUNS           # reuse another run's bases (no phase 1)
 
 Needs ``torch-pruning`` (measured with 1.6) and, for the ONNX Runtime figures, sabr's ``export`` extra.
 """
@@ -52,9 +56,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "sign-language-digits" / "Dataset"
 MODELS = ("resnet18", "vgg11")
 SEEDS = (0, 1, 2)
-RATIOS = (0.3, 0.5, 0.7)
+RATIOS = (0.375, 0.5, 0.625)
 BATCHES = (1, 32)
-QUICK = dict(epochs_base=2, epochs_sabr=2, seeds=[0], ratios=[0.5], finetune_epochs=1, runs=10)
+SABR_RUN = dict(epochs_sabr=0, sabr_finetune_epochs=30)
+"""The structured ``sabr run``'s epochs after phase 1: all of them in the fine-tune's channel-share ramp."""
+QUICK = dict(epochs_base=2, epochs_sabr=0, sabr_finetune_epochs=2, seeds=[0], ratios=[0.5], finetune_epochs=1,
+             runs=10)
 
 
 # --------------------------------------------------------------------------- the methods
@@ -69,8 +76,11 @@ def sabr_run(model: str, seed: int, args: argparse.Namespace) -> Path:
         cmd = [sys.executable, "-m", "sabr", "run", "--model", model, "--data", str(args.data), "--image-size",
                str(args.image_size), "--structured", "--threads", str(args.threads), "--seed", str(seed),
                "--quiet", "--out", str(out)]
-        cmd += [f for name in ("epochs_base", "epochs_sabr") if getattr(args, name) is not None
-                for f in (f"--{name.replace('_', '-')}", str(getattr(args, name)))]
+        cmd += ["--epochs-sabr", str(args.epochs_sabr), "--finetune-epochs", str(args.sabr_finetune_epochs)]
+        if args.epochs_base is not None:
+            cmd += ["--epochs-base", str(args.epochs_base)]
+        if args.base_from is not None:
+            cmd += ["--base-checkpoint", str(Path(args.base_from) / f"{model}-s{seed}" / "base.safetensors")]
     log.info("%s", " ".join(cmd))
     subprocess.run(cmd, check=True)
     return out
@@ -166,15 +176,20 @@ def accumulate(results: dict, save: Callable[[], None], name: str, seed: int, ma
 
 
 def load_results(path: Path, model: str, args: argparse.Namespace) -> dict:
-    """The results file of ``model`` (a fresh one when missing); one measured at another image size or thread
-    count is refused."""
-    fresh = {"model": model, "image_size": args.image_size, "threads": args.threads, "methods": []}
+    """The results file of ``model`` (a fresh one when missing); one measured at another image size, thread
+    count or structured ``sabr run`` configuration (``sabr_run``: its epochs) is refused."""
+    sabr_run = {k: getattr(args, k, None) for k in SABR_RUN}
+    fresh = {"model": model, "image_size": args.image_size, "threads": args.threads, "sabr_run": sabr_run,
+             "methods": []}
     if not path.is_file():
         return fresh
     results = json.loads(path.read_text())
     if (results.get("image_size"), results.get("threads")) != (args.image_size, args.threads):
         raise SystemExit(f"{path} holds results at {results.get('image_size')} px and {results.get('threads')} "
                          f"thread(s), not {args.image_size} and {args.threads}; move it away or pass those values.")
+    if not getattr(args, "report", False) and results.get("sabr_run") != sabr_run:
+        raise SystemExit(f"{path} holds results of another structured sabr run ({results.get('sabr_run')}, not "
+                         f"{sabr_run}); move it away or pass --out.")
     return results
 
 
@@ -287,7 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     p.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS), help="Torch-Pruning channel ratios")
     p.add_argument("--epochs-base", type=int, help="passed to sabr run (default: sabr's)")
-    p.add_argument("--epochs-sabr", type=int, help="passed to sabr run (default: sabr's)")
+    p.add_argument("--epochs-sabr", type=int, default=SABR_RUN["epochs_sabr"], help="passed to sabr run "
+                   "(default: %(default)s)")
+    p.add_argument("--sabr-finetune-epochs", type=int, default=SABR_RUN["sabr_finetune_epochs"],
+                   help="passed to sabr run as --finetune-epochs (default: %(default)s)")
+    p.add_argument("--base-from", help="start each sabr run from <this folder>/<model>-s<seed>/base.safetensors, "
+                   "the base of an earlier run of this script (skips phase 1)")
     p.add_argument("--finetune-epochs", type=int, help="Torch-Pruning fine-tune epochs (default: as many as "
                    "SABR's phase 2 and fine-tune took for the seed)")
     p.add_argument("--runs", type=int, default=50, help="timed calls per path and batch size (default: 50)")

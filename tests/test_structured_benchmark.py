@@ -42,12 +42,18 @@ def test_accumulate_measures_each_name_and_seed_once_and_saves_each_row():
 
 
 def test_results_of_another_setting_are_refused(tmp_path):
-    args = argparse.Namespace(image_size=32, threads=1)
+    args = argparse.Namespace(image_size=32, threads=1, epochs_sabr=0, sabr_finetune_epochs=30)
     path = tmp_path / "structured-m.json"
-    assert structured.load_results(path, "m", args)["methods"] == []
+    fresh = structured.load_results(path, "m", args)
+    assert fresh["methods"] == [] and fresh["sabr_run"] == {"epochs_sabr": 0, "sabr_finetune_epochs": 30}
     path.write_text(json.dumps({"model": "m", "image_size": 64, "threads": 1, "methods": []}))
     with pytest.raises(SystemExit, match="64 px"):
         structured.load_results(path, "m", args)
+    path.write_text(json.dumps(fresh | {"sabr_run": {"epochs_sabr": 60, "sabr_finetune_epochs": 0}}))
+    with pytest.raises(SystemExit, match="another structured sabr run"):
+        structured.load_results(path, "m", args)
+    args.report = True  # a report reads any
+    assert structured.load_results(path, "m", args)["sabr_run"]["epochs_sabr"] == 60
 
 
 def test_report_gives_mean_std_over_seeds_and_a_pareto_plot(tmp_path, capsys):
