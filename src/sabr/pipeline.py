@@ -379,8 +379,8 @@ def _prune_phase(exp: Experiment, folder: RunDir, model: nn.Module, choice: Budg
             factor = ramp.kept_factor if ramp.column == "prune_teta1" else choice.chosen.factor
             choice.chosen = Trial.of(factor, layer_stats, ramp.kept_accuracy)  # as the search counts it
             choice.fits = ramp.fits
-            log.info("budget after the fine-tune: pruning factor %g -> sparsity %.2f%%, validation %.2f%% (%s)",
-                     choice.chosen.factor, 100 * choice.chosen.sparsity, 100 * choice.chosen.val_accuracy,
+            log.info("budget after the fine-tune: %s %g -> sparsity %.2f%%, validation %.2f%% (%s)", ramp.column,
+                     ramp.kept_factor, 100 * choice.chosen.sparsity, 100 * choice.chosen.val_accuracy,
                      "within the budget" if ramp.fits else "still below the floor")
         if exp.dist.is_main:
             folder.write_history("finetune", rows)
