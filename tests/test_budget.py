@@ -220,6 +220,17 @@ def test_prune_ramp_grows_within_the_budget_and_returns_to_the_kept_model_below_
     assert ramp.update(model, 7, 0.92) == "hold" and (ramp.kept_factor, ramp.kept_epoch) == (0.5, 7)  # the grid ends
 
 
+def test_prune_ramp_with_patience_gives_a_grown_step_that_many_epochs_below_the_floor():
+    model = _model()
+    ramp = PruneRamp.start(model, floor=0.9, factors=[0.1, 0.2, 0.3], kept_accuracy=0.92, patience=2)
+    assert ramp.update(model, 1, 0.91) == "grow" and ramp.factor == 0.2
+    assert ramp.update(model, 2, 0.85) == "hold" and (ramp.factor, ramp.misses) == (0.2, 1)  # one more epoch
+    assert ramp.update(model, 3, 0.93) == "grow" and (ramp.kept_factor, ramp.factor, ramp.misses) == (0.2, 0.3, 0)
+    assert ramp.update(model, 4, 0.85) == "hold" and ramp.update(model, 5, 0.86) == "revert"  # two in a row
+    assert (ramp.factor, ramp.kept_factor, ramp.misses) == (0.2, 0.2, 0)
+    assert ramp.update(model, 6, 0.5) == "hold" and ramp.misses == 0  # at the kept step: no count
+
+
 def test_prune_ramp_below_the_floor_at_the_start_trains_on():
     model = _model()
     ramp = PruneRamp.start(model, floor=0.9, factors=[0.1, 0.2], kept_accuracy=0.92)

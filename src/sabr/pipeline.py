@@ -325,13 +325,15 @@ def _budget_phase(exp: Experiment, folder: RunDir, base: PhaseResult, sabr: Phas
 def _ramp(exp: Experiment, choice: BudgetChoice, pruned: nn.Module) -> PruneRamp | None:
     """The fine-tune's :class:`~sabr.budget.PruneRamp` when the budget chose the factor (a budget is set, no
     ``--prune-teta1`` or ``--epsilon``), else ``None``: over the ``--sweep`` factors from the chosen one, or in
-    structured mode over :data:`~sabr.budget.CHANNEL_SHARES` on top of it. When no factor fitted before the
+    structured mode over :data:`~sabr.budget.CHANNEL_SHARES` on top of it, a step below the floor given
+    ``k_epoch`` epochs to come back (a channel share costs more than one epoch to recover). When no factor fitted before the
     fine-tune, the ramp starts from the least-pruned model and grows once a fine-tune epoch is within the budget."""
     cfg = exp.config
     if cfg.max_drop is None or cfg.prune_teta1 is not None or cfg.epsilon is not None:
         return None
     if choice.groups is not None:
-        return PruneRamp.start(pruned, choice.floor, CHANNEL_SHARES, choice.chosen.val_accuracy, "channel_share")
+        return PruneRamp.start(pruned, choice.floor, CHANNEL_SHARES, choice.chosen.val_accuracy, "channel_share",
+                               patience=cfg.k_epoch)
     factors = [f for f in sorted(set(cfg.sweep)) if f >= choice.chosen.factor]
     return PruneRamp.start(pruned, choice.floor, factors, choice.chosen.val_accuracy)
 
