@@ -59,8 +59,9 @@ ROOT = Path(__file__).resolve().parents[1]
 FASHION = "/usr/share/datasets/fashion-mnist"
 PROTOCOL = "0.7.0"
 """0.7.0: ``sabr_ft_half`` joins the SABR family, and a fine-tune whose search found no factor within the budget
-starts its ramp at the weakest factor (before, it did not ramp: ``sabr_ft``'s x 100 trials). 0.6.0: ``sabr_ft`` judges the budget after its fine-tune (``sabr run --finetune-epochs`` grows the pruning factor
-while each fine-tune epoch keeps validation within the budget; before, the factor was chosen before the fine-tune).
+starts its ramp at the weakest factor (before, it did not ramp: ``sabr_ft``'s x 100 trials). 0.6.0: ``sabr_ft``
+judges the budget after its fine-tune (``sabr run --finetune-epochs`` grows the pruning factor while each
+fine-tune epoch keeps validation within the budget; before, the factor was chosen before the fine-tune).
 0.5.0: the ``teta1`` grid one step up, x 3 to x 100 (in 0.4.0 the L1 peers and the SABR family all chose x 30,
 its top). 0.4.0: the SABR family tunes ``teta1`` as the L1 peers do (0.3.0 tuned its learning rate, at a
 ``teta1`` whose ramp needs about 60 epochs), and every grid has a fourth value, one step up. 0.3.0: each
@@ -119,7 +120,8 @@ PEERS: dict[str, tuple[Callable, str, str]] = {  # name -> (method, its trial va
     "l1_ramp": (_l1(True), "l1_scales", _L1_CALL.replace("{ramp}", "ramp=True, ")),
 }
 SABR_FAMILY: dict[str, Callable[[dict], int]] = {  # name -> its masked fine-tune's epochs, of the spec's
-    "sabr": lambda spec: 0, "sabr_ft": lambda spec: spec["ft_epochs"], "sabr_ft_half": lambda spec: spec["epochs"] // 2}
+    "sabr": lambda spec: 0, "sabr_ft": lambda spec: spec["ft_epochs"],
+    "sabr_ft_half": lambda spec: spec["epochs"] // 2}
 
 
 def _named(*names: str) -> Callable[[dict], bool]:
