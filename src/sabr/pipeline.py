@@ -326,8 +326,9 @@ def _ramp(exp: Experiment, choice: BudgetChoice, pruned: nn.Module) -> PruneRamp
     """The fine-tune's :class:`~sabr.budget.PruneRamp` when the budget chose the factor (a budget is set, no
     ``--prune-teta1`` or ``--epsilon``), else ``None``: over the ``--sweep`` factors from the chosen one, or in
     structured mode over :data:`~sabr.budget.CHANNEL_SHARES` on top of it, a step below the floor given
-    ``k_epoch`` epochs to come back (a channel share costs more than one epoch to recover). When no factor fitted before the
-    fine-tune, the ramp starts from the least-pruned model and grows once a fine-tune epoch is within the budget."""
+    ``k_epoch`` epochs to come back (a channel share costs more than one epoch to recover). When no factor
+    fitted before the fine-tune, the ramp starts from the least-pruned model and grows once a fine-tune epoch
+    is within the budget."""
     cfg = exp.config
     if cfg.max_drop is None or cfg.prune_teta1 is not None or cfg.epsilon is not None:
         return None
@@ -362,7 +363,7 @@ def _prune_phase(exp: Experiment, folder: RunDir, model: nn.Module, choice: Budg
         kept_zero = cfg.params if groups is None else group_parameters(groups)  # pruned channels stay exactly zero
         on_row = None if board is None else lambda r: board.log_epoch("finetune", {"rows": [r]})  # noqa: E731
         ramp = _ramp(exp, choice, pruned)
-        stats = {ramp.factor if ramp is not None else None: layer_stats}  # per-layer figures by the ramp's step
+        stats = {} if ramp is None else {ramp.factor: layer_stats}  # per-layer figures by the ramp's step
 
         def grow(model: nn.Module, step: float) -> None:
             stats[step] = prune_at(model, step, cfg.gamma, cfg.params, recal, groups, share=groups is not None)
@@ -376,9 +377,10 @@ def _prune_phase(exp: Experiment, folder: RunDir, model: nn.Module, choice: Budg
             figures.update(prune_teta1_before_finetune=choice.chosen.factor,
                            val_accuracy_before_finetune=choice.chosen.val_accuracy,
                            within_budget_before_finetune=choice.fits)
-            if ramp.column == "channel_share":  # the factor stays the search's; the share goes on top of it
-                figures["channel_share"] = ramp.kept_factor
-            factor = ramp.kept_factor if ramp.column == "prune_teta1" else choice.chosen.factor
+            if groups is None:  # the ramp grew the factor itself
+                factor = ramp.kept_factor
+            else:  # the factor stays the search's; the ramp's share of channels goes on top of it
+                factor, figures["channel_share"] = choice.chosen.factor, ramp.kept_factor
             choice.chosen = Trial.of(factor, layer_stats, ramp.kept_accuracy)  # as the search counts it
             choice.fits = ramp.fits
             log.info("budget after the fine-tune: %s %g -> sparsity %.2f%%, validation %.2f%% (%s)", ramp.column,
