@@ -148,13 +148,13 @@ def _peer_trial(exp: Experiment, base: nn.Module, name: str, target: float, valu
 
 
 def sabr_config(spec: dict, seed: int, base_path: Path, ft: int, scale: float, out: Path,
-                threads: int | None = None) -> RunConfig:
+                threads: int | None = None, device: str = "cpu") -> RunConfig:
     """The ``sabr run`` configuration of a SABR-family trial with ``ft`` masked fine-tune epochs: ``teta1`` =
     the configuration's x ``scale`` (as the L1 peers scale it), the same epoch budget as every peer."""
     run = dict(spec["run"])
     teta1 = run.pop("teta1", RunConfig.teta1) * scale
     return RunConfig(**run, seed=seed, base_checkpoint=str(base_path), epochs_sabr=spec["epochs"] - ft,
-                     finetune_epochs=ft, teta1=teta1, max_drop=MAX_DROP, device="cpu", threads=threads, out=str(out))
+                     finetune_epochs=ft, teta1=teta1, max_drop=MAX_DROP, device=device, threads=threads, out=str(out))
 
 
 def _sabr_trial(cfg: RunConfig) -> dict:
@@ -239,9 +239,10 @@ def base_model(exp: Experiment, path: Path) -> tuple[nn.Module, dict]:
 
 
 def run_seed(name: str, spec: dict, seed: int, results: dict, save: Callable[[], None], work: Path,
-             threads: int | None, methods: Collection[str] | None = None) -> None:
-    """Every method (of ``methods``, default all), target and trial of one seed that ``results`` does not hold yet."""
-    cfg = RunConfig(**spec["run"], seed=seed, device="cpu", threads=threads)
+             threads: int | None, methods: Collection[str] | None = None, device: str = "cpu") -> None:
+    """Every method (of ``methods``, default all), target and trial of one seed that ``results`` does not hold
+    yet, trained on ``device`` (``sabr run``'s ``--device``)."""
+    cfg = RunConfig(**spec["run"], seed=seed, device=device, threads=threads)
     torch.manual_seed(seed)
     exp = prepare(cfg, progress=False)
     work.mkdir(parents=True, exist_ok=True)
@@ -265,7 +266,7 @@ def run_seed(name: str, spec: dict, seed: int, results: dict, save: Callable[[],
 
         def train(scale: float, method: str = method, ft: int = ft_epochs(spec)) -> dict:
             folder = work / f"{method}-teta1x{scale:g}-p{PROTOCOL}"  # another protocol's run is never read back
-            return _sabr_trial(sabr_config(spec, seed, base_path, ft, scale, folder, threads))
+            return _sabr_trial(sabr_config(spec, seed, base_path, ft, scale, folder, threads, device))
         _logged(accumulate(results, save, method, None, seed, spec.get("l1_scales", L1_SCALES), train, acc))
 
 
@@ -432,7 +433,8 @@ def report(out: Path) -> None:
         if results.get("protocol") != PROTOCOL or not results.get("methods"):
             continue  # another benchmark's file, or one measured under protocol 0.1.0
         text, groups = table(results)
-        print(f"### {results['config']}\n\n`{results['command']}`; base test accuracy "
+        device = results.get("device_name", results.get("device", "cpu"))
+        print(f"### {results['config']}\n\n`{results['command']}` (trained on {device}); base test accuracy "
               + ", ".join(f"seed {s}: {100 * b['test_accuracy']:.2f}%" for s, b in sorted(results["bases"].items()))
               + f".\n\n{text}\n\n![{results['config']}](../benchmarks/results/{path.stem}.png)\n")
         plot(results, groups, path.with_suffix(".png"))
@@ -447,12 +449,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder of <config>.json/.png")
     p.add_argument("--work", default="runs/compare", help="cached base models, L1 phases and sabr run folders")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu", help="where every method trains: cpu (default) or cuda[:N]; the "
+                   "results file records it, and a file of another device is refused")
     p.add_argument("--methods", nargs="+", choices=[*PEERS, *SABR_FAMILY], help="only these methods (default: all; "
                    "e.g. the SABR family in a second process with its own --out, joined by --merge)")
     p.add_argument("--estimate", action="store_true", help="train nothing: print the CPU-hours of the full run")
     p.add_argument("--report", action="store_true", help="train nothing: print the tables, draw the plots")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="train nothing: join results files of one "
                    "configuration (seeds run side by side with their own --out) into --out, then report")
+    p.add_argument("--command", help="with --merge: the command the joined file records (default: the first "
+                   "file's), e.g. the one that ran the parts")
     p.add_argument("-v", "--verbose", action="store_true", help="log every epoch of every method")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -462,9 +468,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in {**CONFIGS, **QUICK}]
     if unknown:
         p.error(f"unknown configuration(s) {unknown}; choose from {', '.join([*CONFIGS, *QUICK])}")
+    if args.device != "cpu" and not torch.cuda.is_available():
+        p.error(f"--device {args.device} was asked for but no CUDA GPU is visible; use --device cpu")
     out = Path(args.out)
     if args.merge:
         merged = merge([json.loads(Path(f).read_text()) for f in args.merge])
+        merged["command"] = args.command or merged["command"]
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / f"{merged['config']}.json", merged)
         report(out)
@@ -482,10 +491,16 @@ def main(argv: list[str] | None = None) -> int:
         spec = {**CONFIGS, **QUICK}[name]
         path = out / f"{name}.json"
         results = load_results(path, name, spec, command)
+        if results["trials"] and results.get("device", "cpu") != args.device:  # files before --device: the CPU
+            raise SystemExit(f"{path} holds results trained on {results.get('device', 'cpu')}, not {args.device}: "
+                             "pass the same --device, or another --out.")
         results["threads"] = args.threads or torch.get_num_threads()  # what the runs use (RunConfig.threads)
+        results["device"] = args.device
+        if args.device.startswith("cuda"):
+            results["device_name"] = torch.cuda.get_device_name(torch.device(args.device))
         for seed in args.seeds or spec.get("seeds", SEEDS):
             run_seed(name, spec, seed, results, lambda: write_json(path, results), Path(args.work) / name / f"seed{seed}",
-                     args.threads, args.methods)
+                     args.threads, args.methods, args.device)
     report(out)
     return 0
 

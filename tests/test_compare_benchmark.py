@@ -213,3 +213,39 @@ def test_sabr_family_scales_the_configurations_teta1_as_the_l1_peers_do(tmp_path
     spec["run"]["teta1"] = 2e-3  # a configuration with its own teta1: the scale applies to it
     assert compare.sabr_config(spec, 0, tmp_path / "b", 0, 3.0, tmp_path / "r").teta1 == pytest.approx(6e-3)
     assert {n: ft(spec) for n, ft in compare.SABR_FAMILY.items()} == {"sabr": 0, "sabr_ft": 5, "sabr_ft_half": 10}
+
+
+def test_sabr_family_trains_on_the_device_asked_for_and_records_it_in_its_command(tmp_path):
+    spec = {"run": {"model": "lenet5"}, "epochs": 20, "ft_epochs": 5}
+    cfg = compare.sabr_config(spec, 0, tmp_path / "base.safetensors", 5, 10.0, tmp_path / "run", device="cuda")
+    assert cfg.device == "cuda" and "--device cuda" in cfg.command()
+
+
+def test_a_device_without_a_gpu_or_another_device_than_the_files_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(compare.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exc:
+        compare.main(["--quick", "--device", "cuda", "--out", str(tmp_path)])
+    assert exc.value.code == 2 and "no CUDA GPU is visible" in capsys.readouterr().err
+    cpu = {**_fresh(), "config": "quick-fashion-lenet5", "trials": [{"name": "sabr"}]}  # before --device: the CPU
+    (tmp_path / "quick-fashion-lenet5.json").write_text(json.dumps(cpu))
+    monkeypatch.setattr(compare.torch.cuda, "is_available", lambda: True)
+    with pytest.raises(SystemExit, match="trained on cpu, not cuda"):
+        compare.main(["--quick", "--device", "cuda", "--out", str(tmp_path)])
+
+
+@pytest.mark.slow  # 8 processes, each a fresh interpreter training one method: about a minute on 2 cores
+def test_the_parallel_launcher_runs_every_method_in_its_own_process_and_joins_them(tmp_path):
+    if not Path(compare.FASHION).is_dir():
+        pytest.skip(f"{compare.FASHION} is not installed")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    cmd = ["bash", str(ROOT / "benchmarks" / "compare_parallel.sh"), "quick-fashion-lenet5", "cpu",
+           str(tmp_path / "out"), str(tmp_path / "work"), "0"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads((tmp_path / "out" / "quick-fashion-lenet5.json").read_text())
+    assert sorted(m["name"] for m in results["methods"]) == sorted([*compare.PEERS, *compare.SABR_FAMILY])
+    assert results["command"] == "bash benchmarks/compare_parallel.sh quick-fashion-lenet5 cpu"
+    assert results["device"] == "cpu" and set(results["bases"]) == {"0"}
+    logs = list((tmp_path / "work" / "parts" / "quick-fashion-lenet5").glob("*/log"))
+    assert len(logs) == 8
