@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from sabr import SABR, create_model, prune, shrink
-from sabr.channels import channel_groups, channel_rms, group_parameters
+from sabr.channels import channel_groups, channel_rms, channel_scale, group_parameters
 from sabr.errors import ConfigError
 from sabr.pruning import prunable_sparsity, prune_channel_share
 
@@ -139,16 +139,22 @@ def test_a_channel_share_removes_the_smallest_channels_of_every_group_in_multipl
     named = dict(model.named_parameters())
     alive = lambda w: set(torch.nonzero((w.reshape(w.shape[0], -1) != 0).any(1)).flatten().tolist())  # noqa: E731
     with torch.no_grad():
-        model[0].weight[5] = 0.0  # a channel the std rule already removed counts first
-    rms = channel_rms(named, groups[0])
-    order = torch.argsort(rms).tolist()
-    assert order[0] == 5
+        model[1].weight.copy_(torch.rand(32) + 0.1)
+        model[1].weight[7] = 1e-3  # the BatchNorm scale decides, not the weights before it
+        model[0].weight[7] *= 100
+        for n in group_parameters(groups[:1]):
+            named[n][5] = 0.0  # a channel the std rule already removed counts first
+    scale = channel_scale(model, groups[0])
+    assert torch.equal(scale, model[1].weight.detach().double().abs())
+    assert torch.equal(channel_scale(model, groups[1]), channel_rms(named, groups[1]))  # no BatchNorm
+    order = torch.argsort(scale).tolist()
+    assert order[:2] == [5, 7]
     stats = prune_channel_share(model, groups, 0.3)  # 32 x 0.3 = 9.6 -> 8 channels; 12 x 0.3 = 3.6 -> none
     assert alive(model[0].weight) == set(range(32)) - set(order[:8])
     assert (model[1].weight.detach()[order[:8]] == 0).all() and (model[0].bias.detach()[order[:8]] == 0).all()
     assert alive(model[3].weight) == set(range(12))
     assert [s.name for s in stats] == ["0.weight", "3.weight"] and stats[0].sparsity == pytest.approx(8 / 32)
-    assert stats[0].threshold == pytest.approx(float(rms[order[7]]))  # the largest removed channel's size
+    assert stats[0].threshold == pytest.approx(float(scale[order[7]]))  # the largest removed channel's scale
     assert stats[1].threshold == 0.0
     prune_channel_share(model, groups, 0.0)  # nothing more
     assert len(alive(model[0].weight)) == 24

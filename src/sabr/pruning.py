@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from .channels import ChannelGroup, channel_rms
+from .channels import ChannelGroup, channel_rms, channel_scale
 from .errors import ConfigError
 from .regularizer import population_std, resolve_params
 
@@ -145,23 +145,24 @@ def _zero_channels(named: dict, group: ChannelGroup, drop: torch.Tensor, thresho
 
 @torch.no_grad()
 def prune_channel_share(model: nn.Module, groups: Sequence[ChannelGroup], share: float) -> list[LayerPruning]:
-    """Remove the smallest channels of every group, by root mean square, in place: ``share`` of each group
+    """Remove the smallest channels of every group in place, by :func:`sabr.channels.channel_scale` (the
+    BatchNorm scales where the group has any, else the weights' root mean square): ``share`` of each group
     rounded down to a multiple of :data:`CHANNEL_MULTIPLE` (channels already zero count first).
 
     The structured fine-tune's budget ramp steps through shares (:data:`sabr.budget.CHANNEL_SHARES`): where
     the channels of a group are near-uniform in size (resnet18's early layers after phase 2), no factor of the
     std rule removes any, while a rank removes the smallest whatever their spread. Returns one
     :class:`LayerPruning` per weight tensor of each group, as :func:`prune` does (the threshold is the
-    largest removed channel's root mean square, 0 when none is removed).
+    largest removed channel's scale, 0 when none is removed).
     """
     if not 0.0 <= share < 1.0:
         raise ConfigError(f"a channel share must be in [0, 1) (got {share}).")
     named = dict(model.named_parameters())
     stats = []
     for group in groups:
-        rms = channel_rms(named, group)
-        drop = torch.argsort(rms)[:int(share * group.channels) // CHANNEL_MULTIPLE * CHANNEL_MULTIPLE]
-        stats += _zero_channels(named, group, drop, float(rms[drop].max()) if len(drop) else 0.0)
+        scale = channel_scale(model, group)
+        drop = torch.argsort(scale)[:int(share * group.channels) // CHANNEL_MULTIPLE * CHANNEL_MULTIPLE]
+        stats += _zero_channels(named, group, drop, float(scale[drop].max()) if len(drop) else 0.0)
     return stats
 
 
