@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "sign-language-digits" / "Dataset"
 MODELS = ("resnet18", "vgg11")
 SEEDS = (0, 1, 2)
-RATIOS = (0.375, 0.5, 0.625)
+RATIOS = (0.375, 0.5, 0.625, 0.75)
 BATCHES = (1, 32)
 SABR_RUN = dict(epochs_sabr=0, sabr_finetune_epochs=30)
 """The structured ``sabr run``'s epochs after phase 1: all of them in the fine-tune's channel-share ramp."""
