@@ -1,0 +1,93 @@
+"""Which channels to remove first: BatchNorm scale or the weights' root mean square (issue #16).
+
+For each run folder of ``benchmarks/structured.py`` (its ``base`` checkpoint), remove a share of every channel
+group by each ranking, re-estimate the BatchNorm statistics (``sabr.phases.bn_recalibrator``) and read the
+validation accuracy, with no fine-tune: how much of the network each ranking keeps working.
+
+* ``bn_scale``: :func:`sabr.prune_channel_share` (the structured fine-tune's ramp): the sum of ``|gamma|`` of the
+  group's BatchNorm layers, or the weights' root mean square where the group has none;
+* ``rms``: the weights' root mean square alone (:func:`sabr.channels.channel_rms`, the ramp's rank before).
+
+    python benchmarks/channel_ranking.py runs/structured/resnet18-s0 runs/structured/resnet18-s1 runs/structured/resnet18-s2
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+import sabr
+from sabr.channels import channel_groups, channel_rms
+from sabr.experiment import evaluate_split
+from sabr.phases import bn_recalibrator
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARES = (0.125, 0.25, 0.5)
+
+
+@torch.no_grad()
+def prune_by_rms(model: torch.nn.Module, groups: list, share: float) -> None:
+    """``share`` of every group removed in place, smallest weights' root mean square first (multiples of 8)."""
+    named = dict(model.named_parameters())
+    for group in groups:
+        drop = torch.argsort(channel_rms(named, group))[:int(share * group.channels) // 8 * 8]
+        for name in group.parameters:
+            named[name][drop] = 0.0
+
+
+RANKINGS = {"bn_scale": lambda model, groups, share: sabr.prune_channel_share(model, groups, share),
+            "rms": prune_by_rms}
+
+
+def measure(run: Path, shares: tuple[float, ...]) -> list[dict]:
+    """One row per (share, ranking) of the run's base model: validation accuracy after pruning and recalibration."""
+    exp = sabr.load_experiment(run)
+    base = sabr.load_run(run, "base")[0].eval()
+    groups = channel_groups(base, exp.example_input().cpu())
+    recalibrate = bn_recalibrator(exp)
+    rows = [{"run": run.name, "share": 0.0, "ranking": "none", "val_accuracy": evaluate_split(exp, base, exp.val)[1]}]
+    for share in shares:
+        for name, prune in RANKINGS.items():
+            model = copy.deepcopy(base)
+            prune(model, groups, share)
+            recalibrate(model)
+            rows.append({"run": run.name, "share": share, "ranking": name,
+                         "val_accuracy": evaluate_split(exp, model, exp.val)[1]})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", help="run folders holding a base checkpoint (benchmarks/structured.py's)")
+    p.add_argument("--shares", type=float, nargs="+", default=list(SHARES))
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "channel-ranking.json"))
+    args = p.parse_args(argv)
+    missing = [r for r in args.runs if not (Path(r) / "base.safetensors").is_file()]
+    if missing:
+        p.error(f"no base checkpoint in {', '.join(missing)}: pass run folders of benchmarks/structured.py")
+    torch.set_num_threads(args.threads)
+    rows = [row for run in args.runs for row in measure(Path(run), tuple(args.shares))]
+    print("| share | " + " | ".join(RANKINGS) + " |  (validation %, mean and per run, no fine-tune)")
+    print("|---|" + "---|" * len(RANKINGS))
+    for share in args.shares:
+        cells = []
+        for name in RANKINGS:
+            accs = [100 * r["val_accuracy"] for r in rows if (r["share"], r["ranking"]) == (share, name)]
+            cells.append(f"{statistics.mean(accs):.1f} ({' / '.join(f'{a:.1f}' for a in accs)})")
+        print(f"| {100 * share:g}% | " + " | ".join(cells) + " |")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"threads": args.threads, "command": " ".join(
+        ["python benchmarks/channel_ranking.py", *(argv if argv is not None else sys.argv[1:])]), "rows": rows},
+        indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
