@@ -23,6 +23,7 @@ cut off midway continues where it stopped; ``--report`` redraws the table and th
     python benchmarks/structured.py                                # the full run (hours), resumable
     python benchmarks/structured.py --report                       # table and plot of what is there
     python benchmarks/structured.py --base-from OLD_RUNS           # reuse another run's bases (no phase 1)
+    python benchmarks/structured.py --retime                       # every row of a seed timed again, together
 
 Needs ``torch-pruning`` (measured with 1.6) and, for the ONNX Runtime figures, sabr's ``export`` extra.
 """
@@ -152,16 +153,47 @@ def measure(s: Seed, name: str, model: nn.Module, runs: int) -> dict:
     models = {"base": s.base} if model is s.base else {"base": s.base, "row": model}
     row = "row" if "row" in models else "base"
     t = measure_latency(models, x, BATCHES, runs=runs, warmup=max(1, runs // 10), threads=s.args.threads)
-    lat, kinds, macs = t["latency"], {"eager": "", "onnxruntime": "ort_"}, sabr.count_macs(model, x)
-    kinds = {k: p for k, p in kinds.items() if f"{p}{row}" in lat["1"]}
+    macs = sabr.count_macs(model, x)
     return {"name": name, "seed": s.seed, "test_accuracy": evaluate_split(s.exp, model, s.exp.test)[1],
             "base_test_accuracy": evaluate_split(s.exp, s.base, s.exp.test)[1],
             "params": sum(p.numel() for p in model.parameters()), "macs": int(macs.macs_dense),
-            "macs_nonzero": int(macs.macs_pruned),
-            "latency_ms": {k: {b: 1e3 * lat[b][p + row]["seconds"] for b in lat} for k, p in kinds.items()},
-            "speedup": {k: {b: lat[b][p + "base"]["seconds"] / lat[b][p + row]["seconds"] for b in lat}
-                        for k, p in kinds.items()},
+            "macs_nonzero": int(macs.macs_pruned), **timing(t["latency"], row),
             "max_abs_diff_onnxruntime": t["max_abs_diff"].get(f"ort_{row}")}
+
+
+def timing(lat: dict, row: str) -> dict:
+    """``latency_ms`` and ``speedup`` (over the path ``base``) of the path ``row`` in one measurement of
+    :func:`sabr.bench.measure_latency` (its ``latency``), per runtime and batch size."""
+    kinds = {k: p for k, p in {"eager": "", "onnxruntime": "ort_"}.items() if f"{p}{row}" in lat["1"]}
+    return {"latency_ms": {k: {b: 1e3 * lat[b][p + row]["seconds"] for b in lat} for k, p in kinds.items()},
+            "speedup": {k: {b: lat[b][p + "base"]["seconds"] / lat[b][p + row]["seconds"] for b in lat}
+                        for k, p in kinds.items()}}
+
+
+def retime(results: dict, save: Callable[[], None], model: str, args: argparse.Namespace) -> None:
+    """Time every row of each seed again, all in ONE interleaved measurement against the dense base: rows
+    timed in separate processes on a shared CPU differ by more than a pruning step saves. Torch-Pruning's
+    models are pruned again from the base without their fine-tune (the same shapes, so the same latency);
+    SABR's is its shrunk model. Accuracy and sizes are left as they were measured."""
+    for seed in args.seeds:
+        rows = [m for m in results["methods"] if m["seed"] == seed]
+        if not rows:
+            continue
+        s = Seed(model, seed, args)
+        models = {"base": s.base}
+        for m in rows:
+            if m["name"] == "sabr_structured":
+                models[m["name"]] = s.structured()
+            elif m["name"].startswith("torch_pruning_"):
+                models[m["name"]] = torch_pruning(s.base, s.example(), float(m["name"].rpartition("_")[2]))
+        lat = measure_latency(models, s.example(), BATCHES, runs=args.runs, warmup=max(1, args.runs // 10),
+                              threads=args.threads)["latency"]
+        for m in rows:
+            m.update(timing(lat, "base" if m["name"] == "dense" else m["name"]))
+        results["timing"] = (f"--retime {time.strftime('%Y-%m-%d')}: each seed's rows timed in one process, "
+                             f"interleaved, {args.runs} calls per path and batch size")
+        log.info("seed %d: %s", seed, ", ".join(f"{m['name']} {m['speedup']['eager']['1']:.2f}x" for m in rows))
+        save()
 
 
 def accumulate(results: dict, save: Callable[[], None], name: str, seed: int, make: Callable[[], dict]) -> dict:
@@ -316,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke test: " + ", ".join(
         f"{k} {v}" for k, v in QUICK.items()) + "; results go to quick-* files and <runs-dir>-quick")
     p.add_argument("--report", action="store_true", help="only print the table and redraw the plot from the JSON")
+    p.add_argument("--retime", action="store_true", help="train nothing: time every row of a seed again in one "
+                   "interleaved measurement (Torch-Pruning's shapes pruned again from the base), then report")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     prefix = "quick-" if args.quick else ""
@@ -329,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(args.out) / f"{prefix}structured-{model}.json"
         if args.report:
             results = load_results(path, model, args)
+        elif args.retime:
+            results = load_results(path, model, args)
+            retime(results, lambda: write_json(path, results), model, args)
         else:
             start = time.perf_counter()
             results = bench_model(model, args, path)

@@ -107,3 +107,19 @@ def test_torch_pruning_removes_channels_and_a_row_is_measured_against_the_base()
         s.exp, s.base, s.exp.test)[1]
     dense = structured.measure(s, "dense", s.base, runs=2)
     assert dense["params"] == sum(p.numel() for p in s.base.parameters())
+
+
+@pytest.mark.slow  # a digits experiment, two ONNX exports: a few seconds
+def test_retime_times_a_seeds_rows_together_and_keeps_their_accuracy(monkeypatch):
+    s = tiny_seed()
+    monkeypatch.setattr(structured, "Seed", lambda model, seed, args: s)
+    results = {"methods": [_row("dense", 0, 0.9, 9.0), _row("torch_pruning_0.5", 0, 0.8, 9.0),
+                           _row("torch_pruning_0.5", 1, 0.7, 9.0)]}
+    saved = []
+    structured.retime(results, lambda: saved.append(True), "compact_cnn",
+                      argparse.Namespace(seeds=[0], runs=2, threads=1))
+    dense, peer, other = results["methods"]
+    assert dense["speedup"] == {k: {"1": 1.0, "32": 1.0} for k in ("eager", "onnxruntime")}
+    assert peer["latency_ms"]["eager"]["1"] != 9.0 and peer["speedup"]["onnxruntime"]["32"] > 0
+    assert peer["test_accuracy"] == 0.8 and other == _row("torch_pruning_0.5", 1, 0.7, 9.0)  # seed 1 not asked
+    assert saved and results["timing"].startswith("--retime")
