@@ -4,7 +4,7 @@ For each run folder of ``benchmarks/structured.py`` (its ``base`` checkpoint), r
 group by each ranking, re-estimate the BatchNorm statistics (``sabr.phases.bn_recalibrator``) and read the
 validation accuracy, with no fine-tune: how much of the network each ranking keeps working.
 
-* ``bn_scale``: :func:`sabr.prune_channel_share` (the structured fine-tune's ramp): the sum of ``|gamma|`` of the
+* ``bn_scale``: :func:`sabr.channels.channel_scale` (the structured fine-tune's ramp's rank): the sum of ``|gamma|`` of the
   group's BatchNorm layers, or the weights' root mean square where the group has none;
 * ``rms``: the weights' root mean square alone (:func:`sabr.channels.channel_rms`, the ramp's rank before).
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 import sabr
-from sabr.channels import channel_groups, channel_rms
+from sabr.channels import ChannelGroup, channel_groups, channel_rms, channel_scale
 from sabr.experiment import evaluate_split
 from sabr.phases import bn_recalibrator
 
@@ -31,18 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARES = (0.125, 0.25, 0.5)
 
 
-@torch.no_grad()
-def prune_by_rms(model: torch.nn.Module, groups: list, share: float) -> None:
-    """``share`` of every group removed in place, smallest weights' root mean square first (multiples of 8)."""
-    named = dict(model.named_parameters())
-    for group in groups:
-        drop = torch.argsort(channel_rms(named, group))[:int(share * group.channels) // 8 * 8]
-        for name in group.parameters:
-            named[name][drop] = 0.0
+def rms(model: torch.nn.Module, group: ChannelGroup) -> torch.Tensor:
+    """The ramp's rank before: each channel's weights' root mean square alone."""
+    return channel_rms(dict(model.named_parameters()), group)
 
 
-RANKINGS = {"bn_scale": lambda model, groups, share: sabr.prune_channel_share(model, groups, share),
-            "rms": prune_by_rms}
+RANKINGS = {"bn_scale": channel_scale, "rms": rms}
+"""Name -> ``rank(model, group)`` for :func:`sabr.prune_channel_share`."""
 
 
 def measure(run: Path, shares: tuple[float, ...]) -> list[dict]:
@@ -53,9 +48,9 @@ def measure(run: Path, shares: tuple[float, ...]) -> list[dict]:
     recalibrate = bn_recalibrator(exp)
     rows = [{"run": run.name, "share": 0.0, "ranking": "none", "val_accuracy": evaluate_split(exp, base, exp.val)[1]}]
     for share in shares:
-        for name, prune in RANKINGS.items():
+        for name, rank in RANKINGS.items():
             model = copy.deepcopy(base)
-            prune(model, groups, share)
+            sabr.prune_channel_share(model, groups, share, rank)
             recalibrate(model)
             rows.append({"run": run.name, "share": share, "ranking": name,
                          "val_accuracy": evaluate_split(exp, model, exp.val)[1]})

@@ -158,6 +158,10 @@ def test_a_channel_share_removes_the_smallest_channels_of_every_group_in_multipl
     assert stats[1].threshold == 0.0
     prune_channel_share(model, groups, 0.0)  # nothing more
     assert len(alive(model[0].weight)) == 24
+    by_rms = lambda m, g: channel_rms(dict(m.named_parameters()), g)  # noqa: E731 - another rank, asked for
+    largest = int(torch.argmax(by_rms(model, groups[0])))
+    prune_channel_share(model, groups, 0.5, rank=lambda m, g: -by_rms(m, g))  # largest first
+    assert largest not in alive(model[0].weight) and len(alive(model[0].weight)) == 24 - 16
     with pytest.raises(ConfigError, match="channel share"):
         prune_channel_share(model, groups, 1.0)
 

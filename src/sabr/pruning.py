@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -144,10 +144,12 @@ def _zero_channels(named: dict, group: ChannelGroup, drop: torch.Tensor, thresho
 
 
 @torch.no_grad()
-def prune_channel_share(model: nn.Module, groups: Sequence[ChannelGroup], share: float) -> list[LayerPruning]:
-    """Remove the smallest channels of every group in place, by :func:`sabr.channels.channel_scale` (the
-    BatchNorm scales where the group has any, else the weights' root mean square): ``share`` of each group
-    rounded down to a multiple of :data:`CHANNEL_MULTIPLE` (channels already zero count first).
+def prune_channel_share(model: nn.Module, groups: Sequence[ChannelGroup], share: float,
+                        rank: Callable[[nn.Module, ChannelGroup], torch.Tensor] = channel_scale) -> list[LayerPruning]:
+    """Remove the smallest channels of every group in place, by ``rank(model, group)`` (default
+    :func:`sabr.channels.channel_scale`: the BatchNorm scales where the group has any, else the weights' root
+    mean square): ``share`` of each group rounded down to a multiple of :data:`CHANNEL_MULTIPLE` (channels
+    already zero count first).
 
     The structured fine-tune's budget ramp steps through shares (:data:`sabr.budget.CHANNEL_SHARES`): where
     the channels of a group are near-uniform in size (resnet18's early layers after phase 2), no factor of the
@@ -160,7 +162,7 @@ def prune_channel_share(model: nn.Module, groups: Sequence[ChannelGroup], share:
     named = dict(model.named_parameters())
     stats = []
     for group in groups:
-        scale = channel_scale(model, group)
+        scale = rank(model, group)
         drop = torch.argsort(scale)[:int(share * group.channels) // CHANNEL_MULTIPLE * CHANNEL_MULTIPLE]
         stats += _zero_channels(named, group, drop, float(scale[drop].max()) if len(drop) else 0.0)
     return stats
