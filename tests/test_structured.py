@@ -146,7 +146,6 @@ def test_a_channel_share_removes_the_smallest_channels_of_every_group_in_multipl
             named[n][5] = 0.0  # a channel the std rule already removed counts first
     scale = channel_scale(model, groups[0])
     assert torch.equal(scale, model[1].weight.detach().double().abs())
-    assert torch.equal(channel_scale(model, groups[1]), channel_rms(named, groups[1]))  # no BatchNorm
     order = torch.argsort(scale).tolist()
     assert order[:2] == [5, 7]
     stats = prune_channel_share(model, groups, 0.3)  # 32 x 0.3 = 9.6 -> 8 channels; 12 x 0.3 = 3.6 -> none
@@ -160,10 +159,32 @@ def test_a_channel_share_removes_the_smallest_channels_of_every_group_in_multipl
     assert len(alive(model[0].weight)) == 24
     by_rms = lambda m, g: channel_rms(dict(m.named_parameters()), g)  # noqa: E731 - another rank, asked for
     largest = int(torch.argmax(by_rms(model, groups[0])))
-    prune_channel_share(model, groups, 0.5, rank=lambda m, g: -by_rms(m, g))  # largest first
-    assert largest not in alive(model[0].weight) and len(alive(model[0].weight)) == 24 - 16
+    prune_channel_share(model, groups, 0.5, rank=lambda m, g: -by_rms(m, g))  # largest first ...
+    assert largest not in alive(model[0].weight) and len(alive(model[0].weight)) == 16  # ... the 8 zero ones count
     with pytest.raises(ConfigError, match="channel share"):
         prune_channel_share(model, groups, 1.0)
+
+
+def test_without_batchnorm_a_channel_ranks_by_every_weight_that_writes_or_reads_it():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3), nn.ReLU(), nn.Conv2d(16, 8, 3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 16, 3))
+    groups = channel_groups(model, torch.zeros(1, 1, 8, 8))
+    assert [g.readers for g in groups] == [(("2.weight", 1),), (("5.weight", 16),)]
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        model[0].weight[3] *= 0.01  # small rows ...
+        model[2].weight[:, 3] *= 100  # ... that the next layer listens to closely
+    rows = lambda g: torch.cat([named[w].detach().reshape(g.channels, -1) for w in g.weights], 1)  # noqa: E731
+    columns = [model[2].weight.detach().transpose(0, 1).reshape(16, -1),  # conv: input channel j
+               model[5].weight.detach().view(3, 8, 16).transpose(0, 1).reshape(8, -1)]  # flatten: j's 16 columns
+    for group, cols in zip(groups, columns):
+        expected = torch.cat([rows(group), cols], 1).norm(dim=1).double()
+        assert torch.allclose(channel_scale(model, group), expected)
+    assert int(torch.argmin(channel_rms(named, groups[0]))) == 3  # the weights that write it alone: smallest
+    prune_channel_share(model, groups, 0.5)
+    assert model[0].weight[3].any()
+    assert int((model[0].weight.reshape(16, -1) != 0).any(1).sum()) == 8
 
 
 def test_the_group_with_the_largest_removable_share_freezes_and_none_while_no_channel_is_removable():

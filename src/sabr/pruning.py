@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from .channels import ChannelGroup, channel_rms, channel_scale
+from .channels import ChannelGroup, channel_rms, channel_rows, channel_scale
 from .errors import ConfigError
 from .regularizer import population_std, resolve_params
 
@@ -147,15 +147,15 @@ def _zero_channels(named: dict, group: ChannelGroup, drop: torch.Tensor, thresho
 def prune_channel_share(model: nn.Module, groups: Sequence[ChannelGroup], share: float,
                         rank: Callable[[nn.Module, ChannelGroup], torch.Tensor] = channel_scale) -> list[LayerPruning]:
     """Remove the smallest channels of every group in place, by ``rank(model, group)`` (default
-    :func:`sabr.channels.channel_scale`: the BatchNorm scales where the group has any, else the weights' root
-    mean square): ``share`` of each group rounded down to a multiple of :data:`CHANNEL_MULTIPLE` (channels
-    already zero count first).
+    :func:`sabr.channels.channel_scale`: the BatchNorm scales where the group has any, else the norm of the
+    weights that write and read each channel): ``share`` of each group rounded down to a multiple of
+    :data:`CHANNEL_MULTIPLE`, channels already zero counted first whatever their rank.
 
     The structured fine-tune's budget ramp steps through shares (:data:`sabr.budget.CHANNEL_SHARES`): where
     the channels of a group are near-uniform in size (resnet18's early layers after phase 2), no factor of the
     std rule removes any, while a rank removes the smallest whatever their spread. Returns one
     :class:`LayerPruning` per weight tensor of each group, as :func:`prune` does (the threshold is the
-    largest removed channel's scale, 0 when none is removed).
+    largest rank among the channels it removed that were not zero already, 0 when there are none).
     """
     if not 0.0 <= share < 1.0:
         raise ConfigError(f"a channel share must be in [0, 1) (got {share}).")
@@ -163,8 +163,11 @@ def prune_channel_share(model: nn.Module, groups: Sequence[ChannelGroup], share:
     stats = []
     for group in groups:
         scale = rank(model, group)
-        drop = torch.argsort(scale)[:int(share * group.channels) // CHANNEL_MULTIPLE * CHANNEL_MULTIPLE]
-        stats += _zero_channels(named, group, drop, float(scale[drop].max()) if len(drop) else 0.0)
+        dead = ~channel_rows(named, group).detach().ne(0).any(1).to(scale.device)
+        order = torch.argsort(scale.masked_fill(dead, float("-inf")), stable=True)  # zero channels first
+        drop = order[:int(share * group.channels) // CHANNEL_MULTIPLE * CHANNEL_MULTIPLE]
+        live = drop[~dead[drop]]
+        stats += _zero_channels(named, group, drop, float(scale[live].max()) if len(live) else 0.0)
     return stats
 
 
