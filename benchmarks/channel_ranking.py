@@ -1,14 +1,18 @@
-"""Which channels to remove first: BatchNorm scale or the weights' root mean square (issue #16).
+"""Which channels to remove first: the structured ramp's rank or the weights' root mean square (issue #16).
 
 For each run folder of ``benchmarks/structured.py`` (its ``base`` checkpoint), remove a share of every channel
 group by each ranking, re-estimate the BatchNorm statistics (``sabr.phases.bn_recalibrator``) and read the
 validation accuracy, with no fine-tune: how much of the network each ranking keeps working.
 
-* ``bn_scale``: :func:`sabr.channels.channel_scale` (the structured fine-tune's ramp's rank): the sum of ``|gamma|`` of the
-  group's BatchNorm layers, or the weights' root mean square where the group has none;
-* ``rms``: the weights' root mean square alone (:func:`sabr.channels.channel_rms`, the ramp's rank before).
+* ``channel_scale``: :func:`sabr.channels.channel_scale` (the structured fine-tune's ramp's rank): the sum of
+  ``|gamma|`` of the group's BatchNorm layers, or where the group has none (vgg11) the norm of every weight that
+  writes or reads the channel;
+* ``rms``: the root mean square of the weights that write the channel (:func:`sabr.channels.channel_rms`, the
+  ramp's first rank).
 
-    python benchmarks/channel_ranking.py runs/structured/resnet18-s0 runs/structured/resnet18-s1 runs/structured/resnet18-s2
+One table per model, mean and per run:
+
+    python benchmarks/channel_ranking.py runs/structured/resnet18-s{0,1,2} runs/structured/vgg11-s{0,1,2}
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from sabr.experiment import evaluate_split
 from sabr.phases import bn_recalibrator
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARES = (0.125, 0.25, 0.5)
+SHARES = (0.125, 0.25, 0.5, 0.75)
 
 
 def rms(model: torch.nn.Module, group: ChannelGroup) -> torch.Tensor:
@@ -36,7 +40,7 @@ def rms(model: torch.nn.Module, group: ChannelGroup) -> torch.Tensor:
     return channel_rms(dict(model.named_parameters()), group)
 
 
-RANKINGS = {"bn_scale": channel_scale, "rms": rms}
+RANKINGS = {"channel_scale": channel_scale, "rms": rms}
 """Name -> ``rank(model, group)`` for :func:`sabr.prune_channel_share`."""
 
 
@@ -46,13 +50,15 @@ def measure(run: Path, shares: tuple[float, ...]) -> list[dict]:
     base = sabr.load_run(run, "base")[0].eval()
     groups = channel_groups(base, exp.example_input().cpu())
     recalibrate = bn_recalibrator(exp)
-    rows = [{"run": run.name, "share": 0.0, "ranking": "none", "val_accuracy": evaluate_split(exp, base, exp.val)[1]}]
+    model_name = exp.config.model
+    rows = [{"run": run.name, "model": model_name, "share": 0.0, "ranking": "none",
+             "val_accuracy": evaluate_split(exp, base, exp.val)[1]}]
     for share in shares:
         for name, rank in RANKINGS.items():
             model = copy.deepcopy(base)
             sabr.prune_channel_share(model, groups, share, rank)
             recalibrate(model)
-            rows.append({"run": run.name, "share": share, "ranking": name,
+            rows.append({"run": run.name, "model": model_name, "share": share, "ranking": name,
                          "val_accuracy": evaluate_split(exp, model, exp.val)[1]})
     return rows
 
@@ -69,14 +75,17 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"no base checkpoint in {', '.join(missing)}: pass run folders of benchmarks/structured.py")
     torch.set_num_threads(args.threads)
     rows = [row for run in args.runs for row in measure(Path(run), tuple(args.shares))]
-    print("| share | " + " | ".join(RANKINGS) + " |  (validation %, mean and per run, no fine-tune)")
-    print("|---|" + "---|" * len(RANKINGS))
-    for share in args.shares:
-        cells = []
-        for name in RANKINGS:
-            accs = [100 * r["val_accuracy"] for r in rows if (r["share"], r["ranking"]) == (share, name)]
-            cells.append(f"{statistics.mean(accs):.1f} ({' / '.join(f'{a:.1f}' for a in accs)})")
-        print(f"| {100 * share:g}% | " + " | ".join(cells) + " |")
+    for model in dict.fromkeys(r["model"] for r in rows):
+        print(f"\n{model}: validation % after removing a share of every group, mean (per run), no fine-tune\n")
+        print("| share | " + " | ".join(RANKINGS) + " |")
+        print("|---|" + "---|" * len(RANKINGS))
+        for share in args.shares:
+            cells = []
+            for name in RANKINGS:
+                accs = [100 * r["val_accuracy"] for r in rows
+                        if (r["model"], r["share"], r["ranking"]) == (model, share, name)]
+                cells.append(f"{statistics.mean(accs):.1f} ({' / '.join(f'{a:.1f}' for a in accs)})")
+            print(f"| {100 * share:g}% | " + " | ".join(cells) + " |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"threads": args.threads, "command": " ".join(
         ["python benchmarks/channel_ranking.py", *(argv if argv is not None else sys.argv[1:])]), "rows": rows},
