@@ -122,7 +122,7 @@ def channel_columns(named: dict[str, torch.Tensor], group: ChannelGroup) -> torc
     in each of the group's ``readers``; ``e`` is 0 when nothing reads it)."""
     cols = [named[w].reshape(named[w].shape[0], group.channels, -1).transpose(0, 1).reshape(group.channels, -1)
             for w, _ in group.readers if w in named]
-    return torch.cat(cols, dim=1) if cols else torch.zeros(group.channels, 0)
+    return torch.cat(cols, dim=1) if cols else named[group.weights[0]].new_zeros(group.channels, 0)
 
 
 def channel_scale(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
@@ -142,7 +142,7 @@ def channel_scale(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
               and isinstance(modules.get(e.rpartition(".")[0]), nn.modules.batchnorm._BatchNorm)]
     if scales:
         return torch.stack(scales).sum(0)
-    touched = torch.cat([channel_rows(named, group), channel_columns(named, group).to(named[group.weights[0]])], 1)
+    touched = torch.cat([channel_rows(named, group), channel_columns(named, group)], 1)
     return touched.detach().double().norm(dim=1)
 
 
