@@ -8,6 +8,9 @@ Per model (``--models``, default resnet18 vgg11) on the sign-language photos at 
   group penalty is off (0 epochs): at equal epochs it did not help (docs/benchmarks.md). Its ``pruned``
   checkpoint is made physically smaller with :func:`sabr.export.shrink`.
 * ``dense``: the same run's ``base`` checkpoint.
+* ``sabr_unstructured``: the default (unstructured) ``python -m sabr run`` from the same base
+  (``--base-checkpoint``), its ``pruned`` checkpoint as it is: zeros in dense tensors, what a user of the
+  default gets on a CPU without sparse kernels (about the dense latency).
 * ``torch_pruning_<ratio>``: Torch-Pruning (``MagnitudePruner``, group L2 magnitude, the final classifier
   kept whole) from the SAME base at each channel ratio, then fine-tuned on the run's own splits
   (:func:`sabr.load_experiment`) for as many epochs as SABR's phase 2 and fine-tune took for that seed (30),
@@ -24,6 +27,7 @@ cut off midway continues where it stopped; ``--report`` redraws the table and th
     python benchmarks/structured.py --report                       # table and plot of what is there
     python benchmarks/structured.py --base-from OLD_RUNS           # reuse another run's bases (no phase 1)
     python benchmarks/structured.py --retime                       # every row of a seed timed again, together
+    python benchmarks/structured.py --methods sabr_unstructured    # add one method's rows to the results
 
 Needs ``torch-pruning`` (measured with 1.6) and, for the ONNX Runtime figures, sabr's ``export`` extra.
 """
@@ -59,29 +63,38 @@ MODELS = ("resnet18", "vgg11")
 SEEDS = (0, 1, 2)
 RATIOS = (0.375, 0.5, 0.625, 0.75)
 BATCHES = (1, 32)
+METHODS = ("sabr_structured", "torch_pruning", "sabr_unstructured")
+"""The rows ``--methods`` chooses from besides ``dense`` (``torch_pruning``: one row per ``--ratios`` value)."""
 SABR_RUN = dict(epochs_sabr=0, sabr_finetune_epochs=30)
 """The structured ``sabr run``'s epochs after phase 1: all of them in the fine-tune's channel-share ramp."""
-QUICK = dict(epochs_base=2, epochs_sabr=0, sabr_finetune_epochs=2, seeds=[0], ratios=[0.5], finetune_epochs=1,
+QUICK = dict(epochs_base=2, epochs_sabr=0, sabr_finetune_epochs=2, unstructured_epochs_sabr=2, seeds=[0], ratios=[0.5],
+             finetune_epochs=1,
              runs=10)
 
 
 # --------------------------------------------------------------------------- the methods
-def sabr_run(model: str, seed: int, args: argparse.Namespace) -> Path:
-    """The structured ``sabr run`` of ``model`` and ``seed`` (started unless its summary exists); its folder."""
-    out = Path(args.runs_dir) / f"{model}-s{seed}"
+def sabr_run(model: str, seed: int, args: argparse.Namespace, structured: bool = True) -> Path:
+    """The structured ``sabr run`` of ``model`` and ``seed`` (started unless its summary exists); its folder.
+    ``structured=False``: the default ``sabr run`` from the structured run's base (``<folder>-unstructured``)."""
+    out = Path(args.runs_dir) / f"{model}-s{seed}{'' if structured else '-unstructured'}"
     if (out / "summary.json").is_file():
         return out
     if (out / "config.yaml").is_file():  # cut off midway: continue it
         cmd = [sys.executable, "-m", "sabr", "run", "--quiet", "--resume", str(out)]
     else:
         cmd = [sys.executable, "-m", "sabr", "run", "--model", model, "--data", str(args.data), "--image-size",
-               str(args.image_size), "--structured", "--threads", str(args.threads), "--seed", str(seed),
-               "--quiet", "--out", str(out)]
-        cmd += ["--epochs-sabr", str(args.epochs_sabr), "--finetune-epochs", str(args.sabr_finetune_epochs)]
-        if args.epochs_base is not None:
-            cmd += ["--epochs-base", str(args.epochs_base)]
-        if args.base_from is not None:
+               str(args.image_size), "--threads", str(args.threads), "--seed", str(seed), "--quiet", "--out", str(out)]
+        if not structured:
+            cmd += ["--base-checkpoint", str(sabr_run(model, seed, args) / "base.safetensors")]
+            if args.unstructured_epochs_sabr is not None:
+                cmd += ["--epochs-sabr", str(args.unstructured_epochs_sabr)]
+        elif args.base_from is not None:
             cmd += ["--base-checkpoint", str(Path(args.base_from) / f"{model}-s{seed}" / "base.safetensors")]
+        if structured:
+            cmd += ["--structured", "--epochs-sabr", str(args.epochs_sabr), "--finetune-epochs",
+                    str(args.sabr_finetune_epochs)]
+            if args.epochs_base is not None:
+                cmd += ["--epochs-base", str(args.epochs_base)]
     log.info("%s", " ".join(cmd))
     subprocess.run(cmd, check=True)
     return out
@@ -136,6 +149,9 @@ class Seed:
     def structured(self) -> nn.Module:
         return sabr.export.shrink(sabr.load_run(self.run, "pruned")[0].eval(), self.example().repeat(2, 1, 1, 1))[0]
 
+    def unstructured(self) -> nn.Module:
+        return sabr.load_run(sabr_run(self.model, self.seed, self.args, structured=False), "pruned")[0].eval()
+
     def peer(self, ratio: float) -> nn.Module:
         model = torch_pruning(self.base, self.example(), ratio)
         epochs = self.args.finetune_epochs or sabr_epochs(self.run)
@@ -184,6 +200,8 @@ def retime(results: dict, save: Callable[[], None], model: str, args: argparse.N
         for m in rows:
             if m["name"] == "sabr_structured":
                 models[m["name"]] = s.structured()
+            elif m["name"] == "sabr_unstructured":
+                models[m["name"]] = s.unstructured()
             elif m["name"].startswith("torch_pruning_"):
                 models[m["name"]] = torch_pruning(s.base, s.example(), float(m["name"].rpartition("_")[2]))
         lat = measure_latency(models, s.example(), BATCHES, runs=args.runs, warmup=max(1, args.runs // 10),
@@ -232,11 +250,15 @@ def bench_model(model: str, args: argparse.Namespace, path: Path) -> dict:
     for seed in args.seeds:
         s = Seed(model, seed, args)
         accumulate(results, save, "dense", seed, lambda: measure(s, "dense", s.base, args.runs))
-        accumulate(results, save, "sabr_structured", seed,
-                   lambda: measure(s, "sabr_structured", s.structured(), args.runs))
-        for r in args.ratios:
+        if "sabr_structured" in args.methods:
+            accumulate(results, save, "sabr_structured", seed,
+                       lambda: measure(s, "sabr_structured", s.structured(), args.runs))
+        for r in args.ratios if "torch_pruning" in args.methods else ():
             name = f"torch_pruning_{r:g}"
             accumulate(results, save, name, seed, lambda: measure(s, name, s.peer(r), args.runs))
+        if "sabr_unstructured" in args.methods:
+            accumulate(results, save, "sabr_unstructured", seed,
+                       lambda: measure(s, "sabr_unstructured", s.unstructured(), args.runs))
     return results
 
 
@@ -332,12 +354,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1, help="training and timing threads (default: 1)")
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                   help="rows to measure besides dense (default: all); rows already in the results are kept")
     p.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS), help="Torch-Pruning channel ratios")
     p.add_argument("--epochs-base", type=int, help="passed to sabr run (default: sabr's)")
     p.add_argument("--epochs-sabr", type=int, default=SABR_RUN["epochs_sabr"], help="passed to sabr run "
                    "(default: %(default)s)")
     p.add_argument("--sabr-finetune-epochs", type=int, default=SABR_RUN["sabr_finetune_epochs"],
                    help="passed to sabr run as --finetune-epochs (default: %(default)s)")
+    p.add_argument("--unstructured-epochs-sabr", type=int, help="the sabr_unstructured run's --epochs-sabr "
+                   "(default: sabr's)")
     p.add_argument("--base-from", help="start each sabr run from <this folder>/<model>-s<seed>/base.safetensors, "
                    "the base of an earlier run of this script (skips phase 1)")
     p.add_argument("--finetune-epochs", type=int, help="Torch-Pruning fine-tune epochs (default: as many as "

@@ -90,6 +90,51 @@ def test_sabr_epochs_count_phase_2_and_the_fine_tune(tmp_path):
     assert structured.sabr_epochs(tmp_path) == 7
 
 
+def test_the_unstructured_run_starts_from_the_structured_runs_base_without_structured_flags(tmp_path, monkeypatch):
+    args = argparse.Namespace(runs_dir=str(tmp_path), data="D", image_size=32, threads=1, epochs_sabr=0,
+                              sabr_finetune_epochs=30, epochs_base=None, base_from="OLD", unstructured_epochs_sabr=None)
+    (tmp_path / "vgg11-s1").mkdir()
+    (tmp_path / "vgg11-s1" / "summary.json").write_text("{}")  # the structured run is done
+    ran = []
+    monkeypatch.setattr(structured.subprocess, "run", lambda cmd, check: ran.append(cmd))
+    assert structured.sabr_run("vgg11", 1, args, structured=False) == tmp_path / "vgg11-s1-unstructured"
+    cmd = ran[0]
+    assert cmd[cmd.index("--base-checkpoint") + 1] == str(tmp_path / "vgg11-s1" / "base.safetensors")
+    assert "--structured" not in cmd and "--epochs-sabr" not in cmd and "--finetune-epochs" not in cmd
+    structured.sabr_run("vgg11", 2, args)  # the structured run: from --base-from, its own epochs
+    assert "--structured" in ran[1] and ran[1][ran[1].index("--base-checkpoint") + 1].startswith("OLD")
+
+
+def test_methods_choose_the_rows_measured_besides_dense(tmp_path, monkeypatch):
+    made = []
+
+    class FakeSeed:
+        def __init__(self, model, seed, args):
+            self.seed, self.base = seed, "base"
+
+        def structured(self):
+            return "structured"
+
+        def unstructured(self):
+            return "unstructured"
+
+        def peer(self, ratio):
+            return f"peer {ratio}"
+
+    monkeypatch.setattr(structured, "Seed", FakeSeed)
+    monkeypatch.setattr(structured, "measure", lambda s, name, model, runs: made.append(model) or
+                        _row(name, s.seed, 0.9, 1.0))
+    args = argparse.Namespace(image_size=32, threads=1, epochs_sabr=0, sabr_finetune_epochs=30, seeds=[0],
+                              ratios=[0.5], runs=2, methods=["sabr_unstructured"])
+    path = tmp_path / "structured-m.json"
+    rows = structured.bench_model("m", args, path)["methods"]
+    assert [m["name"] for m in rows] == ["dense", "sabr_unstructured"] and made == ["base", "unstructured"]
+    args.methods = list(structured.METHODS)  # the rows already there are kept, the others added
+    rows = structured.bench_model("m", args, path)["methods"]
+    assert [m["name"] for m in rows] == ["dense", "sabr_unstructured", "sabr_structured", "torch_pruning_0.5"]
+    assert made == ["base", "unstructured", "structured", "peer 0.5"]
+
+
 @pytest.mark.slow  # a digits experiment, a fine-tune epoch, two ONNX exports: about 10 s on a busy CPU
 def test_torch_pruning_removes_channels_and_a_row_is_measured_against_the_base():
     s = tiny_seed()
