@@ -157,14 +157,16 @@ def test_torch_pruning_removes_channels_and_a_row_is_measured_against_the_base()
 @pytest.mark.slow  # a digits experiment, two ONNX exports: a few seconds
 def test_retime_times_a_seeds_rows_together_and_keeps_their_accuracy(monkeypatch):
     s = tiny_seed()
+    s.unstructured = lambda: s.base  # the default run's model: the base's shapes (zeros in dense tensors)
     monkeypatch.setattr(structured, "Seed", lambda model, seed, args: s)
     results = {"methods": [_row("dense", 0, 0.9, 9.0), _row("torch_pruning_0.5", 0, 0.8, 9.0),
-                           _row("torch_pruning_0.5", 1, 0.7, 9.0)]}
+                           _row("torch_pruning_0.5", 1, 0.7, 9.0), _row("sabr_unstructured", 0, 0.85, 9.0)]}
     saved = []
     structured.retime(results, lambda: saved.append(True), "compact_cnn",
                       argparse.Namespace(seeds=[0], runs=2, threads=1))
-    dense, peer, other = results["methods"]
+    dense, peer, other, unstructured = results["methods"]
     assert dense["speedup"] == {k: {"1": 1.0, "32": 1.0} for k in ("eager", "onnxruntime")}
+    assert unstructured["latency_ms"]["eager"]["1"] != 9.0 and unstructured["test_accuracy"] == 0.85
     assert peer["latency_ms"]["eager"]["1"] != 9.0 and peer["speedup"]["onnxruntime"]["32"] > 0
     assert peer["test_accuracy"] == 0.8 and other == _row("torch_pruning_0.5", 1, 0.7, 9.0)  # seed 1 not asked
     assert saved and results["timing"].startswith("--retime")
