@@ -67,9 +67,8 @@ METHODS = ("sabr_structured", "torch_pruning", "sabr_unstructured")
 """The rows ``--methods`` chooses from besides ``dense`` (``torch_pruning``: one row per ``--ratios`` value)."""
 SABR_RUN = dict(epochs_sabr=0, sabr_finetune_epochs=30)
 """The structured ``sabr run``'s epochs after phase 1: all of them in the fine-tune's channel-share ramp."""
-QUICK = dict(epochs_base=2, epochs_sabr=0, sabr_finetune_epochs=2, unstructured_epochs_sabr=2, seeds=[0], ratios=[0.5],
-             finetune_epochs=1,
-             runs=10)
+QUICK = dict(epochs_base=2, epochs_sabr=0, sabr_finetune_epochs=2, unstructured_epochs_sabr=2, seeds=[0],
+             ratios=[0.5], finetune_epochs=1, runs=10)
 
 
 # --------------------------------------------------------------------------- the methods
@@ -84,17 +83,17 @@ def sabr_run(model: str, seed: int, args: argparse.Namespace, structured: bool =
     else:
         cmd = [sys.executable, "-m", "sabr", "run", "--model", model, "--data", str(args.data), "--image-size",
                str(args.image_size), "--threads", str(args.threads), "--seed", str(seed), "--quiet", "--out", str(out)]
-        if not structured:
-            cmd += ["--base-checkpoint", str(sabr_run(model, seed, args) / "base.safetensors")]
-            if args.unstructured_epochs_sabr is not None:
-                cmd += ["--epochs-sabr", str(args.unstructured_epochs_sabr)]
-        elif args.base_from is not None:
-            cmd += ["--base-checkpoint", str(Path(args.base_from) / f"{model}-s{seed}" / "base.safetensors")]
         if structured:
             cmd += ["--structured", "--epochs-sabr", str(args.epochs_sabr), "--finetune-epochs",
                     str(args.sabr_finetune_epochs)]
             if args.epochs_base is not None:
                 cmd += ["--epochs-base", str(args.epochs_base)]
+            if args.base_from is not None:
+                cmd += ["--base-checkpoint", str(Path(args.base_from) / f"{model}-s{seed}" / "base.safetensors")]
+        else:
+            cmd += ["--base-checkpoint", str(sabr_run(model, seed, args) / "base.safetensors")]
+            if args.unstructured_epochs_sabr is not None:
+                cmd += ["--epochs-sabr", str(args.unstructured_epochs_sabr)]
     log.info("%s", " ".join(cmd))
     subprocess.run(cmd, check=True)
     return out
