@@ -330,7 +330,7 @@ def plot(results: dict, path: Path) -> None:
                 ax.annotate(name.rsplit("_", 1)[1], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set(xlabel=f"batch-1 latency, eager PyTorch, {results['threads']} thread(s) (ms; dense / paired speedup)",
            ylabel="test accuracy (%)",
-           title=f"{results['model']} at {results['image_size']} px: structured SABR vs Torch-Pruning")
+           title=f"{results['model']} at {results['image_size']} px: accuracy against measured latency")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
