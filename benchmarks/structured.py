@@ -226,8 +226,11 @@ def accumulate(results: dict, save: Callable[[], None], name: str, seed: int, ma
 
 def load_results(path: Path, model: str, args: argparse.Namespace) -> dict:
     """The results file of ``model`` (a fresh one when missing); one measured at another image size, thread
-    count or structured ``sabr run`` configuration (``sabr_run``: its epochs) is refused."""
+    count or ``sabr run`` configuration (``sabr_run``: the structured run's epochs, and the unstructured run's
+    ``--epochs-sabr`` when one was given) is refused."""
     sabr_run = {k: getattr(args, k, None) for k in SABR_RUN}
+    if getattr(args, "unstructured_epochs_sabr", None) is not None:
+        sabr_run["unstructured_epochs_sabr"] = args.unstructured_epochs_sabr
     fresh = {"model": model, "image_size": args.image_size, "threads": args.threads, "sabr_run": sabr_run,
              "methods": []}
     if not path.is_file():

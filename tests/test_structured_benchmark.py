@@ -52,6 +52,13 @@ def test_results_of_another_setting_are_refused(tmp_path):
     path.write_text(json.dumps(fresh | {"sabr_run": {"epochs_sabr": 60, "sabr_finetune_epochs": 0}}))
     with pytest.raises(SystemExit, match="another structured sabr run"):
         structured.load_results(path, "m", args)
+    path.write_text(json.dumps(fresh))
+    args.unstructured_epochs_sabr = 5  # rows of a shorter default run are not mixed into these
+    with pytest.raises(SystemExit, match="another structured sabr run"):
+        structured.load_results(path, "m", args)
+    args.unstructured_epochs_sabr = None
+    assert structured.load_results(path, "m", args) == fresh
+    path.write_text(json.dumps(fresh | {"sabr_run": {"epochs_sabr": 60, "sabr_finetune_epochs": 0}}))
     args.report = True  # a report reads any
     assert structured.load_results(path, "m", args)["sabr_run"]["epochs_sabr"] == 60
 
