@@ -4,7 +4,6 @@ import argparse
 import json
 
 import pytest
-import torch
 from torch import nn
 
 from benchmarks import structured  # the checkout's root is on sys.path under pytest: a module, not a path
