@@ -28,6 +28,8 @@ cut off midway continues where it stopped; ``--report`` redraws the table and th
     python benchmarks/structured.py --base-from OLD_RUNS           # reuse another run's bases (no phase 1)
     python benchmarks/structured.py --retime                       # every row of a seed timed again, together
     python benchmarks/structured.py --methods sabr_unstructured    # add one method's rows to the results
+    python benchmarks/structured.py --merge a/structured-vgg11.json b/structured-vgg11.json   # seeds run side
+                                                                   # by side (--seeds N --out DIR), added to --out
 
 Needs ``torch-pruning`` (measured with 1.6) and, for the ONNX Runtime figures, sabr's ``export`` extra.
 """
@@ -43,6 +45,7 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -240,9 +243,27 @@ def load_results(path: Path, model: str, args: argparse.Namespace) -> dict:
         raise SystemExit(f"{path} holds results at {results.get('image_size')} px and {results.get('threads')} "
                          f"thread(s), not {args.image_size} and {args.threads}; move it away or pass those values.")
     if not getattr(args, "report", False) and results.get("sabr_run") != sabr_run:
-        raise SystemExit(f"{path} holds results of another structured sabr run ({results.get('sabr_run')}, not "
-                         f"{sabr_run}); move it away or pass --out.")
+        raise SystemExit(f"{path} holds results of another sabr run configuration ({results.get('sabr_run')}, "
+                         f"not {sabr_run}); move it away or pass --out.")
     return results
+
+
+def merge(paths: list[Path], out: Path, args: argparse.Namespace, prefix: str = "") -> list[tuple[dict, Path]]:
+    """Add the rows of other results files (e.g. seeds run side by side, ``--seeds N --out DIR`` per process)
+    to the results file of their model in ``out``, each (name, seed) once: rows already there are kept. Every
+    file is checked as :func:`load_results` checks the results file. Returns each model's results and path."""
+    merged: dict[str, tuple[dict, Path]] = {}
+    for part in paths:
+        if not part.is_file():
+            raise SystemExit(f"{part} does not exist; --merge takes results files this script wrote (--out).")
+        model = json.loads(part.read_text()).get("model")
+        if model not in merged:
+            path = out / f"{prefix}structured-{model}.json"
+            merged[model] = (load_results(path, model, args), path)
+        results, path = merged[model]
+        for row in load_results(part, model, args)["methods"]:
+            accumulate(results, partial(write_json, path, results), row["name"], row["seed"], partial(dict, row))
+    return list(merged.values())
 
 
 def bench_model(model: str, args: argparse.Namespace, path: Path) -> dict:
@@ -376,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke test: " + ", ".join(
         f"{k} {v}" for k, v in QUICK.items()) + "; results go to quick-* files and <runs-dir>-quick")
     p.add_argument("--report", action="store_true", help="only print the table and redraw the plot from the JSON")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="train nothing: add the rows of these results "
+                   "files to those in --out (rows already there are kept), then report")
     p.add_argument("--retime", action="store_true", help="train nothing: time every row of a seed again in one "
                    "interleaved measurement (Torch-Pruning's shapes pruned again from the base), then report")
     args = p.parse_args(argv)
@@ -383,10 +406,14 @@ def main(argv: list[str] | None = None) -> int:
     prefix = "quick-" if args.quick else ""
     if args.quick:
         vars(args).update(QUICK, runs_dir=f"{args.runs_dir}-quick")
-    if not args.report and importlib.util.find_spec("torch_pruning") is None:
+    if not (args.report or args.merge) and importlib.util.find_spec("torch_pruning") is None:
         raise SystemExit("the Torch-Pruning peer needs the torch-pruning package: pip install 'torch-pruning>=1.6'.")
     torch.set_num_threads(args.threads)
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        for results, path in merge([Path(f) for f in args.merge], Path(args.out), args, prefix):
+            report(results, path)
+        return 0
     for model in args.models:
         path = Path(args.out) / f"{prefix}structured-{model}.json"
         if args.report:

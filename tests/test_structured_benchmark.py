@@ -49,11 +49,11 @@ def test_results_of_another_setting_are_refused(tmp_path):
     with pytest.raises(SystemExit, match="64 px"):
         structured.load_results(path, "m", args)
     path.write_text(json.dumps(fresh | {"sabr_run": {"epochs_sabr": 60, "sabr_finetune_epochs": 0}}))
-    with pytest.raises(SystemExit, match="another structured sabr run"):
+    with pytest.raises(SystemExit, match="another sabr run configuration"):
         structured.load_results(path, "m", args)
     path.write_text(json.dumps(fresh))
     args.unstructured_epochs_sabr = 5  # rows of a shorter default run are not mixed into these
-    with pytest.raises(SystemExit, match="another structured sabr run"):
+    with pytest.raises(SystemExit, match="another sabr run configuration"):
         structured.load_results(path, "m", args)
     args.unstructured_epochs_sabr = None
     assert structured.load_results(path, "m", args) == fresh
@@ -79,6 +79,29 @@ def test_report_gives_mean_std_over_seeds_and_a_pareto_plot(tmp_path, capsys):
     assert (tmp_path / "structured-resnet18.png").read_bytes()[:4] == b"\x89PNG"
     assert "| torch_pruning_0.5 | 1 |" in capsys.readouterr().out
 
+
+
+def test_merge_adds_the_rows_of_seeds_run_side_by_side_and_keeps_the_rows_there(tmp_path, capsys):
+    head = {"model": "resnet18", "image_size": 32, "threads": 1, "sabr_run": dict(structured.SABR_RUN)}
+    out, a, b = tmp_path / "out", tmp_path / "a", tmp_path / "b"
+    for folder, rows in ((out, [_row("dense", 0, 0.90, 2.0)]),
+                         (a, [_row("dense", 0, 0.10, 9.0), _row("dense", 3, 0.91, 2.0)]),
+                         (b, [_row("dense", 4, 0.92, 2.0), _row("sabr_structured", 4, 0.93, 1.0)])):
+        folder.mkdir()
+        (folder / "structured-resnet18.json").write_text(json.dumps(head | {"methods": rows}))
+    parts = [str(a / "structured-resnet18.json"), str(b / "structured-resnet18.json")]
+    assert structured.main(["--merge", *parts, "--out", str(out)]) == 0
+    merged = json.loads((out / "structured-resnet18.json").read_text())
+    assert [(m["name"], m["seed"], m["test_accuracy"]) for m in merged["methods"]] == [
+        ("dense", 0, 0.90), ("dense", 3, 0.91), ("dense", 4, 0.92), ("sabr_structured", 4, 0.93)]
+    assert "| dense | 3 |" in capsys.readouterr().out and (out / "structured-resnet18.png").is_file()
+    assert structured.main(["--merge", *parts, "--out", str(out)]) == 0  # again: nothing added twice
+    assert json.loads((out / "structured-resnet18.json").read_text()) == merged
+    (b / "structured-resnet18.json").write_text(json.dumps(head | {"threads": 2, "methods": []}))
+    with pytest.raises(SystemExit, match="2 thread"):  # results of another setting are not mixed in
+        structured.main(["--merge", parts[1], "--out", str(out)])
+    with pytest.raises(SystemExit, match="does not exist"):
+        structured.main(["--merge", str(tmp_path / "nowhere.json"), "--out", str(out)])
 
 def tiny_seed() -> structured.Seed:
     """A seed whose run is a tiny digits experiment and an untrained compact CNN (no sabr run started)."""
