@@ -31,6 +31,9 @@ cut off midway continues where it stopped; ``--report`` redraws the table and th
     python benchmarks/structured.py --merge a/structured-vgg11.json b/structured-vgg11.json   # seeds run side
                                                                    # by side (--seeds N --out DIR), added to --out
 
+Once a seed's base is trained, its Torch-Pruning rows can run beside the structured run's fine-tune: a second
+process with ``--methods torch_pruning --finetune-epochs 30 --out OTHER``, joined afterwards by ``--merge``.
+
 Needs ``torch-pruning`` (measured with 1.6) and, for the ONNX Runtime figures, sabr's ``export`` extra.
 """
 
@@ -78,7 +81,7 @@ QUICK = dict(epochs_base=2, epochs_sabr=0, sabr_finetune_epochs=2, unstructured_
 def sabr_run(model: str, seed: int, args: argparse.Namespace, structured: bool = True) -> Path:
     """The structured ``sabr run`` of ``model`` and ``seed`` (started unless its summary exists); its folder.
     ``structured=False``: the default ``sabr run`` from the structured run's base (``<folder>-unstructured``)."""
-    out = Path(args.runs_dir) / f"{model}-s{seed}{'' if structured else '-unstructured'}"
+    out = run_folder(model, seed, args, structured)
     if (out / "summary.json").is_file():
         return out
     if (out / "config.yaml").is_file():  # cut off midway: continue it
@@ -100,6 +103,11 @@ def sabr_run(model: str, seed: int, args: argparse.Namespace, structured: bool =
     log.info("%s", " ".join(cmd))
     subprocess.run(cmd, check=True)
     return out
+
+
+def run_folder(model: str, seed: int, args: argparse.Namespace, structured: bool = True) -> Path:
+    """Where :func:`sabr_run` puts the run of ``model`` and ``seed``."""
+    return Path(args.runs_dir) / f"{model}-s{seed}{'' if structured else '-unstructured'}"
 
 
 def sabr_epochs(run_dir: Path) -> int:
@@ -138,12 +146,20 @@ class Seed:
         return self._get("run", lambda: sabr_run(self.model, self.seed, self.args))
 
     @property
+    def base_run(self) -> Path:
+        """The structured run's folder once its base is trained, whether or not its fine-tune has finished: all
+        the dense and Torch-Pruning rows need (with ``--finetune-epochs``), so they can be measured in another
+        process beside the run's fine-tune; else :attr:`run`."""
+        out = run_folder(self.model, self.seed, self.args)
+        return out if (out / "base.safetensors").is_file() else self.run
+
+    @property
     def exp(self) -> Experiment:
-        return self._get("exp", lambda: sabr.load_experiment(self.run))
+        return self._get("exp", lambda: sabr.load_experiment(self.base_run))
 
     @property
     def base(self) -> nn.Module:
-        return self._get("base", lambda: sabr.load_run(self.run, "base")[0].eval())
+        return self._get("base", lambda: sabr.load_run(self.base_run, "base")[0].eval())
 
     def example(self) -> torch.Tensor:
         return self.exp.example_input().cpu()

@@ -112,6 +112,22 @@ def tiny_seed() -> structured.Seed:
     return s
 
 
+def test_dense_and_peer_rows_need_only_the_base_of_a_run_whose_fine_tune_still_runs(tmp_path, monkeypatch):
+    started, loaded = [], []
+    monkeypatch.setattr(structured, "sabr_run", lambda *a, **k: started.append(a) or tmp_path / "started")
+    monkeypatch.setattr(structured.sabr, "load_run", lambda run, phase: loaded.append((run, phase)) or (nn.Identity(),))
+    monkeypatch.setattr(structured.sabr, "load_experiment", lambda run: loaded.append((run, "exp")))
+    args = argparse.Namespace(runs_dir=str(tmp_path), threads=1)
+    assert isinstance(structured.Seed("vgg11", 3, args).base, nn.Identity)  # no base yet: the run is started
+    assert len(started) == 1 and loaded == [(tmp_path / "started", "base")]
+    folder = tmp_path / "vgg11-s3"
+    folder.mkdir()
+    (folder / "base.safetensors").write_bytes(b"")  # phase 1 done, the fine-tune running in another process
+    s = structured.Seed("vgg11", 3, args)
+    s.base, s.exp
+    assert len(started) == 1 and loaded[1:] == [(folder, "base"), (folder, "exp")]
+
+
 def test_sabr_epochs_count_phase_2_and_the_fine_tune(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps({"sabr": {"epochs": 7}, "pruned": {"finetune_epochs": 3}}))
     assert structured.sabr_epochs(tmp_path) == 10
