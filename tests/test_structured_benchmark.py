@@ -124,7 +124,7 @@ def test_dense_and_peer_rows_need_only_the_base_of_a_run_whose_fine_tune_still_r
     folder.mkdir()
     (folder / "base.safetensors").write_bytes(b"")  # phase 1 done, the fine-tune running in another process
     s = structured.Seed("vgg11", 3, args)
-    s.base, s.exp
+    assert isinstance(s.base, nn.Identity) and s.exp is None  # (the stand-in experiment)
     assert len(started) == 1 and loaded[1:] == [(folder, "base"), (folder, "exp")]
 
 
