@@ -238,6 +238,19 @@ def base_model(exp: Experiment, path: Path) -> tuple[nn.Module, dict]:
     return model, figures
 
 
+def check_base(results: dict, seed: int, figures: dict, path: Path) -> None:
+    """Refuse to add to ``results`` rows of a base other than the one its rows of ``seed`` were trained from
+    (a base trained again on another machine, device or thread count, or a --work folder of another run):
+    the base's validation and test accuracy must be the recorded ones."""
+    known = results["bases"].get(str(seed))
+    keys = ("val_accuracy", "test_accuracy")
+    if known and all(k in known for k in keys) and any(known[k] != figures[k] for k in keys):
+        raise SystemExit(
+            f"seed {seed}'s base {path} (validation {figures['val_accuracy']:.4f}, test {figures['test_accuracy']:.4f}) "
+            f"is not the base the results file's rows were trained from (validation {known['val_accuracy']:.4f}, "
+            f"test {known['test_accuracy']:.4f}); pass the --work folder that holds that base, or another --out.")
+
+
 def run_seed(name: str, spec: dict, seed: int, results: dict, save: Callable[[], None], work: Path,
              threads: int | None, methods: Collection[str] | None = None, device: str = "cpu") -> None:
     """Every method (of ``methods``, default all), target and trial of one seed that ``results`` does not hold
@@ -248,6 +261,7 @@ def run_seed(name: str, spec: dict, seed: int, results: dict, save: Callable[[],
     work.mkdir(parents=True, exist_ok=True)
     base_path = work / "base.safetensors"
     base, figures = base_model(exp, base_path)
+    check_base(results, seed, figures, base_path)
     results["bases"][str(seed)] = figures
     results.update(train=len(exp.train), val=len(exp.val), test=len(exp.test))
     log.info("%s seed %d: base test %.2f%% (%d/%d/%d images)", name, seed, 100 * figures["test_accuracy"],

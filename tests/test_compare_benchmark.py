@@ -163,6 +163,18 @@ def test_merge_joins_seeds_run_side_by_side_and_refuses_other_protocols():
         compare.merge([part(0, ()), {**part(1, ()), "protocol": "0.2.0"}])
 
 
+def test_rows_are_not_added_to_a_file_whose_rows_came_from_another_base(tmp_path):
+    results = _fresh()
+    figures = {"val_accuracy": 0.9, "test_accuracy": 0.875, "seconds": 10.0, "epochs": 15}
+    compare.check_base(results, 0, figures, tmp_path / "base.safetensors")  # no rows of seed 0 yet
+    results["bases"]["0"] = figures
+    compare.check_base(results, 0, figures | {"seconds": 99.0}, tmp_path / "base.safetensors")  # the same base
+    with pytest.raises(SystemExit, match="not the base the results file's rows were trained from"):
+        compare.check_base(results, 0, figures | {"test_accuracy": 0.88}, tmp_path / "base.safetensors")
+    results["bases"]["1"] = {"test_accuracy": 0.9}  # an older file recorded no validation figure: not checked
+    compare.check_base(results, 1, figures, tmp_path / "base.safetensors")
+
+
 def test_planned_epochs_count_every_trial():
     spec = {"run": {"epochs_base": 10, "sweep": [0.1, 0.2]}, "epochs": 20, "ft_epochs": 5}
     train, passes = compare.planned(spec)
