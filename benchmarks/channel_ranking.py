@@ -8,9 +8,12 @@ validation accuracy, with no fine-tune: how much of the network each ranking kee
   ``|gamma|`` of the group's BatchNorm layers, or where the group has none (vgg11) the norm of every weight that
   writes or reads the channel;
 * ``rms``: the root mean square of the weights that write the channel (:func:`sabr.channels.channel_rms`, the
-  ramp's first rank).
+  ramp's first rank);
+* ``torch_pruning``: Torch-Pruning's one-shot choice at that ratio (``structured.torch_pruning``: group L2
+  magnitude, the peer of ``benchmarks/structured.py`` before its fine-tune), where ``torch-pruning`` is installed.
 
-One table per model, mean and per run:
+One table per model, mean and per run. Rows accumulate in ``--out`` per run folder name: measuring some runs
+again replaces their rows and keeps those of the others.
 
     python benchmarks/channel_ranking.py runs/structured/resnet18-s{0,1,2} runs/structured/vgg11-s{0,1,2}
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import statistics
 import sys
@@ -48,7 +52,8 @@ def measure(run: Path, shares: tuple[float, ...]) -> list[dict]:
     """One row per (share, ranking) of the run's base model: validation accuracy after pruning and recalibration."""
     exp = sabr.load_experiment(run)
     base = sabr.load_run(run, "base")[0].eval()
-    groups = channel_groups(base, exp.example_input().cpu())
+    example = exp.example_input().cpu()
+    groups = channel_groups(base, example)
     recalibrate = bn_recalibrator(exp)
     model_name = exp.config.model
     rows = [{"run": run.name, "model": model_name, "share": 0.0, "ranking": "none",
@@ -59,6 +64,13 @@ def measure(run: Path, shares: tuple[float, ...]) -> list[dict]:
             sabr.prune_channel_share(model, groups, share, rank)
             recalibrate(model)
             rows.append({"run": run.name, "model": model_name, "share": share, "ranking": name,
+                         "val_accuracy": evaluate_split(exp, model, exp.val)[1]})
+        if importlib.util.find_spec("torch_pruning") is not None:
+            from structured import torch_pruning  # this script's folder is on sys.path
+
+            model = torch_pruning(base, example, share)
+            recalibrate(model)
+            rows.append({"run": run.name, "model": model_name, "share": share, "ranking": "torch_pruning",
                          "val_accuracy": evaluate_split(exp, model, exp.val)[1]})
     return rows
 
@@ -75,21 +87,28 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"no base checkpoint in {', '.join(missing)}: pass run folders of benchmarks/structured.py")
     torch.set_num_threads(args.threads)
     rows = [row for run in args.runs for row in measure(Path(run), tuple(args.shares))]
+    out = Path(args.out)
+    measured = {r["run"] for r in rows}
+    command = " ".join(["python benchmarks/channel_ranking.py", *(argv if argv is not None else sys.argv[1:])])
+    commands = [command]
+    if out.is_file():  # the rows of runs not measured this time are kept, with the commands that measured them
+        old = json.loads(out.read_text())
+        rows = [r for r in old["rows"] if r["run"] not in measured] + rows
+        commands = old.get("commands", [old.get("command")]) + commands
+    rankings = list(dict.fromkeys(r["ranking"] for r in rows if r["ranking"] != "none"))
     for model in dict.fromkeys(r["model"] for r in rows):
         print(f"\n{model}: validation % after removing a share of every group, mean (per run), no fine-tune\n")
-        print("| share | " + " | ".join(RANKINGS) + " |")
-        print("|---|" + "---|" * len(RANKINGS))
-        for share in args.shares:
+        print("| share | " + " | ".join(rankings) + " |")
+        print("|---|" + "---|" * len(rankings))
+        for share in sorted({r["share"] for r in rows if r["model"] == model and r["share"] > 0}):
             cells = []
-            for name in RANKINGS:
+            for name in rankings:
                 accs = [100 * r["val_accuracy"] for r in rows
                         if (r["model"], r["share"], r["ranking"]) == (model, share, name)]
-                cells.append(f"{statistics.mean(accs):.1f} ({' / '.join(f'{a:.1f}' for a in accs)})")
+                cells.append(f"{statistics.mean(accs):.1f} ({' / '.join(f'{a:.1f}' for a in accs)})" if accs else "-")
             print(f"| {100 * share:g}% | " + " | ".join(cells) + " |")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"threads": args.threads, "command": " ".join(
-        ["python benchmarks/channel_ranking.py", *(argv if argv is not None else sys.argv[1:])]), "rows": rows},
-        indent=1) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"threads": args.threads, "commands": commands, "rows": rows}, indent=1) + "\n")
     return 0
 
 
