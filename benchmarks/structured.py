@@ -96,8 +96,9 @@ def sabr_run(model: str, seed: int, args: argparse.Namespace, structured: bool =
                 cmd += ["--epochs-base", str(args.epochs_base)]
             if args.base_from is not None:
                 cmd += ["--base-checkpoint", str(Path(args.base_from) / f"{model}-s{seed}" / "base.safetensors")]
-        else:
-            cmd += ["--base-checkpoint", str(sabr_run(model, seed, args) / "base.safetensors")]
+        else:  # the structured run's base: its fine-tune may still be running in another process
+            base = run_folder(model, seed, args) / "base.safetensors"
+            cmd += ["--base-checkpoint", str(base if base.is_file() else sabr_run(model, seed, args) / base.name)]
             if args.unstructured_epochs_sabr is not None:
                 cmd += ["--epochs-sabr", str(args.unstructured_epochs_sabr)]
     log.info("%s", " ".join(cmd))
@@ -264,10 +265,22 @@ def load_results(path: Path, model: str, args: argparse.Namespace) -> dict:
     return results
 
 
+def check_base(results: dict, row: dict, source: Path) -> None:
+    """Refuse ``row`` when ``results`` holds rows of its seed measured against another base (its seed's base
+    trained again on another machine: runs repeat exactly only on one machine)."""
+    bases = {m["base_test_accuracy"] for m in results["methods"] if m["seed"] == row["seed"]}
+    if bases and row["base_test_accuracy"] not in bases:
+        raise SystemExit(f"{source}: seed {row['seed']}'s {row['name']} row was measured against a base of "
+                         f"{100 * row['base_test_accuracy']:.2f}% test accuracy, the results file's rows of that seed "
+                         f"against {', '.join(f'{100 * b:.2f}%' for b in sorted(bases))}: another base; merge it "
+                         "into another --out.")
+
+
 def merge(paths: list[Path], out: Path, args: argparse.Namespace, prefix: str = "") -> list[tuple[dict, Path]]:
     """Add the rows of other results files (e.g. seeds run side by side, ``--seeds N --out DIR`` per process)
     to the results file of their model in ``out``, each (name, seed) once: rows already there are kept. Every
-    file is checked as :func:`load_results` checks the results file. Returns each model's results and path."""
+    file is checked as :func:`load_results` checks the results file, and each row against the base of its
+    seed's rows already there (:func:`check_base`). Returns each model's results and path."""
     merged: dict[str, tuple[dict, Path]] = {}
     for part in paths:
         if not part.is_file():
@@ -278,6 +291,7 @@ def merge(paths: list[Path], out: Path, args: argparse.Namespace, prefix: str = 
             merged[model] = (load_results(path, model, args), path)
         results, path = merged[model]
         for row in load_results(part, model, args)["methods"]:
+            check_base(results, row, part)
             accumulate(results, partial(write_json, path, results), row["name"], row["seed"], partial(dict, row))
     return list(merged.values())
 

@@ -97,6 +97,10 @@ def test_merge_adds_the_rows_of_seeds_run_side_by_side_and_keeps_the_rows_there(
     assert "| dense | 3 |" in capsys.readouterr().out and (out / "structured-resnet18.png").is_file()
     assert structured.main(["--merge", *parts, "--out", str(out)]) == 0  # again: nothing added twice
     assert json.loads((out / "structured-resnet18.json").read_text()) == merged
+    (b / "structured-resnet18.json").write_text(json.dumps(head | {"methods": [_row("sabr_structured", 3, 0.9, 1.0,
+                                                                                     base=0.95)]}))
+    with pytest.raises(SystemExit, match="another base"):  # seed 3's base trained again elsewhere
+        structured.main(["--merge", parts[1], "--out", str(out)])
     (b / "structured-resnet18.json").write_text(json.dumps(head | {"threads": 2, "methods": []}))
     with pytest.raises(SystemExit, match="2 thread"):  # results of another setting are not mixed in
         structured.main(["--merge", parts[1], "--out", str(out)])
@@ -148,6 +152,11 @@ def test_the_unstructured_run_starts_from_the_structured_runs_base_without_struc
     assert "--structured" not in cmd and "--epochs-sabr" not in cmd and "--finetune-epochs" not in cmd
     structured.sabr_run("vgg11", 2, args)  # the structured run: from --base-from, its own epochs
     assert "--structured" in ran[1] and ran[1][ran[1].index("--base-checkpoint") + 1].startswith("OLD")
+    (tmp_path / "vgg11-s3").mkdir()
+    (tmp_path / "vgg11-s3" / "base.safetensors").write_bytes(b"")  # phase 1 done, its fine-tune still running
+    structured.sabr_run("vgg11", 3, args, structured=False)
+    assert len(ran) == 3 and "--structured" not in ran[2]  # the structured run is not started (again) first
+    assert ran[2][ran[2].index("--base-checkpoint") + 1] == str(tmp_path / "vgg11-s3" / "base.safetensors")
 
 
 def test_methods_choose_the_rows_measured_besides_dense(tmp_path, monkeypatch):
