@@ -25,6 +25,7 @@ cut off midway continues where it stopped; ``--report`` redraws the table and th
     python benchmarks/structured.py --models resnet18 --quick     # smoke run, a few minutes
     python benchmarks/structured.py                                # the full run (hours), resumable
     python benchmarks/structured.py --report                       # table and plot of what is there
+    python benchmarks/structured.py --report --seeds 3 4 5         # of some seeds only (structured-<model>-seeds3-4-5.png)
     python benchmarks/structured.py --base-from OLD_RUNS           # reuse another run's bases (no phase 1)
     python benchmarks/structured.py --retime                       # every row of a seed timed again, together
     python benchmarks/structured.py --methods sabr_unstructured    # add one method's rows to the results
@@ -392,12 +393,18 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def report(results: dict, json_path: Path) -> None:
-    """Print the table and draw the plot beside the JSON file."""
-    print(f"\n## {results['model']} ({results['image_size']} px, {results['threads']} thread(s))\n")
+def report(results: dict, json_path: Path, seeds: list[int] | None = None) -> None:
+    """Print the table and draw the plot beside the JSON file, of every seed's rows or of ``seeds``' only (the
+    plot's name then ends in ``-seeds<N>-<M>...``)."""
+    label = ""
+    if seeds is not None:
+        results = {**results, "methods": [m for m in results["methods"] if m["seed"] in seeds]}
+        label = f", seeds {' '.join(map(str, seeds))}"
+    print(f"\n## {results['model']} ({results['image_size']} px, {results['threads']} thread(s){label})\n")
     print(table(results))
     if results["methods"]:
-        plot(results, json_path.with_suffix(".png"))
+        suffix = "" if seeds is None else "-seeds" + "-".join(map(str, seeds))
+        plot(results, json_path.with_name(json_path.stem + suffix + ".png"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -406,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=str(DATA), help="image folder, one sub-folder per class")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1, help="training and timing threads (default: 1)")
-    p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    p.add_argument("--seeds", type=int, nargs="+", help=f"seeds to train or time (default: {' '.join(map(str, SEEDS))}); "
+                   "with --report, the seeds reported (default: all in the file; the plot's name then names them)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
                    help="rows to measure besides dense (default: all); rows already in the results are kept")
     p.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS), help="Torch-Pruning channel ratios")
@@ -434,8 +442,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     prefix = "quick-" if args.quick else ""
+    report_seeds = args.seeds  # --report: the seeds asked for, else every seed in the file
     if args.quick:
         vars(args).update(QUICK, runs_dir=f"{args.runs_dir}-quick")
+    args.seeds = args.seeds or list(SEEDS)
     if not (args.report or args.merge) and importlib.util.find_spec("torch_pruning") is None:
         raise SystemExit("the Torch-Pruning peer needs the torch-pruning package: pip install 'torch-pruning>=1.6'.")
     torch.set_num_threads(args.threads)
@@ -447,8 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     for model in args.models:
         path = Path(args.out) / f"{prefix}structured-{model}.json"
         if args.report:
-            results = load_results(path, model, args)
-        elif args.retime:
+            report(load_results(path, model, args), path, report_seeds)
+            continue
+        if args.retime:
             results = load_results(path, model, args)
             retime(results, lambda: write_json(path, results), model, args)
         else:

@@ -78,6 +78,10 @@ def test_report_gives_mean_std_over_seeds_and_a_pareto_plot(tmp_path, capsys):
     assert structured.main(["--report", "--models", "resnet18", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "structured-resnet18.png").read_bytes()[:4] == b"\x89PNG"
     assert "| torch_pruning_0.5 | 1 |" in capsys.readouterr().out
+    assert structured.main(["--report", "--models", "resnet18", "--seeds", "1", "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "seeds 1)" in text and "| dense | 1 | 92.00 ± 0.00 |" in text and "torch_pruning" not in text
+    assert (tmp_path / "structured-resnet18-seeds1.png").is_file()  # the plot of all seeds is left as it was
 
 
 
