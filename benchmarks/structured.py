@@ -353,6 +353,30 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def pairs(results: dict) -> str:
+    """Per seed, structured SABR against the Torch-Pruning row of that seed closest to it in parameters (the
+    same share gives the same shapes): test accuracy and batch-1 speedups, and the paired difference; a
+    markdown table, empty when no seed has both."""
+    lines, diffs = [], []
+    for sabr_row in (m for m in results["methods"] if m["name"] == "sabr_structured"):
+        peers = [m for m in results["methods"] if m["seed"] == sabr_row["seed"] and _family(m["name"]) == "torch_pruning"]
+        if not peers:
+            continue
+        peer = min(peers, key=lambda m: abs(m["params"] - sabr_row["params"]))
+        cells = [str(sabr_row["seed"]), f"{100 * sabr_row['base_test_accuracy']:.2f}"]
+        for m in (sabr_row, peer):
+            cells.append(f"{m['params'] / 1e6:.2f}M, {100 * m['test_accuracy']:.2f}%, {m['speedup']['eager']['1']:.2f}x"
+                         + (f" / {m['speedup']['onnxruntime']['1']:.2f}x" if "onnxruntime" in m["speedup"] else ""))
+        diffs.append(sabr_row["test_accuracy"] - peer["test_accuracy"])
+        lines.append(f"| {' | '.join(cells)} | {peer['name']} | {100 * diffs[-1]:+.2f} |")
+    if not lines:
+        return ""
+    lines.append(f"| mean of {len(diffs)} | | | | | {_mean_std(diffs, 100)} |")
+    head = ("| seed | base test (%) | sabr_structured: params, test, b1 speedup eager / onnxruntime | "
+            "nearest Torch-Pruning row: the same | which | sabr - peer (pt) |")
+    return "\n".join([head, "|---|---|---|---|---|---|", *lines])
+
+
 def paired_ms(results: dict, row: dict, kind: str = "eager", batch: str = "1") -> float:
     """``row``'s latency on the scale of its seed's dense row: the dense latency divided by the speedup measured
     in the row's own measurement (latencies of separate measurements on a shared CPU differ by more than the
@@ -402,6 +426,9 @@ def report(results: dict, json_path: Path, seeds: list[int] | None = None) -> No
         label = f", seeds {' '.join(map(str, seeds))}"
     print(f"\n## {results['model']} ({results['image_size']} px, {results['threads']} thread(s){label})\n")
     print(table(results))
+    if pairs(results):
+        print("\nPer seed, against Torch-Pruning at the nearest size:\n")
+        print(pairs(results))
     if results["methods"]:
         suffix = "" if seeds is None else "-seeds" + "-".join(map(str, seeds))
         plot(results, json_path.with_name(json_path.stem + suffix + ".png"))
