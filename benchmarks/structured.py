@@ -327,11 +327,12 @@ def _mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
 
 
 def groups(results: dict) -> dict[str, list[dict]]:
-    """Rows per method name, in the order they were first measured."""
+    """Rows per method name: ``dense``, Torch-Pruning's by ratio, then the others in the order first measured."""
     out: dict[str, list[dict]] = {}
     for m in results["methods"]:
         out.setdefault(m["name"], []).append(m)
-    return out
+    order = {"dense": (0, 0.0)} | {n: (1, float(n.rpartition("_")[2])) for n in out if _family(n) == "torch_pruning"}
+    return dict(sorted(out.items(), key=lambda item: order.get(item[0], (2, 0.0))))
 
 
 def table(results: dict) -> str:
@@ -387,7 +388,7 @@ def paired_ms(results: dict, row: dict, kind: str = "eager", batch: str = "1") -
     return dense[0]["latency_ms"][kind][batch] / row["speedup"][kind][batch]
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(results: dict, path: Path, label: str = "") -> None:
     """Pareto plot: test accuracy against batch-1 eager latency (:func:`paired_ms`), means over seeds, one
     series per method family."""
     import matplotlib
@@ -409,7 +410,7 @@ def plot(results: dict, path: Path) -> None:
                 ax.annotate(name.rsplit("_", 1)[1], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set(xlabel=f"batch-1 latency, eager PyTorch, {results['threads']} thread(s) (ms; dense / paired speedup)",
            ylabel="test accuracy (%)",
-           title=f"{results['model']} at {results['image_size']} px: accuracy against measured latency")
+           title=f"{results['model']} at {results['image_size']} px{label}: accuracy against measured latency")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -431,7 +432,7 @@ def report(results: dict, json_path: Path, seeds: list[int] | None = None) -> No
         print(pairs(results))
     if results["methods"]:
         suffix = "" if seeds is None else "-seeds" + "-".join(map(str, seeds))
-        plot(results, json_path.with_name(json_path.stem + suffix + ".png"))
+        plot(results, json_path.with_name(json_path.stem + suffix + ".png"), label)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,6 +70,7 @@ def test_report_gives_mean_std_over_seeds_and_a_pareto_plot(tmp_path, capsys):
     assert "| dense | 2 | 91.00 ± 1.41 | -1.00 ± 1.41 | 2.00 ± 0.00 | 30.0 ± 0.0 | 2.000 ± 0.000 (1.00x) |" in text
     assert "| sabr_structured | 2 | 89.00 ± 0.00 |" in text and "0.500 ± 0.000 (4.00x)" in text
     assert "| torch_pruning_0.5 | 1 | 85.00 ± 0.00 | 5.00 ± 0.00 |" in text
+    assert text.index("| dense") < text.index("| torch_pruning_0.5") < text.index("| sabr_structured")  # peers first
     paired = structured.pairs(results | {"methods": [*rows, rows[4] | {"name": "torch_pruning_0.9", "params": 1}]})
     assert paired.count("\n| 0 |") == 1 and "| 1 |" not in paired  # seed 1 has no Torch-Pruning row
     assert "| torch_pruning_0.5 | +4.00 |" in paired  # the peer of the same size, not the smaller one
