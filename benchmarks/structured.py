@@ -268,7 +268,8 @@ def load_results(path: Path, model: str, args: argparse.Namespace) -> dict:
 
 def check_base(results: dict, row: dict, source: Path) -> None:
     """Refuse ``row`` when ``results`` holds rows of its seed measured against another base (its seed's base
-    trained again on another machine: runs repeat exactly only on one machine)."""
+    trained again on another machine: runs repeat exactly only on one machine). Bases are told apart by their
+    test accuracy, the one base figure every row records, so two bases with the same test accuracy pass."""
     bases = {m["base_test_accuracy"] for m in results["methods"] if m["seed"] == row["seed"]}
     if bases and row["base_test_accuracy"] not in bases:
         raise SystemExit(f"{source}: seed {row['seed']}'s {row['name']} row was measured against a base of "
@@ -427,9 +428,9 @@ def report(results: dict, json_path: Path, seeds: list[int] | None = None) -> No
         label = f", seeds {' '.join(map(str, seeds))}"
     print(f"\n## {results['model']} ({results['image_size']} px, {results['threads']} thread(s){label})\n")
     print(table(results))
-    if pairs(results):
-        print("\nPer seed, against Torch-Pruning at the nearest size:\n")
-        print(pairs(results))
+    paired = pairs(results)
+    if paired:
+        print(f"\nPer seed, against Torch-Pruning at the nearest size:\n\n{paired}")
     if results["methods"]:
         suffix = "" if seeds is None else "-seeds" + "-".join(map(str, seeds))
         plot(results, json_path.with_name(json_path.stem + suffix + ".png"), label)
