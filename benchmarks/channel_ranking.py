@@ -9,8 +9,8 @@ validation accuracy, with no fine-tune: how much of the network each ranking kee
   writes or reads the channel;
 * ``rms``: the root mean square of the weights that write the channel (:func:`sabr.channels.channel_rms`, the
   ramp's first rank);
-* ``torch_pruning``: Torch-Pruning's one-shot choice at that ratio (``structured.torch_pruning``: group L2
-  magnitude, the peer of ``benchmarks/structured.py`` before its fine-tune), where ``torch-pruning`` is installed.
+* ``torch_pruning``: Torch-Pruning's one-shot choice at that ratio (:func:`sabr.baselines.torch_pruning_channels`:
+  group L2 magnitude, the peer of ``benchmarks/structured.py`` before its fine-tune), where ``torch-pruning`` is installed.
 
 One table per model, mean and per run. Rows accumulate in ``--out`` per run folder name: measuring some runs
 again replaces their rows and keeps those of the others.
@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 import sabr
+from sabr.baselines import torch_pruning_channels
 from sabr.channels import ChannelGroup, channel_groups, channel_rms, channel_scale
 from sabr.experiment import evaluate_split
 from sabr.phases import bn_recalibrator
@@ -66,9 +67,7 @@ def measure(run: Path, shares: tuple[float, ...]) -> list[dict]:
             rows.append({"run": run.name, "model": model_name, "share": share, "ranking": name,
                          "val_accuracy": evaluate_split(exp, model, exp.val)[1]})
         if importlib.util.find_spec("torch_pruning") is not None:
-            from structured import torch_pruning  # this script's folder is on sys.path
-
-            model = torch_pruning(base, example, share)
+            model = torch_pruning_channels(base, example, share)
             recalibrate(model)
             rows.append({"run": run.name, "model": model_name, "share": share, "ranking": "torch_pruning",
                          "val_accuracy": evaluate_split(exp, model, exp.val)[1]})

@@ -41,7 +41,6 @@ Needs ``torch-pruning`` (measured with 1.6) and, for the ONNX Runtime figures, s
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib.util
 import json
 import logging
@@ -57,6 +56,7 @@ import torch
 from torch import nn
 
 import sabr
+from sabr.baselines import torch_pruning_channels
 from sabr.bench import measure_latency
 from sabr.checkpoint import write_json
 from sabr.experiment import Experiment, evaluate_split
@@ -118,19 +118,6 @@ def sabr_epochs(run_dir: Path) -> int:
     return int(s["sabr"]["epochs"]) + int(s["pruned"].get("finetune_epochs") or 0)
 
 
-def torch_pruning(base: nn.Module, example: torch.Tensor, ratio: float) -> nn.Module:
-    """A copy of ``base`` with ``ratio`` of the channels of every coupled group removed by Torch-Pruning
-    (group L2 magnitude, the last Linear layer kept whole)."""
-    import torch_pruning as tp
-
-    model = copy.deepcopy(base).cpu().eval()
-    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
-    pruner = tp.pruner.MagnitudePruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                       pruning_ratio=ratio, ignored_layers=head)
-    pruner.step()
-    return model
-
-
 class Seed:
     """One seed's run folder, experiment and models, each made on first use (a resumed seed may need none)."""
 
@@ -173,7 +160,7 @@ class Seed:
         return sabr.load_run(sabr_run(self.model, self.seed, self.args, structured=False), "pruned")[0].eval()
 
     def peer(self, ratio: float) -> nn.Module:
-        model = torch_pruning(self.base, self.example(), ratio)
+        model = torch_pruning_channels(self.base, self.example(), ratio)
         epochs = self.args.finetune_epochs or sabr_epochs(self.run)
         return finetune_masked(self.exp, model, epochs)[0].eval()
 
@@ -223,7 +210,7 @@ def retime(results: dict, save: Callable[[], None], model: str, args: argparse.N
             elif m["name"] == "sabr_unstructured":
                 models[m["name"]] = s.unstructured()
             elif m["name"].startswith("torch_pruning_"):
-                models[m["name"]] = torch_pruning(s.base, s.example(), float(m["name"].rpartition("_")[2]))
+                models[m["name"]] = torch_pruning_channels(s.base, s.example(), float(m["name"].rpartition("_")[2]))
         lat = measure_latency(models, s.example(), BATCHES, runs=args.runs, warmup=max(1, args.runs // 10),
                               threads=args.threads)["latency"]
         for m in rows:

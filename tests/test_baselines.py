@@ -209,3 +209,20 @@ def test_oneshot_finetune_layer_allocation_prunes_every_tensor_alike(exp):
     model, _ = oneshot_finetune(exp, exp.new_model(), epochs=1, sparsity=0.5, allocation="layer", lr=1e-4)
     for layer in sparsity_report(model).layers:
         assert layer.sparsity == pytest.approx(0.5, abs=0.01), layer.name
+
+
+def test_torch_pruning_channels_returns_a_smaller_copy_and_says_what_to_install_without_the_package(monkeypatch):
+    from sabr import create_model
+    from sabr.baselines import torch_pruning_channels
+
+    model = create_model("compact_cnn", 10, 1, 8).eval()
+    before = copy.deepcopy(model.state_dict())
+    small = torch_pruning_channels(model, torch.randn(2, 1, 8, 8), 0.5)
+    convs = lambda m: [c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)]  # noqa: E731
+    assert all(a < b for a, b in zip(convs(small), convs(model)))
+    assert [m for m in small.modules() if isinstance(m, nn.Linear)][-1].out_features == 10  # the head is whole
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model given is untouched
+    assert small(torch.randn(3, 1, 8, 8)).shape == (3, 10)
+    monkeypatch.setitem(__import__("sys").modules, "torch_pruning", None)
+    with pytest.raises(ImportError, match="pip install 'torch-pruning"):
+        torch_pruning_channels(model, torch.randn(2, 1, 8, 8), 0.5)

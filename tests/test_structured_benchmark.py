@@ -202,7 +202,7 @@ def test_methods_choose_the_rows_measured_besides_dense(tmp_path, monkeypatch):
 @pytest.mark.slow  # a digits experiment, a fine-tune epoch, two ONNX exports: about 10 s on a busy CPU
 def test_torch_pruning_removes_channels_and_a_row_is_measured_against_the_base():
     s = tiny_seed()
-    small = structured.torch_pruning(s.base, s.example(), 0.5)
+    small = structured.torch_pruning_channels(s.base, s.example(), 0.5)
     convs = lambda m: [c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)]  # noqa: E731
     assert all(a < b for a, b in zip(convs(small), convs(s.base)))
     assert [m for m in small.modules() if isinstance(m, nn.Linear)][-1].out_features == 10  # the head is whole
