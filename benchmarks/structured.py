@@ -397,8 +397,9 @@ def plot(results: dict, path: Path, label: str = "") -> None:
             if name.startswith("torch_pruning_"):
                 ax.annotate(name.rsplit("_", 1)[1], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set(xlabel=f"batch-1 latency, eager PyTorch, {results['threads']} thread(s) (ms; dense / paired speedup)",
-           ylabel="test accuracy (%)",
-           title=f"{results['model']} at {results['image_size']} px{label}: accuracy against measured latency")
+           ylabel="test accuracy (%)")
+    ax.set_title(f"{results['model']} at {results['image_size']} px{label}: accuracy against measured latency",
+                 fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
