@@ -97,9 +97,8 @@ def sabr_run(model: str, seed: int, args: argparse.Namespace, structured: bool =
                 cmd += ["--epochs-base", str(args.epochs_base)]
             if args.base_from is not None:
                 cmd += ["--base-checkpoint", str(Path(args.base_from) / f"{model}-s{seed}" / "base.safetensors")]
-        else:  # the structured run's base: its fine-tune may still be running in another process
-            base = run_folder(model, seed, args) / "base.safetensors"
-            cmd += ["--base-checkpoint", str(base if base.is_file() else sabr_run(model, seed, args) / base.name)]
+        else:
+            cmd += ["--base-checkpoint", str(base_folder(model, seed, args) / "base.safetensors")]
             if args.unstructured_epochs_sabr is not None:
                 cmd += ["--epochs-sabr", str(args.unstructured_epochs_sabr)]
     log.info("%s", " ".join(cmd))
@@ -110,6 +109,14 @@ def sabr_run(model: str, seed: int, args: argparse.Namespace, structured: bool =
 def run_folder(model: str, seed: int, args: argparse.Namespace, structured: bool = True) -> Path:
     """Where :func:`sabr_run` puts the run of ``model`` and ``seed``."""
     return Path(args.runs_dir) / f"{model}-s{seed}{'' if structured else '-unstructured'}"
+
+
+def base_folder(model: str, seed: int, args: argparse.Namespace) -> Path:
+    """The structured run's folder once its base is trained, whether or not its fine-tune has finished (it may
+    be running in another process): all the dense, Torch-Pruning and unstructured rows need; else the folder
+    of the run, started (:func:`sabr_run`)."""
+    out = run_folder(model, seed, args)
+    return out if (out / "base.safetensors").is_file() else sabr_run(model, seed, args)
 
 
 def sabr_epochs(run_dir: Path) -> int:
@@ -136,11 +143,9 @@ class Seed:
 
     @property
     def base_run(self) -> Path:
-        """The structured run's folder once its base is trained, whether or not its fine-tune has finished: all
-        the dense and Torch-Pruning rows need (with ``--finetune-epochs``), so they can be measured in another
-        process beside the run's fine-tune; else :attr:`run`."""
-        out = run_folder(self.model, self.seed, self.args)
-        return out if (out / "base.safetensors").is_file() else self.run
+        """:func:`base_folder`: with ``--finetune-epochs``, the dense and Torch-Pruning rows can be measured in
+        another process beside the structured run's fine-tune."""
+        return self._get("base_run", lambda: base_folder(self.model, self.seed, self.args))
 
     @property
     def exp(self) -> Experiment:
