@@ -215,7 +215,7 @@ def retime(results: dict, save: Callable[[], None], model: str, args: argparse.N
             elif m["name"] == "sabr_unstructured":
                 models[m["name"]] = s.unstructured()
             elif m["name"].startswith("torch_pruning_"):
-                models[m["name"]] = torch_pruning_channels(s.base, s.example(), float(m["name"].rpartition("_")[2]))
+                models[m["name"]] = torch_pruning_channels(s.base, s.example(), _ratio(m["name"]))
         lat = measure_latency(models, s.example(), BATCHES, runs=args.runs, warmup=max(1, args.runs // 10),
                               threads=args.threads)["latency"]
         for m in rows:
@@ -314,6 +314,11 @@ def _family(name: str) -> str:
     return "torch_pruning" if name.startswith("torch_pruning_") else name
 
 
+def _ratio(name: str) -> float:
+    """The channel ratio of a ``torch_pruning_<ratio>`` row."""
+    return float(name.rpartition("_")[2])
+
+
 def _mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{scale * statistics.mean(values):.{digits}f} ± {scale * sd:.{digits}f}"
@@ -324,7 +329,7 @@ def groups(results: dict) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for m in results["methods"]:
         out.setdefault(m["name"], []).append(m)
-    order = {"dense": (0, 0.0)} | {n: (1, float(n.rpartition("_")[2])) for n in out if _family(n) == "torch_pruning"}
+    order = {"dense": (0, 0.0)} | {n: (1, _ratio(n)) for n in out if _family(n) == "torch_pruning"}
     return dict(sorted(out.items(), key=lambda item: order.get(item[0], (2, 0.0))))
 
 
