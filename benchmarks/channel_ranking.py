@@ -57,19 +57,23 @@ def measure(run: Path, shares: tuple[float, ...]) -> list[dict]:
     groups = channel_groups(base, example)
     recalibrate = bn_recalibrator(exp)
     model_name = exp.config.model
-    rows = [{"run": run.name, "model": model_name, "share": 0.0, "ranking": "none",
-             "val_accuracy": evaluate_split(exp, base, exp.val)[1]}]
-    for share in shares:
+    with_peer = importlib.util.find_spec("torch_pruning") is not None
+
+    def pruned(share: float):
+        """(ranking, the base with ``share`` of every group removed by it)."""
         for name, rank in RANKINGS.items():
             model = copy.deepcopy(base)
             sabr.prune_channel_share(model, groups, share, rank)
+            yield name, model
+        if with_peer:
+            yield "torch_pruning", torch_pruning_channels(base, example, share)
+
+    rows = [{"run": run.name, "model": model_name, "share": 0.0, "ranking": "none",
+             "val_accuracy": evaluate_split(exp, base, exp.val)[1]}]
+    for share in shares:
+        for name, model in pruned(share):
             recalibrate(model)
             rows.append({"run": run.name, "model": model_name, "share": share, "ranking": name,
-                         "val_accuracy": evaluate_split(exp, model, exp.val)[1]})
-        if importlib.util.find_spec("torch_pruning") is not None:
-            model = torch_pruning_channels(base, example, share)
-            recalibrate(model)
-            rows.append({"run": run.name, "model": model_name, "share": share, "ranking": "torch_pruning",
                          "val_accuracy": evaluate_split(exp, model, exp.val)[1]})
     return rows
 
