@@ -264,12 +264,12 @@ def test_finetune_with_a_ramp_prunes_one_factor_further_per_epoch_within_the_bud
         prune(m, teta1=factor)
 
     ramp = PruneRamp.start(model, float("-inf"), factors, kept_accuracy=0.0)  # every epoch fits
-    tuned, rows = finetune_masked(exp, copy.deepcopy(model), 3, ramp=ramp, grow=grow)
+    tuned, rows = finetune_masked(exp, copy.deepcopy(model), 3, ramp=ramp, step=grow)
     assert grown == [0.5, 1.0] and [r["prune_teta1"] for r in rows] == [0.2, 0.5, 1.0]
     assert ramp.kept_epoch == 3 and sparsity_report(tuned).sparsity > sparsity_report(model).sparsity
     # the start fits and no epoch does: the factor never grows, and the run ends with the starting model unchanged
     ramp = PruneRamp.start(model, 2.0, factors, kept_accuracy=2.0)
-    tuned, rows = finetune_masked(exp, copy.deepcopy(model), 2, ramp=ramp, grow=grow)
+    tuned, rows = finetune_masked(exp, copy.deepcopy(model), 2, ramp=ramp, step=grow)
     assert grown == [0.5, 1.0] and [r["prune_teta1"] for r in rows] == [0.2, 0.2]
     assert all(torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), model.state_dict().values()))
     # the second factor breaks the budget: back to epoch 1's model and its zero pattern, then grown again
@@ -279,8 +279,67 @@ def test_finetune_with_a_ramp_prunes_one_factor_further_per_epoch_within_the_bud
             return super().update(model, epoch, val_accuracy)
 
     ramp = SecondEpochBreaks.start(model, 0.0, factors, kept_accuracy=0.0)
-    tuned, rows = finetune_masked(exp, copy.deepcopy(model), 4, ramp=ramp, grow=grow)
+    tuned, rows = finetune_masked(exp, copy.deepcopy(model), 4, ramp=ramp, step=grow)
     assert [r["prune_teta1"] for r in rows] == [0.2, 0.5, 0.2, 0.5] and ramp.kept_epoch == 4
+
+
+def test_prune_ramp_downwards_starts_at_the_top_steps_down_only_when_not_recovering_and_settles():
+    model = _model()
+    ramp = PruneRamp.start(model, floor=0.9, factors=[0.5, 0.0, 0.25], kept_accuracy=0.92, patience=2, descend=True)
+    assert (ramp.factor, ramp.kept_factor, ramp.fits) == (0.5, 0.0, True)  # the starting model is the fallback
+    assert ramp.update(model, 1, 0.60) == "hold"  # below the floor, but the step's first epoch
+    assert ramp.update(model, 2, 0.70) == "hold" and ramp.misses == 0  # climbing: recovering from the cut
+    assert ramp.update(model, 3, 0.65) == "hold" and ramp.misses == 1
+    assert ramp.update(model, 4, 0.70) == "shrink"  # a second epoch in a row below the floor and no new best
+    assert (ramp.factor, ramp.kept_factor, ramp.misses) == (0.25, 0.0, 0)
+    assert ramp.update(model, 5, 0.50) == "hold"  # the new step's first epoch
+    assert ramp.update(model, 6, 0.91) == "hold" and ramp.settled and (ramp.kept_factor, ramp.kept_epoch) == (0.25, 6)
+    assert [ramp.update(model, e, 0.5) for e in (7, 8, 9)] == ["hold"] * 3 and ramp.factor == 0.25  # settled
+    assert ramp.update(model, 10, 0.95) == "hold" and ramp.kept_epoch == 10  # the settled step's best epoch
+    assert ramp.update(model, 11, 0.93) == "hold" and (ramp.kept_epoch, ramp.kept_accuracy) == (10, 0.95)
+
+
+def test_prune_ramp_downwards_that_never_fits_ends_at_the_bottom_with_the_most_accurate_epoch():
+    model = _model()
+    ramp = PruneRamp.start(model, floor=0.9, factors=[0.0, 0.25], kept_accuracy=0.80, patience=1, descend=True)
+    assert not ramp.fits and ramp.factor == 0.25
+    assert ramp.update(model, 1, 0.85) == "hold" and (ramp.kept_factor, ramp.kept_epoch) == (0.25, 1)  # best yet
+    assert ramp.update(model, 2, 0.84) == "shrink" and ramp.factor == 0.0
+    assert ramp.update(model, 3, 0.83) == "hold" and ramp.update(model, 4, 0.82) == "hold"  # nowhere further down
+    assert (ramp.kept_factor, ramp.kept_epoch, ramp.fits) == (0.25, 1, False)
+    assert ramp.update(model, 5, 0.90) == "hold" and (ramp.kept_factor, ramp.kept_epoch, ramp.fits) == (0.0, 5, True)
+
+
+def test_finetune_with_a_downward_ramp_gives_channels_back_and_trains_them():
+    from sabr.channels import channel_groups, channel_rms
+    from sabr.pipeline import finetune_masked, prepare
+    from sabr.pruning import prune_channel_share, revive_channels
+
+    exp = prepare(RunConfig(max_per_class=20, epochs_base=1, device="cpu"), progress=False)
+    start = exp.new_model()
+    groups = channel_groups(start, exp.example_input())
+    model = copy.deepcopy(start)
+    prune_channel_share(model, groups, 0.5)
+    alive = lambda m: [int((channel_rms(dict(m.named_parameters()), g) > 0).sum()) for g in groups]  # noqa: E731
+    at_top = alive(model)
+    accuracies = {1: 0.0, 2: 0.0, 3: 1.0}  # epoch 2 does not recover: one step down; epoch 3 is within the floor
+
+    class Scripted(PruneRamp):
+        def update(self, model, epoch, val_accuracy):
+            return super().update(model, epoch, accuracies[epoch])
+
+    ramp = Scripted.start(start, 0.5, [0.0, 0.25, 0.5], kept_accuracy=0.0, column="channel_share", descend=True)
+    steps = []
+
+    def step(m, share):
+        steps.append(share)
+        revive_channels(m, start, groups, share)
+
+    tuned, rows = finetune_masked(exp, model, 3, ramp=ramp, step=step)
+    assert steps == [0.25] and [r["channel_share"] for r in rows] == [0.5, 0.5, 0.25] and ramp.kept_epoch == 3
+    lower = copy.deepcopy(start)
+    prune_channel_share(lower, groups, 0.25)
+    assert alive(tuned) == alive(lower) != at_top  # the channels given back stayed: the masks were taken again
 
 
 @pytest.mark.slow

@@ -1,5 +1,7 @@
 """Structured SABR: channel groups, whole-channel pruning, and shrunk models equal to their pruned originals."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ from torch import nn
 from sabr import SABR, create_model, prune, shrink
 from sabr.channels import channel_groups, channel_rms, channel_scale, group_parameters
 from sabr.errors import ConfigError
-from sabr.pruning import prunable_sparsity, prune_channel_share
+from sabr.pruning import prunable_sparsity, prune_channel_share, revive_channels
 
 # (model, input channels, image size): every built-in and the torchvision families the groups cover
 ARCHITECTURES = [("compact_cnn", 1, 8), ("lenet5", 1, 28), ("small_vgg", 1, 28), ("vgg11", 3, 32),
@@ -165,6 +167,31 @@ def test_a_channel_share_removes_the_smallest_channels_of_every_group_in_multipl
         prune_channel_share(model, groups, 1.0)
 
 
+def test_reviving_a_smaller_share_gives_back_the_reference_channels_and_keeps_the_trained_ones():
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.Conv2d(1, 32, 3), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 16, 3), nn.ReLU(),
+                              nn.Flatten(), nn.Linear(16 * 16, 3))
+    with torch.no_grad():
+        reference[1].weight.copy_(torch.rand(32) + 0.1)
+    groups = channel_groups(reference, torch.zeros(1, 1, 8, 8))
+    model = copy.deepcopy(reference)
+    prune_channel_share(model, groups, 0.75)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(2.0)  # "training": every surviving value changes, zeros stay zero
+    trained = copy.deepcopy(model)
+    stats = revive_channels(model, reference, groups, 0.25)
+    lower = copy.deepcopy(reference)
+    assert [s.sparsity for s in stats] == [s.sparsity for s in prune_channel_share(lower, groups, 0.25)]
+    for name, p in model.named_parameters():
+        was, ref, low = dict(trained.named_parameters())[name], dict(reference.named_parameters())[name], \
+            dict(lower.named_parameters())[name]
+        assert torch.equal(p != 0, low != 0), name  # the zero pattern of the smaller share
+        back = (was == 0) & (low != 0)
+        assert torch.equal(p[back], ref[back]) and torch.equal(p[~back], was[~back]), name
+    assert int((model[0].weight.reshape(32, -1) != 0).any(1).sum()) == 24
+
+
 def test_without_batchnorm_a_channel_ranks_by_every_weight_that_writes_or_reads_it():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 16, 3), nn.ReLU(), nn.Conv2d(16, 8, 3), nn.ReLU(), nn.Flatten(),
@@ -219,11 +246,11 @@ def test_structured_run_fine_tunes_reprunes_and_exports_a_smaller_model_with_the
     import json
 
     summary = json.loads((out / "summary.json").read_text())
-    # every fine-tune epoch is within a 100-point budget: epoch 2 trains with 12.5% of every group removed
+    # the ramp cuts once to its top share and every fine-tune epoch is within a 100-point budget: it stays there
     history = (out / "history_finetune.csv").read_text().splitlines()
-    assert history[0].split(",")[-1] == "channel_share" and [r.split(",")[-1] for r in history[1:]] == ["0.0", "0.125"]
-    assert summary["pruned"]["channel_share"] == 0.125 and summary["budget"]["prune_teta1"] in (0.5, 1, 2)
-    assert "smallest 12.5% of every channel group removed in 2 masked fine-tune epochs" in (out / "summary.md").read_text()
+    assert history[0].split(",")[-1] == "channel_share" and [r.split(",")[-1] for r in history[1:]] == ["0.875"] * 2
+    assert summary["pruned"]["channel_share"] == 0.875 and summary["budget"]["prune_teta1"] in (0.5, 1, 2)
+    assert "smallest 87.5% of every channel group removed in 2 masked fine-tune epochs" in (out / "summary.md").read_text()
     st = summary["structured"]
     assert st["groups"] == 4 and st["channels_after"] <= st["channels_before"]
     assert st["params_after"] <= st["params_before"] and st["speedup_batch1"] > 0

@@ -37,7 +37,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
                "shrink"),
     "metrics": ("count_macs", "sparsity_report"),
     "models": ("create_model", "list_models", "register_model"),
-    "pruning": ("apply_masks", "prune", "prune_channel_share", "prune_threshold", "zero_masks"),
+    "pruning": ("apply_masks", "prune", "prune_channel_share", "prune_threshold", "revive_channels", "zero_masks"),
     "regularizer": ("SABR",),
 }
 __getattr__, __dir__, __all__ = attach(__name__, _EXPORTS, globals())
@@ -55,6 +55,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
                          shrink)
     from .metrics import count_macs, sparsity_report
     from .models import create_model, list_models, register_model
-    from .pruning import apply_masks, prune, prune_channel_share, prune_threshold, zero_masks
+    from .pruning import apply_masks, prune, prune_channel_share, prune_threshold, revive_channels, zero_masks
     from .regularizer import SABR
 

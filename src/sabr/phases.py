@@ -283,7 +283,7 @@ def sweep(exp: Experiment, model: nn.Module, teta1_values, gamma: float, params=
 def finetune_masked(exp: Experiment, model: nn.Module, epochs: int, lr: float | None = None,
                     params=None, progress: bool = False,
                     on_row: Callable[[dict], None] | None = None, ramp: PruneRamp | None = None,
-                    grow: Callable[[nn.Module, float], None] | None = None) -> tuple[nn.Module, list[dict]]:
+                    step: Callable[[nn.Module, float], None] | None = None) -> tuple[nn.Module, list[dict]]:
     """Fine-tune a pruned model in place for ``epochs`` epochs, keeping its zeros exactly zero.
 
     The zero pattern of the regularised tensors (``params``, default every Conv/Linear weight) is taken
@@ -295,12 +295,14 @@ def finetune_masked(exp: Experiment, model: nn.Module, epochs: int, lr: float | 
     it is finished (e.g. for TensorBoard).
 
     With a ``ramp`` (:class:`sabr.budget.PruneRamp`, started from ``model``), the budget is judged after every
-    epoch instead: ``grow(model, factor)`` prunes the model further in place when the ramp grows, the model
-    returns to the ramp's kept weights when it says so, the zero pattern is taken again after either, each row
-    records the step its epoch trained at (as ``ramp.column``), and the model ends as the ramp's kept one.
+    epoch instead: ``step(model, factor)`` moves the model in place to the ramp's new step when the ramp grows
+    (prunes further) or shrinks (gives channels back), the model returns to the ramp's kept weights when it
+    says so, the zero pattern is taken again after any of these, each row records the step its epoch trained
+    at (as ``ramp.column``), and the model ends as the ramp's kept one. A ramp that starts at its top step
+    (``descend``) needs the model pruned there already.
     """
-    if ramp is not None and grow is None:
-        raise ValueError("finetune_masked(ramp=...) needs grow(model, factor) to prune the model further")
+    if ramp is not None and step is None:
+        raise ValueError("finetune_masked(ramp=...) needs step(model, factor) to move the model to a ramp step")
     cfg = exp.config
     masks = zero_masks(model, params)
     for p in model.parameters():
@@ -324,13 +326,14 @@ def finetune_masked(exp: Experiment, model: nn.Module, epochs: int, lr: float | 
         action = ramp.update(model, state.epoch, state.rows[-1]["val_accuracy"])
         if state.epoch == epochs:  # no epoch left to train a further pruned model: the kept one is the result
             return
-        if action == "grow":
-            grow(model, ramp.factor)
+        if action in ("grow", "shrink"):
+            step(model, ramp.factor)
         elif action == "revert":
             model.load_state_dict(ramp.kept_model)
         if action != "hold":
-            log.info("fine-tune: budget %s after epoch %d -> %s %g", "held" if action == "grow"
-                     else "broken: back to epoch %d's model," % ramp.kept_epoch, state.epoch, ramp.column, ramp.factor)
+            how = {"grow": "held", "shrink": "broken and not recovering: one step down,",
+                   "revert": "broken: back to epoch %d's model," % ramp.kept_epoch}[action]
+            log.info("fine-tune: budget %s after epoch %d -> %s %g", how, state.epoch, ramp.column, ramp.factor)
             masks.update(zero_masks(model, params))
 
     hooks = FitHooks(on_row=row_done)

@@ -34,7 +34,7 @@ from .metrics import sparsity_report
 from .models import set_dropout
 from .phases import (bn_recalibrator, channel_groups_of, finetune_masked, prune_and_evaluate, resolve_threshold,
                      sweep, train_base, train_sabr)
-from .pruning import prune
+from .pruning import prune, revive_channels
 from .regularizer import SABR
 from .rundir import RunDir
 
@@ -324,17 +324,16 @@ def _budget_phase(exp: Experiment, folder: RunDir, base: PhaseResult, sabr: Phas
 
 def _ramp(exp: Experiment, choice: BudgetChoice, pruned: nn.Module) -> PruneRamp | None:
     """The fine-tune's :class:`~sabr.budget.PruneRamp` when the budget chose the factor (a budget is set, no
-    ``--prune-teta1`` or ``--epsilon``), else ``None``: over the ``--sweep`` factors from the chosen one, or in
-    structured mode over :data:`~sabr.budget.CHANNEL_SHARES` on top of it, a step below the floor given
-    ``k_epoch`` epochs to come back (a channel share costs more than one epoch to recover). When no factor
-    fitted before the fine-tune, the ramp starts from the least-pruned model and grows once a fine-tune epoch
-    is within the budget."""
+    ``--prune-teta1`` or ``--epsilon``), else ``None``: upwards over the ``--sweep`` factors from the chosen one
+    (when no factor fitted before the fine-tune, from the least-pruned model, growing once a fine-tune epoch is
+    within the budget); in structured mode downwards over :data:`~sabr.budget.CHANNEL_SHARES` on top of it: cut
+    once to the top share, one share down after ``k_epoch`` epochs below the floor that did not recover."""
     cfg = exp.config
     if cfg.max_drop is None or cfg.prune_teta1 is not None or cfg.epsilon is not None:
         return None
     if choice.groups is not None:
         return PruneRamp.start(pruned, choice.floor, CHANNEL_SHARES, choice.chosen.val_accuracy, "channel_share",
-                               patience=cfg.k_epoch)
+                               patience=cfg.k_epoch, descend=True)
     factors = [f for f in sorted(set(cfg.sweep)) if f >= choice.chosen.factor]
     return PruneRamp.start(pruned, choice.floor, factors, choice.chosen.val_accuracy)
 
@@ -363,12 +362,21 @@ def _prune_phase(exp: Experiment, folder: RunDir, model: nn.Module, choice: Budg
         kept_zero = cfg.params if groups is None else group_parameters(groups)  # pruned channels stay exactly zero
         on_row = None if board is None else lambda r: board.log_epoch("finetune", {"rows": [r]})  # noqa: E731
         ramp = _ramp(exp, choice, pruned)
-        stats = {} if ramp is None else {ramp.factor: layer_stats}  # per-layer figures by the ramp's step
+        stats = {} if ramp is None else {ramp.factors[0]: layer_stats}  # per-layer figures by the ramp's step
+        start = pruned
+        if ramp is not None and ramp.descend:  # one cut to the top step; a step down gives channels back
+            start = copy.deepcopy(pruned)
+            stats[ramp.factor] = prune_at(pruned, ramp.factor, cfg.gamma, cfg.params, recal, groups, share=True)
 
-        def grow(model: nn.Module, step: float) -> None:
-            stats[step] = prune_at(model, step, cfg.gamma, cfg.params, recal, groups, share=groups is not None)
+        def step(model: nn.Module, to: float) -> None:
+            if ramp.descend:
+                stats[to] = revive_channels(model, start, groups, to)
+                if recal is not None:
+                    recal(model)
+            else:
+                stats[to] = prune_at(model, to, cfg.gamma, cfg.params, recal, groups, share=groups is not None)
         pruned, rows = finetune_masked(exp, pruned, cfg.finetune_epochs, params=kept_zero, on_row=on_row,
-                                       progress=progress and exp.dist.is_main, ramp=ramp, grow=grow)
+                                       progress=progress and exp.dist.is_main, ramp=ramp, step=step)
         _, tuned = evaluate_split(exp, pruned, exp.test)
         log.info("masked fine-tune: test accuracy %.2f%% -> %.2f%%", 100 * test, 100 * tuned)
         figures.update(test_accuracy=tuned, finetune_epochs=len(rows), test_accuracy_before_finetune=test)

@@ -18,6 +18,7 @@ of its row, its biases and its BatchNorm scale and shift set to zero (each group
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
@@ -168,6 +169,28 @@ def prune_channel_share(model: nn.Module, groups: Sequence[ChannelGroup], share:
         drop = order[:int(share * group.channels) // CHANNEL_MULTIPLE * CHANNEL_MULTIPLE]
         live = drop[~dead[drop]]
         stats += _zero_channels(named, group, drop, float(scale[live].max()) if len(live) else 0.0)
+    return stats
+
+
+@torch.no_grad()
+def revive_channels(model: nn.Module, reference: nn.Module, groups: Sequence[ChannelGroup], share: float,
+                    rank: Callable[[nn.Module, ChannelGroup], torch.Tensor] = channel_scale) -> list[LayerPruning]:
+    """Give ``model`` back, in place, the channels that :func:`prune_channel_share` at ``share`` keeps in
+    ``reference`` but ``model`` has zeroed, with ``reference``'s values (their weights, biases and BatchNorm
+    affine parameters; BatchNorm statistics are the caller's to re-estimate).
+
+    The structured fine-tune's downward ramp steps from a share to a smaller one this way: ``model`` was
+    pruned from ``reference`` at a larger share by the same rank, so the channels it keeps are a subset of
+    those the smaller share keeps, and the trained ones keep their training. Returns
+    :func:`prune_channel_share`'s figures for ``reference`` at ``share`` (the zero pattern ``model`` now has).
+    """
+    lower = copy.deepcopy(reference)
+    stats = prune_channel_share(lower, groups, share, rank)
+    named, source = dict(model.named_parameters()), dict(lower.named_parameters())
+    for group in groups:
+        back = ~channel_rows(named, group).ne(0).any(1) & channel_rows(source, group).ne(0).any(1)
+        for name in group.parameters:
+            named[name][back.to(named[name].device)] = source[name][back.to(named[name].device)]
     return stats
 
 
