@@ -3,10 +3,11 @@
 Per model (``--models``, default resnet18 vgg11) on the sign-language photos at 32 px, one thread, per seed:
 
 * ``sabr_structured``: ``python -m sabr run --structured --epochs-sabr 0 --finetune-epochs 30`` (skipped when
-  its ``summary.json`` exists): the budget's adaptive rule removes 12.5% more of every channel group after each
-  fine-tune epoch within 1 point of the base's validation accuracy (``sabr.budget.CHANNEL_SHARES``). Phase 2's
-  group penalty is off (0 epochs): at equal epochs it did not help (docs/benchmarks.md). Its ``pruned``
-  checkpoint is made physically smaller with :func:`sabr.export.shrink`.
+  its ``summary.json`` exists): the fine-tune starts with 87.5% of every channel group removed and the budget's
+  adaptive rule gives 12.5% back while validation stays below 1 point under the base's without recovering, until
+  an epoch is within it (``sabr.budget.CHANNEL_SHARES``, ``PruneRamp(descend=True)``). Phase 2's group penalty
+  is off (0 epochs): at equal epochs it did not help (docs/benchmarks.md). Its ``pruned`` checkpoint is made
+  physically smaller with :func:`sabr.export.shrink`.
 * ``dense``: the same run's ``base`` checkpoint.
 * ``sabr_unstructured``: the default (unstructured) ``python -m sabr run`` from the same base
   (``--base-checkpoint``), its ``pruned`` checkpoint as it is: zeros in dense tensors, what a user of the
@@ -68,7 +69,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "sign-language-digits" / "Dataset"
 MODELS = ("resnet18", "vgg11")
 SEEDS = (0, 1, 2)
-RATIOS = (0.375, 0.5, 0.625, 0.75)
+RATIOS = (0.5, 0.625, 0.75, 0.875, 0.9375)
+"""Torch-Pruning's channel ratios: SABR's shares from 50% to its top (87.5%), and one beyond it."""
 BATCHES = (1, 32)
 METHODS = ("sabr_structured", "torch_pruning", "sabr_unstructured")
 """The rows ``--methods`` chooses from besides ``dense`` (``torch_pruning``: one row per ``--ratios`` value)."""
