@@ -69,8 +69,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "sign-language-digits" / "Dataset"
 MODELS = ("resnet18", "vgg11")
 SEEDS = (0, 1, 2)
-RATIOS = (0.5, 0.625, 0.75, 0.875, 0.9375)
-"""Torch-Pruning's channel ratios: SABR's shares from 50% to its top (87.5%), and one beyond it."""
+RATIOS = (0.5, 0.625, 0.75, 0.875)
+"""Torch-Pruning's channel ratios: SABR's shares from 50% to its top (87.5%)."""
 BATCHES = (1, 32)
 METHODS = ("sabr_structured", "torch_pruning", "sabr_unstructured")
 """The rows ``--methods`` chooses from besides ``dense`` (``torch_pruning``: one row per ``--ratios`` value)."""
