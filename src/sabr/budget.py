@@ -200,7 +200,7 @@ class PruneRamp:
     step's best epoch within the budget. Until then, ``patience`` epochs in a row below the floor that do not
     improve on the step's best validation accuracy step the model one step down (``"shrink"``: the caller
     gives back the channels the lower step keeps), as SABR divides its lambdas after a drop; an epoch that
-    still climbs is recovering from the cut, not failing. Measured why on vgg11 (sign-language photos): the
+    still climbs is recovering from the cut, not failing. Why, measured on vgg11 (sign-language photos): the
     upward ramp spent 1-9 epochs at share 0 recovering from the fine-tune's learning-rate shock and reached
     its top share with the learning rate halved several times, while Torch-Pruning at the same share, the
     same channels removed at once, trained all 30 epochs there.

@@ -143,8 +143,8 @@ class RunConfig:
     bn_recalibrate: bool | None = _f(None, "re-estimate BatchNorm statistics on training batches after pruning "
                                            "(default: on, off with --structured)")
     finetune_epochs: int = _f(0, "phase 4 (optional): masked fine-tuning epochs after pruning; zeros stay zero. "
-                                 "Under a budget, every epoch within it prunes one --sweep factor further, one below it "
-                                 "returns to the last model within it, which is the result (when no factor fits "
+                                 "Under a budget, every epoch within it prunes one --sweep factor further, one below "
+                                 "it returns to the last model within it, which is the result (when no factor fits "
                                  "before, it starts at the weakest; the 'sabr_ft' row of docs/benchmarks.md); with "
                                  "--structured it starts with 87.5%% of every channel group removed, smallest first, "
                                  "and gives 12.5%% back after --k-epoch epochs below the budget without recovering, "
