@@ -363,8 +363,8 @@ def _prune_phase(exp: Experiment, folder: RunDir, model: nn.Module, choice: Budg
         on_row = None if board is None else lambda r: board.log_epoch("finetune", {"rows": [r]})  # noqa: E731
         ramp = _ramp(exp, choice, pruned)
         stats = {} if ramp is None else {ramp.factors[0]: layer_stats}  # per-layer figures by the ramp's step
-        start = pruned
-        if ramp is not None and ramp.descend:  # one cut to the top step; a step down gives channels back
+        start = None  # downwards: the model before the cut, which a step down gives channels back from
+        if ramp is not None and ramp.descend:
             start = copy.deepcopy(pruned)
             stats[ramp.factor] = prune_at(pruned, ramp.factor, cfg.gamma, cfg.params, recal, groups, share=True)
 

@@ -164,7 +164,7 @@ def prune_channel_share(model: nn.Module, groups: Sequence[ChannelGroup], share:
     stats = []
     for group in groups:
         scale = rank(model, group)
-        dead = ~channel_rows(named, group).detach().ne(0).any(1).to(scale.device)
+        dead = ~_live_channels(named, group).to(scale.device)
         order = torch.argsort(scale.masked_fill(dead, float("-inf")), stable=True)  # zero channels first
         drop = order[:int(share * group.channels) // CHANNEL_MULTIPLE * CHANNEL_MULTIPLE]
         live = drop[~dead[drop]]
@@ -188,10 +188,16 @@ def revive_channels(model: nn.Module, reference: nn.Module, groups: Sequence[Cha
     stats = prune_channel_share(lower, groups, share, rank)
     named, source = dict(model.named_parameters()), dict(lower.named_parameters())
     for group in groups:
-        back = ~channel_rows(named, group).ne(0).any(1) & channel_rows(source, group).ne(0).any(1)
+        back = ~_live_channels(named, group) & _live_channels(source, group)
         for name in group.parameters:
-            named[name][back.to(named[name].device)] = source[name][back.to(named[name].device)]
+            rows = back.to(named[name].device)
+            named[name][rows] = source[name][rows]
     return stats
+
+
+def _live_channels(named: dict, group: ChannelGroup) -> torch.Tensor:
+    """``(channels,)`` booleans: which channels of ``group`` have a non-zero weight."""
+    return channel_rows(named, group).detach().ne(0).any(1)
 
 
 @torch.no_grad()
