@@ -407,7 +407,7 @@ def plot(results: dict, path: Path, label: str = "") -> None:
         ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, label=family)
         for x, y, name in points:
             if name.startswith("torch_pruning_"):
-                ax.annotate(name.rsplit("_", 1)[1], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+                ax.annotate(f"{_ratio(name):g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set(xlabel=f"batch-1 latency, eager PyTorch, {results['threads']} thread(s) (ms; dense / paired speedup)",
            ylabel="test accuracy (%)")
     ax.set_title(f"{results['model']} at {results['image_size']} px{label}: accuracy against measured latency",
