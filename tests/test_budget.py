@@ -12,8 +12,20 @@ from torch import nn
 
 from sabr import RunConfig, prune, sparsity_report
 from sabr import pipeline
-from sabr.budget import MIN_GAIN, BudgetTracker, PruneRamp, Trial, choose, search_prune_factor
+from sabr.budget import (MIN_GAIN, PLATEAU_EPOCHS, BudgetTracker, PruneRamp, Trial, budget_floor, choose,
+                         search_prune_factor, val_plateau)
 from sabr.pruning import prunable_sparsity, recalibrate_batchnorm
+
+
+def test_the_budget_is_measured_from_the_base_plateau_not_its_best_epoch():
+    climb = [0.5, 0.7, 0.8, 0.9]
+    plateau = [0.97, 0.98, 0.975, 0.99, 0.97, 0.98, 0.985, 0.975, 0.98, 0.97]  # the last ten epochs
+    assert PLATEAU_EPOCHS == len(plateau)
+    assert val_plateau(climb + plateau, best=0.99) == pytest.approx(0.9775)  # their median: the climb is ignored
+    assert budget_floor(val_plateau(climb + plateau, best=0.99), 0.01) == pytest.approx(0.9675)
+    assert val_plateau(climb, best=0.9) == 0.9  # too few epochs for a plateau: the best epoch's figure
+    assert val_plateau([1.0] * 10, best=0.99) == 0.99  # never above the kept model's own figure
+    assert val_plateau(plateau, best=0.99) == val_plateau([0.2] * 5 + plateau, best=0.99)
 
 
 def test_choose_keeps_one_step_from_the_first_factor_that_breaks_the_budget():

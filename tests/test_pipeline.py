@@ -112,3 +112,22 @@ def test_base_checkpoint_skips_phase_1_and_starts_from_those_weights(run_dir, tm
     base, _ = load_run(out, "base")
     for name, t in load_run(run_dir, "base")[0].state_dict().items():
         assert torch.equal(base.state_dict()[name], t), name
+
+
+@pytest.mark.slow
+def test_the_budget_floor_is_the_base_plateau_less_the_budget_and_travels_with_the_base(tmp_path):
+    import csv
+    import statistics
+
+    out, again = tmp_path / "plateau", tmp_path / "from-base"
+    common = ["--max-per-class", "30", "--epochs-sabr", "1", "--sweep", "0.2", "--max-drop", "0.05", "--quiet"]
+    assert main(["run", *common, "--epochs-base", "12", "--out", str(out)]) == 0
+    vals = [float(r["val_accuracy"]) for r in csv.DictReader((out / "history_base.csv").open())]
+    summary = json.loads((out / "summary.json").read_text())
+    plateau = min(summary["base"]["val_accuracy"], statistics.median(vals[-10:]))
+    assert summary["base"]["val_plateau"] == pytest.approx(plateau)
+    assert summary["budget"]["floor"] == pytest.approx(plateau - 0.05)
+    assert json.loads((out / "base.json").read_text())["val_plateau"] == summary["base"]["val_plateau"]
+    # a run from that base checkpoint, on the same splits, has the same floor without phase 1's history
+    assert main(["run", *common, "--base-checkpoint", str(out / "base.safetensors"), "--out", str(again)]) == 0
+    assert json.loads((again / "summary.json").read_text())["budget"]["floor"] == pytest.approx(plateau - 0.05)

@@ -21,7 +21,7 @@ from torch import nn
 
 from . import report
 from .budget import (CHANNEL_SHARES, TRACK_FACTOR, TRACK_FACTOR_STRUCTURED, BudgetTracker, PruneRamp, Trial,
-                     budget_floor, prune_at, prune_copy, search_prune_factor)
+                     budget_floor, prune_at, prune_copy, search_prune_factor, val_plateau)
 from .channels import group_parameters
 from .checkpoint import check_trusted, load_weights_into, read_metadata, read_weights, save_checkpoint, write_json
 from .config import RunConfig
@@ -170,14 +170,31 @@ def _saver(exp: Experiment, folder: RunDir, phase: str, done: dict, board=None) 
     return on_epoch
 
 
-def _finish(exp: Experiment, folder: RunDir, phase: str, model: nn.Module, rows: list[dict]) -> PhaseResult:
-    """Evaluate a trained phase on validation and test; rank 0 writes its history and checkpoint."""
+def _finish(exp: Experiment, folder: RunDir, phase: str, model: nn.Module, rows: list[dict],
+            plateau: Callable[[float], float] | None = None) -> PhaseResult:
+    """Evaluate a trained phase on validation and test; rank 0 writes its history and checkpoint. ``plateau``
+    (phase 1) gives the budget's reference from the validation figure; it is kept as ``val_plateau``."""
     _, val = evaluate_split(exp, model, exp.val)
     _, test = evaluate_split(exp, model, exp.test)
+    extra = {} if plateau is None else {"val_plateau": plateau(val)}
     if exp.dist.is_main:
         folder.write_history(phase, rows)
-        save_checkpoint(model, folder.checkpoint(phase), exp.metadata(phase, val_accuracy=val, test_accuracy=test))
-    return PhaseResult(model, rows, val, test)
+        save_checkpoint(model, folder.checkpoint(phase),
+                        exp.metadata(phase, val_accuracy=val, test_accuracy=test, **extra))
+    return PhaseResult(model, rows, val, test, extra)
+
+
+def _reference(base: PhaseResult) -> float:
+    """The budget's reference: the base's validation plateau (its best epoch's figure for a run resumed from a
+    state saved before the plateau was kept)."""
+    return base.extra.get("val_plateau", base.val_accuracy)
+
+
+def _given_plateau(metadata: dict) -> Callable[[float], float]:
+    """The plateau of a base from ``--base-checkpoint``: this run's validation figure less the gap its own run
+    recorded between the best epoch and the plateau (none when the checkpoint records no plateau)."""
+    gap = max(0.0, metadata["val_accuracy"] - metadata["val_plateau"]) if "val_plateau" in metadata else 0.0
+    return lambda val: val - gap
 
 
 def _base_phase(exp: Experiment, folder: RunDir, model: nn.Module, state: dict | None,
@@ -185,14 +202,14 @@ def _base_phase(exp: Experiment, folder: RunDir, model: nn.Module, state: dict |
     """Phase 1, or its saved result when the run resumes in a later phase (then ``model`` is untrained)."""
     if state is not None and state["phase"] != "base":
         done = state["done"]["base"]
-        return PhaseResult(model, done["rows"], done["val_accuracy"], done["test_accuracy"])
+        return PhaseResult(model, done["rows"], done["val_accuracy"], done["test_accuracy"], done.get("extra", {}))
     given = exp.config.base_checkpoint
     if given:  # phase 1 done elsewhere: its weights, measured on this run's splits
         load_weights_into(model, _read_checkpoint_weights(Path(given)), source=given)
         log.info("phase 1 skipped: the base model is %s", given)
-        return _finish(exp, folder, "base", model, [])
+        return _finish(exp, folder, "base", model, [], _given_plateau(read_metadata(Path(given))))
     model, rows = train_base(exp, model, progress=progress, resume=state, on_epoch=_saver(exp, folder, "base", {}, board))
-    return _finish(exp, folder, "base", model, rows)
+    return _finish(exp, folder, "base", model, rows, lambda best: val_plateau([r["val_accuracy"] for r in rows], best))
 
 
 def _sabr_phase(exp: Experiment, folder: RunDir, base: PhaseResult, state: dict | None,
@@ -208,7 +225,7 @@ def _sabr_phase(exp: Experiment, folder: RunDir, base: PhaseResult, state: dict 
     budget = None
     if cfg.max_drop is not None:
         track = cfg.prune_teta1 or (TRACK_FACTOR_STRUCTURED if cfg.structured else TRACK_FACTOR)
-        budget = BudgetTracker(budget_floor(base.val_accuracy, cfg.max_drop), cfg.patience, track, cfg.gamma,
+        budget = BudgetTracker(budget_floor(_reference(base), cfg.max_drop), cfg.patience, track, cfg.gamma,
                                cfg.params, channel_groups_of(exp, base.model))
     settings = resolve_threshold(exp, base.model, cfg.sabr_settings(), base.val_accuracy)  # measured in phase 1
     model, reg, rows = train_sabr(exp, base.model, settings=settings, progress=progress, budget=budget, resume=resume,
@@ -275,7 +292,9 @@ class BudgetChoice:
 
     def summary(self, base: PhaseResult, sabr: PhaseResult, pruned: dict) -> dict:
         """``summary.json``'s ``budget`` entry (fractions; drops are base minus pruned)."""
-        return {"max_drop": self.max_drop, "prune_teta1": self.chosen.factor, "within_budget": self.fits,
+        return {"max_drop": self.max_drop, "floor": self.floor if self.max_drop is not None else None,
+                "prune_teta1": self.chosen.factor,
+                "within_budget": self.fits,
                 "val_accuracy": self.chosen.val_accuracy, "val_drop": base.val_accuracy - self.chosen.val_accuracy,
                 "test_drop": base.test_accuracy - pruned["test_accuracy"], "sabr_epoch": sabr.extra["kept_epoch"]}
 
@@ -288,7 +307,7 @@ def _budget_phase(exp: Experiment, folder: RunDir, base: PhaseResult, sabr: Phas
     tried for the chart. Each trial is saved in the resume state, so a killed search continues where it stopped.
     """
     cfg = exp.config
-    floor = budget_floor(base.val_accuracy, cfg.max_drop) if cfg.max_drop is not None else float("-inf")
+    floor = budget_floor(_reference(base), cfg.max_drop) if cfg.max_drop is not None else float("-inf")
     factors = sorted(set(cfg.sweep) | ({cfg.prune_teta1} if cfg.prune_teta1 is not None else set()))
     recal = bn_recalibrator(exp) if cfg.recalibrates else None
     validate = lambda m: evaluate_split(exp, m, exp.val)[1]  # noqa: E731 - the search's only look at data
@@ -317,8 +336,9 @@ def _budget_phase(exp: Experiment, folder: RunDir, base: PhaseResult, sabr: Phas
         log.warning("no pruning factor keeps the validation accuracy within the budget (max drop %.2f points): "
                     "keeping the least-pruned model (factor %g, %.2f%% validation); raise --max-drop or train "
                     "phase 2 with a smaller --teta1", 100 * cfg.max_drop, chosen.factor, 100 * chosen.val_accuracy)
-    log.info("budget: pruning factor %g -> sparsity %.2f%%, validation %.2f%% (base %.2f%%, floor %.2f%%)",
-             chosen.factor, 100 * chosen.sparsity, 100 * chosen.val_accuracy, 100 * base.val_accuracy, 100 * floor)
+    log.info("budget: pruning factor %g -> sparsity %.2f%%, validation %.2f%% (base %.2f%%, plateau %.2f%%, floor "
+             "%.2f%%)", chosen.factor, 100 * chosen.sparsity, 100 * chosen.val_accuracy, 100 * base.val_accuracy,
+             100 * _reference(base), 100 * floor)
     return BudgetChoice(cfg.max_drop, floor, ts, chosen, fits, b_ts, b_chosen, b_fits, base_model, groups=groups)
 
 

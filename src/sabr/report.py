@@ -327,7 +327,8 @@ def plot_budget_search(path: Path, summary: dict) -> None:
     base_val = summary["base"]["val_accuracy"]
     ax.axhline(100 * base_val, color="grey", ls="--", lw=1, label=f"base model ({100 * base_val:.2f}% val)")
     if budget.get("max_drop") is not None:
-        ax.axhline(100 * (base_val - budget["max_drop"]), color="C3", ls=":", label="budget floor")
+        floor = budget.get("floor", base_val - budget["max_drop"])  # summaries before the plateau had no floor
+        ax.axhline(100 * floor, color="C3", ls=":", label="budget floor (base's plateau less the budget)")
     if budget:
         ax.scatter([100 * summary["pruned"]["sparsity"]], [100 * budget["val_accuracy"]], s=90, zorder=3, color="C2",
                    label=f"chosen (factor {budget['prune_teta1']:g}): {100 * summary['pruned']['test_accuracy']:.2f}% test")
