@@ -49,6 +49,7 @@ from torch import nn
 
 from sabr import RunConfig, load_checkpoint, save_checkpoint, sparsity_report
 from sabr.baselines import oneshot_finetune, train_fixed_l1, train_gmp
+from sabr.budget import val_plateau
 from sabr.checkpoint import write_json
 from sabr.pipeline import Experiment, evaluate_split, prepare, run, train_base
 from sabr.train import Split, train_epoch, phase_generator
@@ -231,7 +232,8 @@ def base_model(exp: Experiment, path: Path) -> tuple[nn.Module, dict]:
     torch.manual_seed(exp.config.seed)  # as `sabr run` does: this is the base it would train
     started = time.perf_counter()
     model, rows = train_base(exp, exp.new_model(), progress=False)
-    figures = {"val_accuracy": evaluate_split(exp, model, exp.val)[1],
+    val = evaluate_split(exp, model, exp.val)[1]
+    figures = {"val_accuracy": val, "val_plateau": val_plateau([r["val_accuracy"] for r in rows], val),
                "test_accuracy": evaluate_split(exp, model, exp.test)[1],
                "seconds": round(time.perf_counter() - started, 1), "epochs": len(rows)}
     save_checkpoint(model, path, exp.metadata("base", **figures))
