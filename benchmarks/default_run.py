@@ -50,6 +50,7 @@ def figures(s: dict, seed: int, threads: int, extra: list[str]) -> dict:
         "seed": seed, "threads": threads, "command": " ".join(["sabr", "run", "--seed", str(seed), "--threads",
                                                                str(threads), *extra]),
         "base_test_accuracy": s["base"]["test_accuracy"], "base_val_accuracy": s["base"]["val_accuracy"],
+        "base_val_plateau": s["base"].get("val_plateau"), "floor": s["budget"].get("floor"),
         "test_accuracy": s["pruned"]["test_accuracy"], "sparsity": s["pruned"]["sparsity"],
         "test_drop": drop, "test_drop_images": round(drop * test_images), "test_images": test_images,
         "val_drop": s["budget"]["val_drop"], "prune_teta1": s["budget"]["prune_teta1"],
@@ -75,7 +76,8 @@ def markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['seed']} | {r['threads']} | {100 * r['base_test_accuracy']:.2f}% | "
                      f"{100 * r['test_accuracy']:.2f}% | {r['test_drop_images']} of {r['test_images']} | "
                      f"{100 * r['sparsity']:.2f}% | {100 * r['base_pruned_sparsity']:.2f}% at "
-                     f"{100 * r['base_pruned_test_accuracy']:.2f}% | {r['prune_teta1']:g} | "
+                     f"{100 * r['base_pruned_test_accuracy']:.2f}% | {r['prune_teta1']:g}"
+                     f"{'' if r['within_budget'] else ' (none fits)'} | "
                      f"{r['sabr_epochs']} ({r['kept_epoch']}, {r['stopped'].replace('_', ' ')}) | {r['seconds']:.0f} |")
     lines.append(f"| mean ± std | | {_mean_std([r['base_test_accuracy'] for r in rows])}% | "
                  f"{_mean_std([r['test_accuracy'] for r in rows])}% | "
