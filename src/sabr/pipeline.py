@@ -193,7 +193,8 @@ def _reference(base: PhaseResult) -> float:
 def _given_plateau(metadata: dict) -> Callable[[float], float]:
     """The plateau of a base from ``--base-checkpoint``: this run's validation figure less the gap its own run
     recorded between the best epoch and the plateau (none when the checkpoint records no plateau)."""
-    gap = max(0.0, metadata["val_accuracy"] - metadata["val_plateau"]) if "val_plateau" in metadata else 0.0
+    recorded = "val_plateau" in metadata and "val_accuracy" in metadata
+    gap = max(0.0, metadata["val_accuracy"] - metadata["val_plateau"]) if recorded else 0.0
     return lambda val: val - gap
 
 
