@@ -357,9 +357,9 @@ def table(results: dict) -> str:
 def pairs(results: dict) -> str:
     """Per seed, structured SABR against the Torch-Pruning row of that seed closest to it in parameters (the
     same share gives the same shapes): test accuracy and batch-1 speedups, and the paired difference; a
-    markdown table, empty when no seed has both."""
+    markdown table in seed order, empty when no seed has both."""
     lines, diffs = [], []
-    for sabr_row in (m for m in results["methods"] if m["name"] == "sabr_structured"):
+    for sabr_row in sorted((m for m in results["methods"] if m["name"] == "sabr_structured"), key=lambda m: m["seed"]):
         peers = [m for m in results["methods"] if m["seed"] == sabr_row["seed"] and _family(m["name"]) == "torch_pruning"]
         if not peers:
             continue
