@@ -64,6 +64,7 @@ def _figures(run_dir: Path) -> dict:
     s = json.loads((run_dir / "summary.json").read_text())
     sabr = json.loads((run_dir / "sabr_state.json").read_text())
     return {"base": s["base"], "sabr": s["sabr"], "pruned": s["pruned"], "curve": s["curve"], "layers": s["layers"],
+            "budget": s["budget"],  # its floor comes from the base's plateau, kept in the resume state
             "lambdas": sabr["lambdas"], "history": sabr["history"], "frozen": sabr["frozen"]}
 
 
