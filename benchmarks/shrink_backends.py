@@ -153,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     backends = {"sabr": with_sabr, "torch_pruning": with_torch_pruning}
     rows = [{"model": name, **{b: judge(name, fn) for b, fn in backends.items()}, "half_removed": reach(name)}
             for name in args.models]
-    lines = ["| model | params | sabr: params after, max diff | torch_pruning: the same | half of each own group "
-             "removed: sabr's graph | Torch-Pruning's |", "|---|---|---|---|---|---|"]
+    head = ("| model | params | sabr: params after, max diff | torch_pruning: the same | half of each own group "
+            "removed: sabr's graph | Torch-Pruning's |")
+    lines = [head, "|---|---|---|---|---|---|"]
     for r in rows:
         cells = []
         for b in backends:
