@@ -359,7 +359,8 @@ def pairs(results: dict) -> str:
     same share gives the same shapes): test accuracy and batch-1 speedups, and the paired difference; a
     markdown table in seed order, empty when no seed has both."""
     lines, diffs = [], []
-    for sabr_row in sorted((m for m in results["methods"] if m["name"] == "sabr_structured"), key=lambda m: m["seed"]):
+    ours = sorted((m for m in results["methods"] if m["name"] == "sabr_structured"), key=lambda m: m["seed"])
+    for sabr_row in ours:
         peers = [m for m in results["methods"] if m["seed"] == sabr_row["seed"] and _family(m["name"]) == "torch_pruning"]
         if not peers:
             continue

@@ -115,8 +115,8 @@ class RunConfig:
                                "'tensorboard' (<run>/tensorboard/; the tensorboard extra)", choices=["tensorboard"])
     # the accuracy budget
     max_drop: float | None = _f(0.01, "accuracy budget: the result is the sparsest model whose validation accuracy "
-                                      "is within this fraction of the base model's plateau, the median of its last ten epochs "
-                                      "(0.01 = 1 point)", min=0, max=1)
+                                      "is within this fraction of the base model's plateau, the median of its last ten "
+                                      "epochs (0.01 = 1 point)", min=0, max=1)
     patience: int = _f(10, "phase 2 ends after this many epochs in a row that found no sparser model within the "
                            "budget (counted from the first epoch within it)", min=1)
     # SABR (phase 2)

@@ -210,7 +210,8 @@ def _base_phase(exp: Experiment, folder: RunDir, model: nn.Module, state: dict |
         log.info("phase 1 skipped: the base model is %s", given)
         return _finish(exp, folder, "base", model, [], _given_plateau(read_metadata(Path(given))))
     model, rows = train_base(exp, model, progress=progress, resume=state, on_epoch=_saver(exp, folder, "base", {}, board))
-    return _finish(exp, folder, "base", model, rows, lambda best: val_plateau([r["val_accuracy"] for r in rows], best))
+    return _finish(exp, folder, "base", model, rows,
+                   lambda best: val_plateau([r["val_accuracy"] for r in rows], best))
 
 
 def _sabr_phase(exp: Experiment, folder: RunDir, base: PhaseResult, state: dict | None,
