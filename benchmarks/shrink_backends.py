@@ -79,7 +79,7 @@ def with_sabr(model: nn.Module, x: torch.Tensor, zeroed: list) -> nn.Module:
 def with_torch_pruning(model: nn.Module, x: torch.Tensor, zeroed: list) -> nn.Module:
     import torch_pruning as tp
 
-    small = copy.deepcopy(model)
+    small = model  # judge() passes a copy: pruned in place
     dg = tp.DependencyGraph().build_dependency(small, example_inputs=x[:1])
     modules = dict(small.named_modules())
     for group, idxs in zeroed:
@@ -92,15 +92,16 @@ def with_torch_pruning(model: nn.Module, x: torch.Tensor, zeroed: list) -> nn.Mo
     return small
 
 
-def reach(name: str) -> dict:
-    """Each graph's own groups, half of each removed: ``{backend: parameters left, or the error}``."""
-    model, x, _ = prepared(name)
+def reach(case: tuple[nn.Module, torch.Tensor, list]) -> dict:
+    """Each graph's own groups, half of each removed, on a :func:`prepared` architecture: ``{backend: parameters
+    left, or the error}``."""
+    model, x, zeroed = case
     out = {}
     for backend in ("sabr", "torch_pruning"):
         try:
             m = copy.deepcopy(model)
             if backend == "sabr":
-                sabr.prune_channel_share(m, channel_groups(m, x[:1]), 0.5)
+                sabr.prune_channel_share(m, [group for group, _ in zeroed], 0.5)
                 m = sabr.shrink(m, x)[0]
             else:
                 m = torch_pruning_channels(m, x[:1], 0.5)
@@ -116,9 +117,9 @@ def params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def judge(name: str, backend) -> dict:
+def judge(case: tuple[nn.Module, torch.Tensor, list], backend) -> dict:
     """One backend on one architecture: ``{"ok", "params_before", "params_after", "max_abs_diff", "error"}``."""
-    model, x, zeroed = prepared(name)
+    model, x, zeroed = case  # left as it is: the backend gets a copy
     with torch.no_grad():
         want = model(x)
     row = {"params_before": params(model), "params_after": None, "max_abs_diff": None, "error": None, "ok": False}
@@ -151,8 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         sys.exit("benchmarks/shrink_backends.py needs torch-pruning: pip install -e '.[bench]'")
     backends = {"sabr": with_sabr, "torch_pruning": with_torch_pruning}
-    rows = [{"model": name, **{b: judge(name, fn) for b, fn in backends.items()}, "half_removed": reach(name)}
-            for name in args.models]
+    rows = []
+    for name in args.models:
+        case = prepared(name)  # built, traced and zeroed once for both backends and the reach
+        rows.append({"model": name, **{b: judge(case, fn) for b, fn in backends.items()}, "half_removed": reach(case)})
     head = ("| model | params | sabr: params after, max diff | torch_pruning: the same | half of each own group "
             "removed: sabr's graph | Torch-Pruning's |")
     lines = [head, "|---|---|---|---|---|---|"]

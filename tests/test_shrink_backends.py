@@ -33,6 +33,6 @@ def test_a_backend_that_raises_or_changes_the_output_fails_the_model():
         next(small.parameters()).data.add_(1.0)
         return small
 
-    assert shrink_backends.judge("lenet5", raises)["error"] == "RuntimeError: cannot trace"
-    changed = shrink_backends.judge("lenet5", changes)
+    assert shrink_backends.judge(shrink_backends.prepared("lenet5"), raises)["error"] == "RuntimeError: cannot trace"
+    changed = shrink_backends.judge(shrink_backends.prepared("lenet5"), changes)
     assert not changed["ok"] and changed["error"] == "output changed"
