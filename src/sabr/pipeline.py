@@ -190,6 +190,11 @@ def _reference(base: PhaseResult) -> float:
     return base.extra.get("val_plateau", base.val_accuracy)
 
 
+def _floor(cfg: RunConfig, base: PhaseResult) -> float:
+    """The budget's floor: the base's validation plateau less ``--max-drop`` (``-inf`` without a budget)."""
+    return budget_floor(_reference(base), cfg.max_drop) if cfg.max_drop is not None else float("-inf")
+
+
 def _given_plateau(metadata: dict) -> Callable[[float], float]:
     """The plateau of a base from ``--base-checkpoint``: this run's validation figure less the gap its own run
     recorded between the best epoch and the plateau (none when the checkpoint records no plateau)."""
@@ -227,7 +232,7 @@ def _sabr_phase(exp: Experiment, folder: RunDir, base: PhaseResult, state: dict 
     budget = None
     if cfg.max_drop is not None:
         track = cfg.prune_teta1 or (TRACK_FACTOR_STRUCTURED if cfg.structured else TRACK_FACTOR)
-        budget = BudgetTracker(budget_floor(_reference(base), cfg.max_drop), cfg.patience, track, cfg.gamma,
+        budget = BudgetTracker(_floor(cfg, base), cfg.patience, track, cfg.gamma,
                                cfg.params, channel_groups_of(exp, base.model))
     settings = resolve_threshold(exp, base.model, cfg.sabr_settings(), base.val_accuracy)  # measured in phase 1
     model, reg, rows = train_sabr(exp, base.model, settings=settings, progress=progress, budget=budget, resume=resume,
@@ -309,7 +314,7 @@ def _budget_phase(exp: Experiment, folder: RunDir, base: PhaseResult, sabr: Phas
     tried for the chart. Each trial is saved in the resume state, so a killed search continues where it stopped.
     """
     cfg = exp.config
-    floor = budget_floor(_reference(base), cfg.max_drop) if cfg.max_drop is not None else float("-inf")
+    floor = _floor(cfg, base)
     factors = sorted(set(cfg.sweep) | ({cfg.prune_teta1} if cfg.prune_teta1 is not None else set()))
     recal = bn_recalibrator(exp) if cfg.recalibrates else None
     validate = lambda m: evaluate_split(exp, m, exp.val)[1]  # noqa: E731 - the search's only look at data
