@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .config import _DEVICE, _f, check_fields
+from .config import _DEVICE
+from .fields import _f, check_fields
 from .errors import ConfigError
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .app_config import AppSettings, ElevatorSettings, RecognizeSettings
 from .config import RunConfig, load_yaml
 from .errors import ConfigError, SabrError
+from .fields import field_types
 
 if TYPE_CHECKING:  # the CLI imports torch, numpy and the apps only in the commands that need them
     import numpy as np
@@ -22,16 +23,6 @@ if TYPE_CHECKING:  # the CLI imports torch, numpy and the apps only in the comma
     from .apps import Recognizer
 
 log = logging.getLogger("sabr")
-
-_TYPES = {"int": int, "float": float, "str": str}
-
-
-def _base_type(annotation: str) -> tuple[type, bool]:
-    """``'int | None'`` -> (int, False); ``'list[float]'`` -> (float, True)."""
-    text = annotation.replace(" | None", "")
-    if text.startswith("list["):
-        return _TYPES[text[5:-1]], True
-    return _TYPES.get(text, str), False
 
 
 def _default(f: Field) -> Any:
@@ -41,13 +32,15 @@ def _default(f: Field) -> Any:
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type = RunConfig) -> None:
     """One ``--flag`` per field of the dataclass ``cls`` (:class:`RunConfig` or an app's settings).
 
-    A field's metadata gives its help, and optionally ``choices``, ``nargs`` (list fields) or
+    The flag converts its strings with the field's type as :func:`sabr.fields.field_types` resolves it
+    (the type ``--config`` files are read with); list and tuple fields take several values, a ``Literal``
+    its values as choices. A field's metadata gives its help, and optionally ``choices``, ``nargs`` (list fields) or
     ``switch`` (a plain on-switch such as ``--headless``; other ``bool`` fields get ``--x`` / ``--no-x``);
     ``cls.required_flags`` names the flags that must be given. The help ends with the field's default
     unless the default is ``None`` or the help already states it. Unset flags stay absent from the
     parsed namespace (so a YAML file's values, or the dataclass's defaults, fill them in).
     """
-    required = getattr(cls, "required_flags", ())
+    required, types = getattr(cls, "required_flags", ()), field_types(cls)
     for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
         default = _default(f)
@@ -59,15 +52,16 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type = RunConfig)
             kw["required"] = True
         if f.metadata.get("switch"):
             parser.add_argument(flag, action="store_true", **kw)
-        elif f.type in ("bool", "bool | None"):
+        elif types[f.name].kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         else:
-            typ, is_list = _base_type(f.type)
-            if is_list:
-                kw["nargs"] = f.metadata.get("nargs", "+")
-            if "choices" in f.metadata:
-                kw["choices"] = f.metadata["choices"]
-            parser.add_argument(flag, type=typ, **kw)
+            ftype = types[f.name]
+            if ftype.many:
+                kw["nargs"] = ftype.length or f.metadata.get("nargs", "+")
+            choices = f.metadata.get("choices", ftype.literals)
+            if choices is not None:
+                kw["choices"] = choices
+            parser.add_argument(flag, type=ftype.flag_type, **kw)
 
 
 def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:

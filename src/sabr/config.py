@@ -7,14 +7,12 @@ becomes ``--epochs-base``), so a YAML file uses exactly the same keys as the fla
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
 
 from .errors import ConfigError
+from .fields import _f, check_fields
 
 
 @dataclass(frozen=True)
@@ -59,12 +57,6 @@ PRESETS: dict[str, dict] = {
 """``--preset NAME``: values that replace the defaults (flags and YAML keys given with it still win).
 ``reference`` is the seed's pipeline: per-step lambdas, the fixed 0.7-point threshold, 40 epochs kept
 to the last, a fixed prune factor 0.2, no budget search and no BatchNorm recalibration."""
-
-
-def _f(default: Any, help: str, **kw) -> Any:
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
 
 
 @dataclass
@@ -225,94 +217,6 @@ class RunConfig:
 
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
-
-
-def check_fields(obj: Any) -> None:
-    """Validate the dataclass ``obj`` in place, field by field, from its annotations and metadata.
-
-    Each value is coerced like a command-line string: ``int`` fields take whole numbers (``"5"``, and
-    ``5.0``; ``2.5`` is refused), ``float`` fields take any finite number (``"1e-3"``; NaN and infinity
-    are refused), ``str`` fields take text (a number becomes its text: ``data: 12`` is the folder ``12``),
-    ``bool`` fields take true/false (yes/no, on/off, 1/0), list fields take one value or a list of them;
-    ``None`` only where the field allows it. Then the field's metadata ``min`` / ``gt`` / ``max`` bounds
-    and ``choices`` are checked. Raises :class:`ConfigError` naming the field, the value and the rule.
-    """
-    for f in fields(obj):
-        value = _coerce(f.name, f.type, getattr(obj, f.name))
-        for item in value if isinstance(value, list) else [value]:
-            _check_range(f.name, item, f.metadata)
-        setattr(obj, f.name, value)
-
-
-def _coerce(name: str, annotation: str, value: Any) -> Any:
-    kinds = [k.strip() for k in str(annotation).split("|")]
-    if value is None:
-        if "None" in kinds:
-            return None
-        raise ConfigError(f"{name} needs a value, got none.")
-    kinds = [k for k in kinds if k != "None"]
-    if kinds == ["float", "str"]:  # a number or a keyword (accuracy_threshold): its own rule
-        return value
-    if kinds[0].startswith("list["):
-        items = list(value) if isinstance(value, (list, tuple)) else [value]
-        if not items:
-            raise ConfigError(f"{name} needs at least one value, got an empty list.")
-        return [_scalar(name, kinds[0][5:-1], v) for v in items]
-    return _scalar(name, kinds[0], value)
-
-
-def _scalar(name: str, kind: str, value: Any) -> Any:
-    """One value as ``kind`` (``int``, ``float``, ``str`` or ``bool``), read the way the command line reads it."""
-    text = value.strip() if isinstance(value, str) else None
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        if text is not None and text.lower() in _TRUE | _FALSE:
-            return text.lower() in _TRUE
-        raise ConfigError(f"{name} is true or false, got {value!r}.")
-    if kind == "str":
-        if isinstance(value, (str, int, float, os.PathLike)) and not isinstance(value, bool):
-            return str(value) if not isinstance(value, os.PathLike) else os.fspath(value)
-        raise ConfigError(f"{name} is text, got {value!r}.")
-    number = _number(value, text)
-    if number is None or not math.isfinite(number):
-        what = "a whole number" if kind == "int" else "a finite number"
-        raise ConfigError(f"{name} must be {what}, got {value!r}.")
-    if kind == "int":
-        if not float(number).is_integer():
-            raise ConfigError(f"{name} must be a whole number, got {value!r}.")
-        return int(number)
-    return float(number)
-
-
-def _number(value: Any, text: str | None) -> float | int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return value
-    if text is not None:
-        for parse in (int, float):
-            try:
-                return parse(text)
-            except ValueError:
-                pass
-    return None
-
-
-def _check_range(name: str, value: Any, meta: Any) -> None:
-    if value is None:
-        return
-    if "choices" in meta and value not in meta["choices"]:
-        raise ConfigError(f"{name} must be one of {', '.join(map(str, meta['choices']))}, got {value!r}.")
-    if "min" in meta and value < meta["min"]:
-        raise ConfigError(f"{name} must be >= {meta['min']}, got {value!r}.")
-    if "gt" in meta and not value > meta["gt"]:
-        raise ConfigError(f"{name} must be > {meta['gt']}, got {value!r}.")
-    if "max" in meta and value > meta["max"]:
-        raise ConfigError(f"{name} must be <= {meta['max']}, got {value!r}.")
-
-
 def _check_training_options(cfg: RunConfig) -> None:
     """What :func:`check_fields` cannot say of the training options: momentum below 1, workers only with
     streaming, the augmentation names."""
