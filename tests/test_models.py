@@ -154,3 +154,26 @@ def test_attention_projections_are_regularised():
     assert "encoder.layers.encoder_layer_0.self_attention.out_proj.weight" in names
     separate = nn.MultiheadAttention(8, 2, kdim=4, vdim=4)
     assert default_param_names(separate) == ["q_proj_weight", "k_proj_weight", "v_proj_weight", "out_proj.weight"]
+
+
+def test_resnet20_is_the_cifar_resnet_with_projection_shortcuts():
+    with torch.device("meta"):
+        model = create_model("resnet20", 10, 3, 32)
+    assert sum(p.numel() for p in model.parameters()) == 269_722 + 2_752  # He et al.'s 0.27M + the two projections
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(convs) == 19 and [c.out_channels for c in convs[::6]] == [16, 16, 32, 64]  # 19 convs + fc = 20 layers
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 21
+
+
+@pytest.mark.parametrize("chans", [1, 3])
+def test_resnet20_takes_28_pixels_with_one_or_three_channels(chans):
+    model = create_model("resnet20", num_classes=10, in_chans=chans, image_size=28).eval()
+    assert model(torch.randn(2, chans, 28, 28)).shape == (2, 10)
+    assert model.conv1.in_channels == chans
+
+
+def test_sabr_models_lists_resnet20(capsys):
+    from sabr import cli
+
+    assert cli.main(["models", "resnet*"]) == 0
+    assert "resnet20" in capsys.readouterr().out.split()

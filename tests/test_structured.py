@@ -14,7 +14,7 @@ from sabr.pruning import prunable_sparsity, prune_channel_share, revive_channels
 
 # (model, input channels, image size): every built-in and the torchvision families the groups cover
 ARCHITECTURES = [("compact_cnn", 1, 8), ("lenet5", 1, 28), ("small_vgg", 1, 28), ("vgg11", 3, 32),
-                 ("resnet18", 3, 32), ("mobilenet_v2", 3, 32)]
+                 ("resnet18", 3, 32), ("mobilenet_v2", 3, 32), ("resnet20", 1, 28)]
 SLOW_ARCHITECTURES = [("resnet50", 3, 32), ("efficientnet_b0", 3, 32), ("densenet121", 3, 32),
                       ("mobilenet_v3_small", 3, 32), ("googlenet", 3, 64), ("regnet_x_400mf", 3, 32)]
 
@@ -82,6 +82,17 @@ def test_resnet_groups_couple_the_residual_stream_and_cover_every_hidden_layer()
     assert len(weights) == len(set(weights)), "a tensor in two groups"
     convs = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     assert convs - set(weights) == {"fc.weight"}  # the output layer keeps its classes
+
+
+def test_resnet20_groups_each_stage_s_residual_stream_with_its_projection():
+    model = create_model("resnet20", 10, 1, 28)
+    by_name = {g.name: g for g in channel_groups(model, torch.zeros(1, 1, 28, 28))}
+    assert by_name["conv1"].weights == ("conv1.weight", "layer1.0.conv2.weight", "layer1.1.conv2.weight",
+                                        "layer1.2.conv2.weight")
+    assert by_name["layer3.0.conv2"].weights == ("layer3.0.conv2.weight", "layer3.0.downsample.0.weight",
+                                                 "layer3.1.conv2.weight", "layer3.2.conv2.weight")
+    assert [by_name[n].channels for n in ("conv1", "layer2.0.conv2", "layer3.0.conv2")] == [16, 32, 64]
+    assert len(by_name) == 12  # the three residual streams and the nine blocks' inner layers
 
 
 def test_depthwise_layers_share_a_group_with_the_layer_they_filter():

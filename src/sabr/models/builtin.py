@@ -1,5 +1,6 @@
-"""The built-in models: small CNNs for the embedded digits and photos, and two torchvision models with the
-heads of the project description. Each is registered by name with :func:`sabr.models.register_model`.
+"""The built-in models: small CNNs for the embedded digits and photos, a CIFAR-style ResNet-20, and two
+torchvision models with the heads of the project description. Each is registered by name with
+:func:`sabr.models.register_model`.
 """
 
 from __future__ import annotations
@@ -115,3 +116,60 @@ def mobilenet_v2(num_classes: int, in_chans: int = 3, image_size: int = 64, pret
     model.features[0][0] = adapt_first_conv(model.features[0][0], in_chans)
     model.classifier[-1] = nn.Linear(model.last_channel, num_classes)
     return model
+
+
+class _BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers and a shortcut; a 1x1 conv-BN projection where the shape changes (option B)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+                           if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + self.downsample(x))
+
+
+class _ResNet20(nn.Module):
+    """The layout of torchvision's ResNets (``conv1``, ``bn1``, ``layer1``-``layer3``, ``fc``), so that layer
+    names in reports read the same."""
+
+    def __init__(self, num_classes: int, in_chans: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chans, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        stages, cin = [], 16
+        for cout, stride in ((16, 1), (32, 2), (64, 2)):
+            stages.append(nn.Sequential(*(_BasicBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1)
+                                          for i in range(3))))
+            cin = cout
+        self.layer1, self.layer2, self.layer3 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.relu(self.bn1(self.conv1(x))))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+@register_model(min_image_size=8)
+def resnet20(num_classes: int, in_chans: int = 3, image_size: int = 32, pretrained: bool = False) -> nn.Module:
+    """The CIFAR-style ResNet-20 of He et al. (2016), section 4.2: about 0.27M parameters.
+
+    A 3x3 conv-BN-ReLU stem with 16 channels, three stages of three basic blocks with 16, 32 and 64
+    channels (stride 2 at the start of stages 2 and 3), global average pooling and a linear head. The
+    shortcuts that change shape are 1x1 conv-BN projections (the paper's option B; its CIFAR runs used
+    option A, zero-padded identities) because a projection is a layer the channel graph of
+    ``--structured`` and Torch-Pruning both handle, as in torchvision's ResNets, while a zero-padded
+    shortcut ties channels through a padding neither removes. The projections add 2,752 parameters to
+    option A's 269,722 (10 classes, 3 input channels).
+    """
+    _scratch_only("resnet20", pretrained)
+    return _ResNet20(num_classes, in_chans)
