@@ -217,6 +217,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_run
 
     result = export_run(args.run, args.format, args.out, phase=args.phase, trust_model_code=args.trust_model_code)
+    if args.format == "web":
+        print(f"wrote the web site {result['path']} (model {result['bytes']:,} bytes of ONNX"
+              f"{', shrunk' if result['shrunk'] else ''}; max abs difference {result['max_abs_diff']:.2e}); "
+              f"serve it with `sabr serve {result['path']}`")
+        if result.get("hint"):
+            print(result["hint"])
+        return 0
     print(f"wrote {result['path']} ({result['bytes']:,} bytes, {args.format}); "
           f"max abs difference to the dense model: {result['max_abs_diff']:.2e}")
     if args.format == "shrunk":
@@ -230,10 +237,26 @@ def _setup_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="a run folder written by `sabr run`, or a checkpoint .safetensors "
                    "(sabr.save_checkpoint)")
     # no argparse choices: they would import sabr.export (torch) for every `sabr --help`; export_run checks it
-    p.add_argument("--format", required=True, help="sparse, shrunk or onnx (see docs/deployment.md)")
-    p.add_argument("--out", help="output file (default: <run>/export/<phase>-<format>.safetensors or .onnx)")
+    p.add_argument("--format", required=True, help="sparse, shrunk, onnx or web (see docs/deployment.md and "
+                   "docs/apps.md)")
+    p.add_argument("--out", help="output file (default: <run>/export/<phase>-<format>.safetensors or .onnx); for "
+                   "web a folder (default: <run>/export/site)")
     p.add_argument("--phase", default="pruned", choices=["base", "sabr", "pruned"], help="checkpoint to export")
     _add_trust_flag(p)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .export.serve import serve
+
+    serve(args.site, args.host, args.port)
+    return 0
+
+
+def _setup_serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("site", help="a folder written by `sabr export --format web`")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000; 0: any free port)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine "
+                   "only; the camera needs localhost or HTTPS)")
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -286,7 +309,10 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
                   _setup_app(RecognizeSettings), _cmd_recognize),
     "elevator": ("simulate a gesture-driven elevator (one floor per class)",
                  _setup_app(ElevatorSettings), _cmd_elevator),
-    "export": ("export a run as a sparse checkpoint, a shrunk dense model or ONNX", _setup_export, _cmd_export),
+    "export": ("export a run as a sparse checkpoint, a shrunk dense model, ONNX or a web page", _setup_export,
+               _cmd_export),
+    "serve": ("serve a web export on this machine (the page runs the recogniser and the elevator)", _setup_serve,
+              _cmd_serve),
     "bench": ("CPU latency and file sizes: dense, shrunk and sparse-kernel paths, eager and in ONNX Runtime",
               _setup_bench, _cmd_bench),
 }

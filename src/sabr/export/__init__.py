@@ -8,6 +8,8 @@ metadata (``classes``, ``preprocess``, ``model``), so an export is usable wherev
 * ``shrunk`` (:mod:`.shrink`, :func:`shrink`, :func:`save_shrunk`): a smaller dense model with the same
   outputs; which channels move together comes from the channel graph (:mod:`.graph`, a torch.fx trace).
 * ``onnx`` (:mod:`.onnx`, :func:`export_onnx`): the (pruned or shrunk) model as ONNX, checked with onnxruntime.
+* ``web`` (:mod:`.web`, :func:`export_web`): a static site that runs the recogniser and the elevator in a
+  browser with onnxruntime-web; :mod:`.serve` serves it on this machine (``sabr serve``).
 
 :func:`load_model` (:mod:`.load`) is the one loader: it opens any of them, run folders and phase
 checkpoints, and returns ``(model, metadata)``. :func:`export_run` (:mod:`.run`) is ``sabr export``.
@@ -18,8 +20,9 @@ from .onnx import OnnxModel, export_onnx
 from .run import FORMATS, example_input, export_run
 from .shrink import ShrinkReport, save_shrunk, shrink
 from .sparse import dense_state_dict, save_sparse, sparse_state_dict
+from .web import export_web
 
 __all__ = [
     "FORMATS", "OnnxModel", "ShrinkReport", "dense_state_dict", "example_input", "export_onnx", "export_run",
-    "load_model", "load_run", "save_shrunk", "save_sparse", "shrink", "sparse_state_dict",
+    "export_web", "load_model", "load_run", "save_shrunk", "save_sparse", "shrink", "sparse_state_dict",
 ]

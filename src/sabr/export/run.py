@@ -15,7 +15,7 @@ from .sparse import save_sparse
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("sparse", "shrunk", "onnx")
+FORMATS = ("sparse", "shrunk", "onnx", "web")
 
 
 def example_input(meta: dict, batch: int = 2) -> torch.Tensor:
@@ -31,9 +31,10 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, pha
     Args:
         run_dir: a folder written by ``sabr run``, or a checkpoint (``.safetensors``) written by
             :func:`sabr.save_checkpoint`.
-        fmt: one of :data:`FORMATS`.
+        fmt: one of :data:`FORMATS` (``web``: a static site, see :func:`~sabr.export.web.export_web`).
         out: the output file (default: ``<run_dir>/export/<phase>-<fmt>.safetensors`` or ``.onnx``; for a
-            checkpoint ``<its folder>/export/<its name>-<fmt>...``).
+            checkpoint ``<its folder>/export/<its name>-<fmt>...``); for ``web`` a folder (default
+            ``<run_dir>/export/site``).
         phase: which checkpoint of a run folder to export.
         check_input: a batch of real inputs to compare outputs on (default: zeros).
         trust_model_code: see :func:`~sabr.export.load_model`.
@@ -45,6 +46,11 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, pha
     if fmt not in FORMATS:
         raise SabrError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}.")
     run_dir = Path(run_dir)
+    if fmt == "web":
+        from .web import export_web
+
+        folder = Path(out) if out else (run_dir if run_dir.is_dir() else run_dir.parent) / "export" / "site"
+        return export_web(run_dir, folder, phase=phase, trust_model_code=trust_model_code, check_input=check_input)
     model, meta = load_model(run_dir, phase, trust_model_code=trust_model_code)
     x = check_input if check_input is not None else example_input(meta)
     suffix = ".onnx" if fmt == "onnx" else ".safetensors"

@@ -1,0 +1,65 @@
+"""``sabr serve``: the web export's folder over HTTP on this machine (``http.server`` with the MIME types of
+ES modules and WebAssembly), so that the browser grants the page a camera (it needs ``localhost`` or HTTPS)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from ..errors import SabrError
+from .web import MANIFEST, _check_site
+
+log = logging.getLogger(__name__)
+
+#: What the page's files are served as (browsers refuse ES modules and streamed wasm of another type).
+MIME_TYPES = {".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css",
+              ".json": "application/json", ".wasm": "application/wasm", ".onnx": "application/octet-stream"}
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    extensions_map = {**SimpleHTTPRequestHandler.extensions_map, **MIME_TYPES}
+
+    def end_headers(self) -> None:
+        self.send_header("Cache-Control", "no-cache")  # a new export is picked up on reload
+        super().end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+def site_server(folder: str | Path, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
+    """An HTTP server (not yet serving) for a site written by ``sabr export --format web``.
+
+    Args:
+        folder: the site folder (it must hold the export's ``.sabr-manifest.json``).
+        host: the address to listen on (default: this machine only).
+        port: the TCP port (0: any free port; ``server.server_address`` tells which).
+
+    Raises:
+        SabrError: ``folder`` is not a sabr site, or the port cannot be opened.
+    """
+    folder = Path(folder)
+    if not folder.is_dir() or not (folder / MANIFEST).is_file():
+        raise SabrError(f"{folder} is not a site written by sabr (no {MANIFEST}); write one with `sabr export --run "
+                        "RUN --format web --out FOLDER` and serve that folder.")
+    _check_site(folder)
+    handler = functools.partial(_Handler, directory=str(folder))
+    try:
+        return ThreadingHTTPServer((host, port), handler)
+    except OSError as exc:
+        raise SabrError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port.") from None
+
+
+def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve ``folder`` (see :func:`site_server`) until interrupted (Ctrl+C)."""
+    server = site_server(folder, host, port)
+    h, p = server.server_address[:2]
+    log.warning("serving %s at http://%s:%d/ (Ctrl+C stops)", folder, "localhost" if h == "127.0.0.1" else h, p)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
