@@ -158,6 +158,26 @@ def test_onnx_matches_pytorch(tmp_path, name, channels, size):
     assert loaded(x[:1]).shape == (1, 10)  # dynamic batch
 
 
+def test_onnx_gives_the_calibrated_probabilities_of_eager_pytorch(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from sabr.calibration import Calibration
+
+    name, channels, size = ARCHS[0]
+    model = pruned_model(name, channels, size)
+    cal = Calibration(temperature=0.137, threshold=0.61, ood_score="max_logit", ood_threshold=0.57)
+    x = real_batch(channels, size)
+    path, _ = export_onnx(model, tmp_path / "m", meta_for(name, channels, size) | {"calibration": cal.to_dict()},
+                          torch.zeros(1, channels, size, size), check_input=x)
+    loaded, meta = load_model(path)
+    assert meta["calibration"] == cal.to_dict() and meta["export"]["temperature_in_graph"] == 0.137
+    with torch.no_grad():
+        eager = Calibration.from_dict(meta["calibration"]).probabilities(model(x))
+    assert (loaded.probabilities(x) - eager).abs().max() <= 1e-5
+    assert (eager - torch.softmax(model(x).detach(), 1)).abs().max() > 0.01  # the temperature does change them
+    sparse = save_sparse(model, tmp_path / "s", meta_for(name, channels, size) | {"calibration": cal.to_dict()})
+    assert load_model(sparse)[1]["calibration"] == cal.to_dict()  # the other formats carry it too
+
+
 def test_load_model_errors(tmp_path):
     with pytest.raises(CheckpointError):
         load_model(tmp_path / "missing.safetensors")

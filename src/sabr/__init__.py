@@ -26,6 +26,7 @@ from ._lazy import attach
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
+    "calibration": ("Calibration", "calibrate_model"),
     "checkpoint": ("load_checkpoint", "save_checkpoint"),
     "config": ("RunConfig", "SabrSettings"),
     "data": ("Preprocess", "load_dataset", "split_dataset"),
@@ -45,6 +46,7 @@ __all__ = __all__ + ["__version__"]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from .bench import bench_model, bench_run, sparsify
+    from .calibration import Calibration, calibrate_model
     from .channels import ChannelGroup, channel_groups
     from .checkpoint import load_checkpoint, save_checkpoint
     from .config import RunConfig, SabrSettings

@@ -34,7 +34,11 @@ class AppSettings:
     roi_fraction: float = _f(0.75, "side of the default centred square ROI over the frame's shorter side",
                              gt=0, max=1)
     window: int = _f(5, "temporal smoothing window, frames", min=1)
-    threshold: float = _f(0.6, "confidence (fraction) below which no label is claimed", min=0, max=1)
+    threshold: float | None = _f(None, "confidence (fraction) below which no label is claimed (default: the one "
+                                       "fitted to the model on its validation data; 0.6 for a model without one)",
+                                 min=0, max=1)
+    smooth_stills: bool = _f(False, "average the predictions of an image folder's files over --window too (by "
+                                    "default each file is judged alone: stills are not a video)", switch=True)
     snapshot: int | None = _f(None, "also save this frame (0-based) of the view as OUT/snapshot.png",
                                  min=0)
     device: str = _f("cpu", "'cpu' or 'cuda'")
@@ -67,5 +71,6 @@ class ElevatorSettings(AppSettings):
     floors_per_second: float = _f(1.0, "car speed", gt=0)
     door_seconds: float = _f(2.0, "time the doors stay open", min=0)
     stable_frames: int = _f(8, "frames a gesture must hold to request its floor", min=1)
-    min_confidence: float = _f(0.7, "smoothed confidence each of those frames needs", min=0, max=1)
+    min_confidence: float | None = _f(None, "smoothed confidence each of those frames needs (default: the claim "
+                                            "threshold)", min=0, max=1)
     max_seconds: float = _f(120.0, "simulated time limit", gt=0)

@@ -166,6 +166,7 @@ def _load_app(settings: AppSettings, trust_model_code: bool) -> tuple[Recognizer
     torch.set_num_threads(settings.threads)
     recognizer = Recognizer.from_path(settings.model, settings.phase, settings.device, trust_model_code)
     print(recognizer.info().describe())
+    print(recognizer.calibration.describe(settings.threshold))
     folder = settings.references or training_data_folder(settings.model)
     references = load_references(recognizer.classes, folder) if folder else None
     if references is None:

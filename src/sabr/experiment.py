@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -22,7 +23,7 @@ from .distributed import DistContext, init_from_env
 from .models import create_model, display_name, pin
 from .errors import ConfigError
 from .regularizer import resolve_params
-from .train import Split, build_optimizer, evaluate
+from .train import Split, batches, build_optimizer, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,11 @@ class Experiment:
         """The configured optimizer (``optimizer``, ``weight_decay``, ``momentum``) over ``params`` at ``lr``."""
         c = self.config
         return build_optimizer(params, c.optimizer, lr, c.weight_decay, c.momentum)
+
+    def batches(self, split: Split, batch_size: int = 512) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(normalised inputs on the experiment's device, labels)`` batches of ``split``, in order."""
+        for images, labels in batches(split, batch_size):
+            yield self.preprocess.normalize(images.to(self.device)), labels
 
     def example_input(self) -> torch.Tensor:
         """A zero batch of one image of the model's input shape, on the experiment's device."""

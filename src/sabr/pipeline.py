@@ -22,6 +22,7 @@ from torch import nn
 from . import report
 from .budget import (CHANNEL_SHARES, TRACK_FACTOR, TRACK_FACTOR_STRUCTURED, BudgetTracker, PruneRamp, Trial,
                      budget_floor, prune_at, prune_copy, search_prune_factor, val_plateau)
+from .calibration import calibrate_model, collect_logits
 from .channels import group_parameters
 from .checkpoint import check_trusted, load_weights_into, read_metadata, read_weights, save_checkpoint, write_json
 from .config import RunConfig
@@ -104,12 +105,14 @@ def _run(config: RunConfig, progress: bool, overwrite: bool, resume: bool, dist:
         sabr, reg, base_weights = _sabr_phase(exp, folder, base, state, progress, board)
         choice = _budget_phase(exp, folder, base, sabr, reg, base_weights, state)
         pruned, layer_stats, pruned_figures = _prune_phase(exp, folder, sabr.model, choice, progress, board)
+        calibration = _calibrate_phase(exp, folder, pruned)
     finally:
         if board is not None:
             board.close()
     summary = report.build_summary(exp, sabr.model, pruned, reg, layer_stats, {
         "base": base.figures(), "sabr": sabr.figures(), "pruned": pruned_figures}, choice.curve(), resolved)
     summary.update(budget=choice.summary(base, sabr, pruned_figures), base_pruned=choice.base_figures,
+                   calibration=calibration,
                    threads=torch.get_num_threads(), warnings=warnings, seconds=round(time.perf_counter() - started, 1))
     if reg.groups is not None:
         summary["structured"] = report.structured_figures(pruned, list(reg.groups.values()), exp.example_input())
@@ -430,6 +433,20 @@ def _prune_phase(exp: Experiment, folder: RunDir, model: nn.Module, choice: Budg
     if exp.dist.is_main:
         save_checkpoint(pruned, folder.checkpoint("pruned"), exp.metadata("pruned", test_accuracy=figures["test_accuracy"]))
     return pruned, layer_stats, figures
+
+
+def _calibrate_phase(exp: Experiment, folder: RunDir, pruned: nn.Module) -> dict:
+    """The pruned model's decision rule (:func:`sabr.calibrate_model`: validation split and generated background
+    frames), measured once on the test split; rank 0 adds it to ``pruned.json``. Returns summary's entry."""
+    cal = calibrate_model(pruned, exp.batches(exp.val), exp.preprocess)
+    entry = cal.to_dict() | cal.measure(*collect_logits(pruned, exp.batches(exp.test)), "test")  # never chosen on
+    log.info("calibration: temperature %.4g, claim threshold %.3f, OOD %s >= %s; ECE on test %.3f -> %.3f",
+             cal.temperature, cal.threshold, cal.ood_score, cal.ood_threshold, entry["ece_test_before"],
+             entry["ece_test_after"])
+    if exp.dist.is_main:
+        path = folder.checkpoint("pruned").with_suffix(".json")
+        write_json(path, read_metadata(path) | {"calibration": cal.to_dict()})
+    return entry
 
 
 def resume(run_dir: str | Path, progress: bool = True, device: str | None = None,

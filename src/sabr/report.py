@@ -125,6 +125,7 @@ def render_markdown(summary: dict) -> str:
                 "| factor | SABR sparsity | SABR val | base sparsity | base val |", "|---|---|---|---|---|"]
         out += [f"| {c['teta1']:g} | {_pct(c['sparsity'])} | {_pct(c['val_accuracy'])} | {_pct(c['base_sparsity'])} "
                 f"| {_pct(c['base_val_accuracy'])} |" for c in summary["curve"]]
+    out += _calibration_lines(summary.get("calibration"))
     frozen = summary["sabr"].get("frozen_tensors")
     if frozen is not None:
         out += ["", "Frozen in phase 2: " + (", ".join(f"`{f['name']}` (epoch {f['epoch']})" for f in frozen)
@@ -133,6 +134,22 @@ def render_markdown(summary: dict) -> str:
         out += ["", f"**Warning:** {w}."]
     out += [""] + [f"![{name[:-4]}]({name})" for name in PLOTS] + [""]
     return "\n".join(out)
+
+
+def _calibration_lines(c: dict | None) -> list[str]:
+    """summary.md's paragraph on the pruned model's decision rule (``summary["calibration"]``)."""
+    if not c:
+        return []
+    ood = c.get("ood") or {}
+    check = (f"; frames whose {ood['score']} score is below {ood['threshold']:.4g} are not claimed (it rejects "
+             f"{_pct(c.get('ood_background_rejected', 0))} of the generated background frames and keeps "
+             f"{_pct(c.get('ood_val_coverage', 0))} of validation)" if ood.get("score") else "")
+    return ["", f"Calibration of the pruned model, fitted on validation: temperature {c['temperature']:.4g}; "
+            f"claim threshold {c['threshold']:.3f}, the lowest whose claimed validation labels are "
+            f"{_pct(c.get('val_precision', 0))} right (target {_pct(c.get('target_precision', 0))}){check}. "
+            f"Expected calibration error: validation {_pct(c['ece_val_before'])} -> {_pct(c['ece_val_after'])}, "
+            f"test {_pct(c.get('ece_test_before', 0))} -> {_pct(c['ece_test_after'])} (test measured once, "
+            "never used to choose)."]
 
 
 def build_summary(exp: "Experiment", sabr_model: nn.Module, pruned: nn.Module, reg: "SABR", layer_stats: list,

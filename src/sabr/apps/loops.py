@@ -21,6 +21,7 @@ import numpy as np
 
 from ..checkpoint import make_folder
 from ..app_config import ElevatorSettings, RecognizeSettings
+from ..calibration import DEFAULT_THRESHOLD
 from ..errors import ConfigError, SabrError
 from .elevator import Elevator, render_elevator
 from .recognizer import Prediction, Recognizer
@@ -153,15 +154,16 @@ def recognize(recognizer: Recognizer, source: FrameSource, settings: RecognizeSe
             for an image folder; required when ``headless``), ``headless`` (no window; otherwise frames are
             shown and the ROI can be dragged), ``roi`` (``"x,y,w,h"`` in pixels; default a centred square of
             ``roi_fraction`` of the shorter side), ``window`` and ``threshold`` (temporal smoothing over
-            ``window`` frames; labels below ``threshold`` confidence are not claimed), ``max_frames`` (stop
+            ``window`` frames; below ``threshold``, ``None``: :meth:`Recognizer.threshold`, nothing is claimed; nor
+            on frames its OOD check rejects), ``smooth_stills`` (smooth across a folder's files), ``max_frames`` (stop
             after this many frames) and ``snapshot`` (index of a frame to also save as ``out/snapshot.png``).
         references: one RGB image per class for the reference panel (``None``: empty frames).
     """
     s = settings or RecognizeSettings()
     roi = Roi.parse(s.roi) if s.roi else None
-    smoother = TemporalSmoother(s.window, s.threshold)
-    output = _open_output(s.out, s.headless, "predictions.jsonl", "annotated.mp4", source.fps,
-                          isinstance(source, ImageFolderSource), s.snapshot)
+    smoother = TemporalSmoother(s.window, recognizer.threshold(s.threshold))
+    stills = isinstance(source, ImageFolderSource)
+    output = _open_output(s.out, s.headless, "predictions.jsonl", "annotated.mp4", source.fps, stills, s.snapshot)
     fps_meter = _Fps()
     classes = recognizer.classes
     screen, dragger = None, None
@@ -175,7 +177,9 @@ def recognize(recognizer: Recognizer, source: FrameSource, settings: RecognizeSe
                     screen = Window("sabr recognize (drag the box; q quits)", dragger)
             box = dragger.roi
             pred = recognizer.predict(box.crop(frame.image))
-            smoothed = smoother.update(pred.probs)
+            if stills and not s.smooth_stills:
+                smoother.reset()  # separate photos, not a video: each is judged alone
+            smoothed = smoother.update(pred.evidence)
             latencies.append(pred.latency_ms)
             fps = fps_meter.tick()
             view = draw_recognition(frame.image, box, pred, smoothed, classes, fps, references)
@@ -207,13 +211,16 @@ def _limit(source: FrameSource, max_frames: int | None) -> Iterator[Frame]:
 
 
 def _prediction_row(frame: Frame, pred: Prediction, smoothed: Smoothed, classes: Sequence[str], roi: Roi) -> dict:
-    """One JSONL line: ``frame``, ``label``, ``confidence``, ``top3``, ``smoothed_label``, ``latency_ms``."""
+    """One JSONL line: ``frame``, ``label``, ``confidence``, ``top3``, ``known``, ``ood_score``,
+    ``smoothed_label``, ``latency_ms``."""
     return {
         "frame": frame.index,
         "name": frame.name,
         "label": classes[pred.label],
         "confidence": round(pred.confidence, 5),
         "top3": [[classes[k], round(p, 5)] for k, p in pred.top3],
+        "known": pred.known,
+        "ood_score": None if pred.ood_score is None else round(pred.ood_score, 5),
         "smoothed_label": classes[smoothed.label] if smoothed.label is not None else None,
         "smoothed_confidence": round(smoothed.confidence, 5),
         "latency_ms": round(pred.latency_ms, 3),
@@ -278,10 +285,14 @@ class ElevatorSummary:
 class _GestureInput:
     """Turns each frame (or scripted gesture) into a floor request: classify, smooth, wait until stable."""
 
-    def __init__(self, classes: Sequence[str], recognizer: Recognizer | None, s: ElevatorSettings) -> None:
+    def __init__(self, classes: Sequence[str], recognizer: Recognizer | None, s: ElevatorSettings,
+                 stills: bool = False) -> None:
         self.classes, self.recognizer, self.roi_fraction = classes, recognizer, s.roi_fraction
-        self.smoother = TemporalSmoother(s.window, s.threshold)
-        self.stable = StableGesture(s.stable_frames, s.min_confidence)
+        threshold = recognizer.threshold(s.threshold) if recognizer is not None else \
+            DEFAULT_THRESHOLD if s.threshold is None else s.threshold
+        self.smoother = TemporalSmoother(s.window, threshold)
+        self.stable = StableGesture(s.stable_frames, threshold if s.min_confidence is None else s.min_confidence)
+        self.stills = stills and not s.smooth_stills  # each file of an image folder judged alone
 
     def update(self, image: np.ndarray | None, scripted: int | None) -> tuple[int | None, str]:
         """``(floor to request or None, gesture caption)`` for one frame."""
@@ -289,7 +300,9 @@ class _GestureInput:
         if self.recognizer is not None and image is not None:
             h, w = image.shape[:2]
             crop = Roi.centered(w, h, self.roi_fraction).crop(image) if scripted is None else image
-            probs = self.recognizer.predict(crop).probs
+            probs = self.recognizer.predict(crop).evidence
+            if self.stills:
+                self.smoother.reset()
         elif scripted is not None:
             probs = np.eye(len(self.classes))[scripted]
         else:
@@ -339,9 +352,9 @@ def run_elevator(classes: Sequence[str], recognizer: Recognizer | None = None, s
             reads ``fps`` (simulation frame rate; ``None``: the source's, or 10 for a script),
             ``floors_per_second`` and ``door_seconds`` (the car's speed and how long its doors stay open),
             ``stable_frames`` and ``min_confidence`` (a request needs the same smoothed label for
-            ``stable_frames`` frames with smoothed confidence >= ``min_confidence``), ``window`` and
-            ``threshold`` (temporal smoothing, see :class:`TemporalSmoother`), ``roi_fraction`` (the centred
-            square classified in a source's frames), ``max_seconds`` (simulated time limit), ``out`` (folder
+            ``stable_frames`` frames with smoothed confidence >= ``min_confidence``, ``None``: the claim
+            threshold), ``window``, ``threshold``, ``smooth_stills`` (see :func:`recognize`), ``roi_fraction``
+            (the centred square classified in a source's frames), ``max_seconds`` (simulated time limit), ``out`` (folder
             for ``events.jsonl`` and ``elevator.mp4``; required when ``headless``), ``headless`` and ``snapshot``.
     """
     s = settings or ElevatorSettings()
@@ -351,7 +364,7 @@ def run_elevator(classes: Sequence[str], recognizer: Recognizer | None = None, s
         raise ConfigError("a --source needs a --model to recognise its gestures.")
     fps = s.fps or (source.fps if source is not None else 10.0)
     car = Elevator(len(classes), s.floors_per_second, s.door_seconds)
-    gestures = _GestureInput(classes, recognizer, s)
+    gestures = _GestureInput(classes, recognizer, s, isinstance(source, ImageFolderSource))
     output = _open_output(s.out, s.headless, "events.jsonl", "elevator.mp4", fps, False, s.snapshot)
     view = _ElevatorView(car, classes, fps, output, None if s.headless else Window("sabr elevator (q quits)"))
     frame_iter = _script_frames(script, classes, references, fps) if script is not None else \

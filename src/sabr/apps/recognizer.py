@@ -3,7 +3,9 @@
 :func:`load_any` (= :func:`sabr.export.load_model`) turns a path into ``(model, metadata)``: a ``sabr run``
 folder, a checkpoint ``.safetensors`` (with its ``.json``), or a ``sabr export`` file (sparse, shrunk, onnx).
 :class:`Recognizer` classifies an RGB crop by calling the training :class:`~sabr.data.Preprocess`
-(``metadata["transform"]``) -- never a copy of it.
+(``metadata["transform"]``) -- never a copy of it -- and turns the logits into probabilities with the model's
+own decision rule (``metadata["calibration"]``, :class:`sabr.calibration.Calibration`: temperature, claim
+threshold, out-of-distribution check; a model saved without one gets temperature 1 and threshold 0.6).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..calibration import Calibration, ood_score
 from ..errors import CheckpointError
 from ..export import load_model
 from ..metrics import count_macs, sparsity_report
@@ -34,11 +37,15 @@ class Prediction:
     """One frame's classification.
 
     Attributes:
-        probs: softmax probabilities, one per class (``float32``, sums to 1).
+        probs: calibrated softmax probabilities ``softmax(logits / temperature)``, one per class (``float32``,
+            sums to 1).
         label: arg-max class index.
         confidence: ``probs[label]`` (fraction).
         top3: up to three ``(class index, probability)`` pairs, best first.
         latency_ms: preprocessing + forward pass time, in milliseconds.
+        known: ``False`` when the model's out-of-distribution check says the frame is like none of its
+            training images (nothing in view): such a frame is never claimed.
+        ood_score: the frame's OOD score (``None`` when the model has no OOD check).
     """
 
     probs: np.ndarray
@@ -46,6 +53,13 @@ class Prediction:
     confidence: float
     top3: list[tuple[int, float]]
     latency_ms: float
+    known: bool = True
+    ood_score: float | None = None
+
+    @property
+    def evidence(self) -> np.ndarray:
+        """What the temporal smoother averages: ``probs``, or zeros for a frame that is not ``known``."""
+        return self.probs if self.known else np.zeros_like(self.probs)
 
 
 @dataclass
@@ -76,7 +90,8 @@ class Recognizer:
     Args:
         model: a module (or any callable) mapping a ``(N, C, H, W)`` float batch to logits.
         metadata: the checkpoint metadata; needs ``classes`` and ``transform``
-            (a :class:`~sabr.data.Preprocess`, as returned by :func:`sabr.load_run`).
+            (a :class:`~sabr.data.Preprocess`, as returned by :func:`sabr.load_run`); its ``calibration``
+            (when present) becomes :attr:`calibration`.
     """
 
     def __init__(self, model: Callable, metadata: dict) -> None:
@@ -87,6 +102,7 @@ class Recognizer:
         self.metadata = metadata
         self.transform = metadata["transform"]
         self.classes: list[str] = list(metadata["classes"])
+        self.calibration = Calibration.from_dict(metadata.get("calibration"))
         self.device = next(model.parameters()).device if isinstance(model, nn.Module) else torch.device("cpu")
 
     @classmethod
@@ -96,20 +112,27 @@ class Recognizer:
         model, meta = load_any(path, phase, device, trust_model_code)
         return cls(model, meta)
 
+    def threshold(self, override: float | None = None) -> float:
+        """The claim threshold: ``override`` (``--threshold``) when given, else the model's calibrated one."""
+        return self.calibration.threshold if override is None else override
+
     @torch.no_grad()
     def predict(self, rgb: np.ndarray) -> Prediction:
         """Classify one RGB ``uint8`` image ``(H, W, 3)`` (e.g. the ROI crop)."""
         start = time.perf_counter()
         x = self.transform(rgb).unsqueeze(0).to(self.device)
-        logits = self.model(x)
-        probs = torch.softmax(torch.as_tensor(logits).float(), dim=1)[0].cpu().numpy()
+        logits = torch.as_tensor(self.model(x)).float().cpu()
+        cal = self.calibration
+        probs = cal.probabilities(logits)[0].numpy()
         if len(probs) != len(self.classes):
             raise CheckpointError(f"the model gives {len(probs)} outputs but its metadata names {len(self.classes)} "
                                   "classes; the metadata does not belong to these weights.")
+        known = bool(cal.known(logits)[0])
+        score = None if cal.ood_score is None else float(ood_score(logits, cal.ood_score)[0])
         latency = 1000.0 * (time.perf_counter() - start)
         order = np.argsort(-probs)[:3]
         return Prediction(probs, int(order[0]), float(probs[order[0]]),
-                          [(int(k), float(probs[k])) for k in order], latency)
+                          [(int(k), float(probs[k])) for k in order], latency, known, score)
 
     def info(self) -> ModelInfo:
         """Name, sparsity (:func:`sabr.sparsity_report`) and MACs (:func:`sabr.count_macs`) of the model."""

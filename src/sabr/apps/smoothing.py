@@ -47,7 +47,8 @@ class TemporalSmoother:
         self._history: deque[np.ndarray] = deque(maxlen=window)
 
     def update(self, probs: Sequence[float] | np.ndarray) -> Smoothed:
-        """Add one frame's class probabilities (a 1-D array summing to 1) and return the smoothed result."""
+        """Add one frame's class probabilities (a 1-D array summing to 1, or all zeros for a frame with nothing
+        to claim) and return the smoothed result."""
         p = np.asarray(probs, dtype=np.float64).reshape(-1)
         if self._history and len(self._history[0]) != len(p):
             raise ValueError(f"expected {len(self._history[0])} class probabilities, got {len(p)}.")

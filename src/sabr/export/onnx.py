@@ -1,4 +1,9 @@
-"""The ``onnx`` export format: the (pruned or shrunk) model as ONNX, checked against PyTorch with onnxruntime."""
+"""The ``onnx`` export format: the (pruned or shrunk) model as ONNX, checked against PyTorch with onnxruntime.
+
+The graph has two outputs: ``logits`` (raw, what the OOD score is computed on) and ``probs``, the calibrated
+probabilities ``softmax(logits / temperature)`` with the temperature of the metadata's ``calibration``
+(1 without one); the ``.json`` beside it carries the whole ``calibration`` (threshold, OOD check) too.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..calibration import Calibration
 from ..checkpoint import atomic_write, make_folder, write_json
 from ..errors import SabrError
 from ._files import plain_meta
@@ -17,7 +23,8 @@ from ._files import plain_meta
 
 def export_onnx(model: nn.Module, path: str | Path, metadata: dict, example_input: torch.Tensor,
                 check_input: torch.Tensor | None = None, atol: float = 1e-4) -> tuple[Path, float]:
-    """Export to ONNX (dynamic batch, input ``input``, output ``logits``) and check it with onnxruntime.
+    """Export to ONNX (dynamic batch, input ``input``, outputs ``logits`` and calibrated ``probs``) and check both
+    with onnxruntime.
 
     Args:
         model: the network (pruned or shrunk).
@@ -25,32 +32,54 @@ def export_onnx(model: nn.Module, path: str | Path, metadata: dict, example_inpu
         example_input: a batch shaped like real inputs (used for tracing).
         check_input: the batch compared between PyTorch and onnxruntime (default: ``example_input``).
             The input height and width are fixed to those of ``example_input`` (the batch is dynamic).
-        atol: the largest accepted absolute difference of the logits.
+        atol: the largest accepted absolute difference of the logits (the probabilities must agree to ``1e-5``).
 
     Returns:
-        ``(path, max abs difference)``. Raises :class:`SabrError` when the difference exceeds ``atol``.
+        ``(path, max abs difference of the logits)``. Raises :class:`SabrError` when a difference is too large.
     """
     path = Path(path).with_suffix(".onnx")
     make_folder(path.parent)
     model = model.cpu().eval()
-    exported = _onnx_friendly(model, example_input.cpu())
+    cal = Calibration.from_dict(metadata.get("calibration"))
+    exported = _WithProbs(_onnx_friendly(model, example_input.cpu()), cal.temperature).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         buf = io.BytesIO()
         torch.onnx.export(exported, (example_input.cpu(),), buf, dynamo=False, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                          opset_version=17)
+                          output_names=["logits", "probs"], opset_version=17,
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "probs": {0: "batch"}})
     atomic_write({path: buf.getvalue()})
     x = (check_input if check_input is not None else example_input).cpu()
     with torch.no_grad():
         expected = model(x)
-    got = OnnxModel(path)(x)
-    diff = float((got - expected).abs().max())
-    if diff > atol:
-        raise SabrError(f"the ONNX model differs from PyTorch by {diff:.2e} (> {atol:g}); export with opset 17 "
-                        "or report the model that fails.")
-    write_json(path.with_suffix(".json"), plain_meta(metadata) | {"export": {"format": "onnx", "max_abs_diff": diff}})
+    onnx = OnnxModel(path)
+    diff = float((onnx(x) - expected).abs().max())
+    probs_diff = float((onnx.probabilities(x) - cal.probabilities(expected)).abs().max())
+    if diff > atol or probs_diff > PROBS_ATOL:
+        raise SabrError(f"the ONNX model differs from PyTorch by {diff:.2e} in its logits (> {atol:g}) or "
+                        f"{probs_diff:.2e} in its probabilities (> {PROBS_ATOL:g}); export with opset 17 or report "
+                        "the model that fails.")
+    write_json(path.with_suffix(".json"), plain_meta(metadata) | {"export": {
+        "format": "onnx", "max_abs_diff": diff, "probs_max_abs_diff": probs_diff, "outputs": ["logits", "probs"],
+        "temperature_in_graph": cal.temperature}})
     return path, diff
+
+
+PROBS_ATOL = 1e-5
+"""The largest accepted difference between onnxruntime's and PyTorch's calibrated probabilities."""
+
+
+class _WithProbs(nn.Module):
+    """``model`` with a second output: the calibrated probabilities ``softmax(logits / temperature)``."""
+
+    def __init__(self, model: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.model = model
+        self.temperature = float(temperature)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(x)
+        return logits, torch.softmax(logits / self.temperature, dim=-1)
 
 
 class _PoolAsMatmul(nn.Module):
@@ -116,8 +145,19 @@ class OnnxModel:
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {self.input_name: x.detach().cpu().float().numpy()})[0]
+        out = self.session.run(["logits"] if self._has("logits") else None,
+                               {self.input_name: x.detach().cpu().float().numpy()})[0]
         return torch.from_numpy(out)
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """The graph's calibrated ``probs`` output (``softmax(logits / temperature)``) for ``x``; a file exported
+        before it had that output gives ``softmax(logits)``."""
+        if not self._has("probs"):
+            return torch.softmax(self(x), dim=-1)
+        return torch.from_numpy(self.session.run(["probs"], {self.input_name: x.detach().cpu().float().numpy()})[0])
+
+    def _has(self, name: str) -> bool:
+        return any(o.name == name for o in self.session.get_outputs())
 
     def eval(self) -> "OnnxModel":
         """No-op, so that code written for ``nn.Module`` can call it."""
