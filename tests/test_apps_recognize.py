@@ -118,3 +118,49 @@ def test_references_from_class_folders(tiny_checkpoint):
     assert len(refs) == 10 and all(r.ndim == 3 and r.shape[2] == 3 for r in refs)
     with pytest.raises(DataError, match="classes"):
         load_references(["a", "b"], folder)
+
+
+def _calibrated_copy(checkpoint, tmp_path, **rule):
+    """The tiny checkpoint with a ``calibration`` entry in its metadata (saved again, as `sabr run` would)."""
+    from sabr import save_checkpoint
+    from sabr.calibration import Calibration
+
+    model, meta = load_any(checkpoint)
+    meta = {k: v for k, v in meta.items() if k not in ("transform", "weights_sha256")}
+    (tmp_path / "calibrated").mkdir(exist_ok=True)
+    return save_checkpoint(model, tmp_path / "calibrated" / "pruned", meta | {"calibration": Calibration(**rule).to_dict()})
+
+
+def test_the_models_temperature_and_threshold_are_applied_and_the_flag_overrides(tiny_checkpoint, tmp_path):
+    rec = Recognizer.from_path(_calibrated_copy(tiny_checkpoint, tmp_path, temperature=0.25, threshold=0.93))
+    image = np.asarray(open_image(sign_photos(1, [2])[0]).convert("RGB"))
+    with torch.no_grad():
+        logits = rec.model(rec.metadata["transform"](image).unsqueeze(0))
+    np.testing.assert_allclose(rec.predict(image).probs, torch.softmax(logits / 0.25, 1)[0].numpy(), rtol=1e-5,
+                               atol=1e-6)
+    assert rec.threshold() == 0.93 and rec.threshold(0.5) == 0.5
+    assert Recognizer.from_path(tiny_checkpoint).threshold() == 0.6  # saved before calibration: the old rule
+
+
+def test_frames_the_ood_check_rejects_are_never_claimed(tiny_checkpoint, tmp_path):
+    rec = Recognizer.from_path(_calibrated_copy(tiny_checkpoint, tmp_path, threshold=0.0, ood_score="max_logit",
+                                                ood_threshold=1e9))
+    blank = np.full((60, 80, 3), 128, np.uint8)
+    pred = rec.predict(blank)
+    assert not pred.known and pred.ood_score is not None and not pred.evidence.any()
+    video = tmp_path / "blank.mp4"
+    write_video([blank] * 4, video, fps=5)
+    recognize(rec, open_source(video), RecognizeSettings(out=tmp_path / "out", headless=True))
+    rows = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(r["smoothed_label"] is None and r["known"] is False for r in rows)
+
+
+def test_stills_are_judged_one_by_one_unless_asked(tiny_checkpoint, photo_folder, tmp_path):
+    rec = Recognizer.from_path(tiny_checkpoint)
+    for smooth in (False, True):
+        out = tmp_path / f"smooth-{smooth}"
+        recognize(rec, open_source(photo_folder), RecognizeSettings(out=out, headless=True, roi_fraction=1.0,
+                                                                      window=3, threshold=0.0, smooth_stills=smooth))
+        rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+        alone = [r["smoothed_confidence"] == pytest.approx(r["confidence"], abs=1e-5) for r in rows]
+        assert all(alone) if not smooth else not all(alone[1:])

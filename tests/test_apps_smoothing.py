@@ -47,3 +47,10 @@ def test_stable_gesture_debounce_and_confidence():
            Smoothed(1, 0.9), Smoothed(1, 0.9), Smoothed(None, 0.3), Smoothed(1, 0.9), Smoothed(1, 0.9),
            Smoothed(1, 0.9)]
     assert [g.update(s) for s in seq] == [None] * 7 + [1, None, None, None, 1]
+
+
+def test_frames_with_nothing_to_claim_lower_the_mean_and_alone_claim_nothing():
+    s = TemporalSmoother(window=2, threshold=0.0)
+    assert s.update([0.0, 0.0]).label is None  # even at threshold 0
+    r = s.update([0.0, 1.0])
+    assert (r.label, r.confidence) == (1, 0.5)

@@ -56,7 +56,7 @@ class TemporalSmoother:
         mean = np.mean(self._history, axis=0)
         k = int(mean.argmax())
         conf = float(mean[k])
-        return Smoothed(k if conf >= self.threshold else None, conf)
+        return Smoothed(k if conf >= self.threshold and conf > 0 else None, conf)  # all-zero: nothing to claim
 
     def reset(self) -> None:
         """Forget the history (e.g. when the ROI jumps or the source changes)."""
