@@ -23,6 +23,8 @@ Protocol (``PROTOCOL``), per configuration and seed:
 
 Results accumulate per (method, target, seed) in ``--out/<config>.json`` (written after every trial),
 so a run cut off midway continues where it stopped; ``--report`` prints the tables and draws the plots.
+The results of protocol 0.7.0 (``fashion-lenet5-3seeds``) and of 0.1.0 are archived in
+``benchmarks/results/archive/`` (docs/archive/): ``--out benchmarks/results/archive`` reports or continues them.
 
     python benchmarks/compare.py --quick                 # smoke run, about a minute
     python benchmarks/compare.py --estimate              # CPU-hours of the full run, measured
