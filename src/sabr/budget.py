@@ -4,9 +4,9 @@ The base's figure is its validation plateau (:func:`val_plateau`: the median of 
 at most its best epoch's), not the best epoch's alone, which stands above the plateau by selection.
 
 SABR's lambdas ramp up exponentially while the validation accuracy holds, so a run that simply stops
-at an epoch limit and prunes with a fixed factor ends wherever the limit cuts the ramp: the same command
-gave 64%, 77% or 97% sparsity with another seed or thread count. The budget makes the outcome a
-property of the model and the data instead:
+at an epoch limit and prunes with a fixed factor ends wherever the limit cuts the ramp, so the same
+command gives very different sparsities with another seed or thread count (docs/spec.md). The budget
+makes the outcome a property of the model and the data instead:
 
 * during phase 2, :class:`BudgetTracker` keeps the epoch whose *prunable sparsity* (what the pruning
   rule would remove, :func:`sabr.pruning.prunable_sparsity`) is the highest among the epochs whose
@@ -60,12 +60,10 @@ epochs for lack of a measurable gain."""
 CHANNEL_SHARES = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
 """The structured fine-tune's ramp steps: the share of every channel group removed, smallest channels first
 (:func:`sabr.pruning.prune_channel_share`; 0 is the model as the search left it); the ramp starts at the top
-and steps down (:class:`PruneRamp`, ``descend``). After phase 2 the channels of resnet18's early groups are
-near-uniform in size, 6 to 25 times the std rule's threshold at factor 1, so the rule's factors removed nothing
-more (17.92% sparsity at factor 3 on the sign-language photos, seed 1) where these shares reached 50% within
-the budget from the base model, 2.05x faster at batch 1. The top is 87.5%: on the same photos Torch-Pruning
-at that ratio, fine-tuned 30 epochs, brought vgg11's validation accuracy within the floor on one seed of three
-(seed 3: 97.04% against 96.03%), where the grid stopped at 75%."""
+and steps down (:class:`PruneRamp`, ``descend``). Shares, not factors of the std rule: where a group's
+channels are near-uniform in size no factor removes any, while a share removes the smallest whatever their
+spread. The top is 87.5% because a share that high, fine-tuned, can still come back within the budget (the
+measurements behind both: docs/spec.md, structured mode)."""
 
 
 PLATEAU_EPOCHS = 10
@@ -79,9 +77,8 @@ def val_plateau(val_accuracies: Sequence[float], best: float) -> float:
 
     The kept base is the best of its epochs on validation: the highest of many noisy draws, it stands above
     what the trained model scores from epoch to epoch, while a pruned candidate is judged on the few epochs it
-    gets. On the sign-language photos (371 validation images) vgg11's best epoch stood 0.54 points above the
-    median of its last ten on seed 2 (0.27 and 0 on seeds 0 and 1), and no channel share up to 75% reached the
-    floor set from it (its best epoch at 75% was 96.77% against 97.11%).
+    gets, so a floor set from the best epoch can refuse every candidate (measured: docs/spec.md, the budget's
+    row of the defaults table).
     """
     if len(val_accuracies) < PLATEAU_EPOCHS:
         return best
@@ -184,8 +181,7 @@ def choose(trials: Iterable[Trial], floor: float) -> tuple[Trial, bool]:
 
     Accuracy falls as the factor grows, and on the measured models it falls off a cliff: the last factor
     before the first failure sits on the edge, where the validation split cannot tell a model that keeps
-    its test accuracy from one that loses 5 of 180 test images (measured on the digits, seed 2, two
-    threads: 98.15% validation at factors 0.5 and 0.65, 0 and 5 test images lost). So the admitted
+    its test accuracy from one that loses several test images (docs/benchmarks.md, the default run). So the admitted
     factors are the unbroken run of fitting ones, weakest first (a fit after a failure is noise), and
     when a failure ends that run the choice keeps one step of margin from it. When every factor fits,
     the strongest is chosen. A tighter floor shortens the run: it never admits a stronger factor.
@@ -216,8 +212,7 @@ class PruneRamp:
       to the kept one and its factor, as SABR divides its lambdas; the next epoch within the budget grows the
       factor again (before ``patience`` such epochs, training goes on at the new factor);
     * below the floor at the kept model's factor: training goes on (a fine-tune epoch can lose accuracy that
-      the next buys back: resnet18 on the sign-language photos fell from 97.84% to 89.22% validation in
-      its first fine-tune epoch, at the factor the search chose, and was back at 95.96% after five).
+      the next buys back, most of all the first one: docs/spec.md, phase 4).
 
     Downwards (``descend``, structured mode): the caller prunes the model at the top step before the first
     epoch and the fine-tune trains there, as a one-shot pruner does, keeping the starting model as the
@@ -225,10 +220,10 @@ class PruneRamp:
     step's best epoch within the budget. Until then, ``patience`` epochs in a row below the floor that do not
     improve on the step's best validation accuracy step the model one step down (``"shrink"``: the caller
     gives back the channels the lower step keeps), as SABR divides its lambdas after a drop; an epoch that
-    still climbs is recovering from the cut, not failing. Why, measured on vgg11 (sign-language photos): the
-    upward ramp spent 1-9 epochs at share 0 recovering from the fine-tune's learning-rate shock and reached
-    its top share with the learning rate halved several times, while Torch-Pruning at the same share, the
-    same channels removed at once, trained all 30 epochs there.
+    still climbs is recovering from the cut, not failing. Why down: a ramp that grows spends its first epochs
+    recovering from the fine-tune's learning-rate shock and reaches its top share with the learning rate
+    already lowered, while a one-shot pruner trains every epoch at the final shape (measured: docs/spec.md,
+    structured mode).
 
     The result is the last kept model: the sparsest whose validation accuracy was within the budget *after*
     training (:attr:`fits`); while no epoch has been, the most accurate one (the starting model included), as a
@@ -244,8 +239,7 @@ class PruneRamp:
             ``"channel_share"`` (:data:`CHANNEL_SHARES`).
         patience: epochs below the floor at a grown step before the ramp returns (1: at once); downwards,
             epochs below the floor without a new best before it steps down. Removing 12.5% of every channel
-            group costs resnet18 more than one epoch: on the sign-language photos a step fell below the floor
-            and the kept step was back within it, epoch after epoch.
+            group can cost more than one epoch to recover, so one epoch below the floor is no verdict.
         misses: epochs below the floor at the current step so far (in a row).
         descend: start at the top step and step down (structured mode), instead of up.
         step_best: the best validation accuracy at the current step (``descend``).

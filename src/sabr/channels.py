@@ -26,9 +26,8 @@ from torch import nn
 STRUCTURED_FACTOR = 1.0
 """The pruning factor at which phase 2 of structured SABR counts a channel as removable: to track the prunable
 sparsity (:data:`sabr.budget.TRACK_FACTOR_STRUCTURED`) and to choose the group to freeze. Channel sizes
-spread far less than single weights: on resnet18 at 32 px (sign-language photos, seed 0, phase-2 epoch 13)
-factor 0.2 would remove 0.0% of the groups' weights while factors 0.5, 1, 2 and 3 removed 1.9%, 12%, 42%
-and 71%."""
+spread far less than single weights, so at the unstructured rule's 0.2 no channel is removable until it
+reaches zero (measured: docs/spec.md, structured mode)."""
 
 
 @dataclass(frozen=True)
@@ -130,12 +129,11 @@ def channel_scale(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
     structured fine-tune ranks channels (:func:`sabr.prune_channel_share`).
 
     With BatchNorm layers in the group it is the sum of their ``|gamma|``: a BatchNorm divides out the size of
-    the weights before it, so their root mean square says little about its output (on the three resnet18 bases
-    of docs/benchmarks.md, removing 50% of every group by ``|gamma|`` kept 70-76% validation accuracy before
-    any fine-tune, by the weights' root mean square 51-60%: ``benchmarks/channel_ranking.py``). Without one it
-    is the L2 norm of every weight the channel touches: its rows in the layers that write it and its columns in
-    the layers that read it (on the three vgg11 bases, removing 75% of every group this way kept 84% validation
-    accuracy, by the written rows' root mean square alone 73%).
+    the weights before it, so their root mean square says little about its output. Without one it is the L2
+    norm of every weight the channel touches: its rows in the layers that write it and its columns in the
+    layers that read it, since a channel that is written strongly but read weakly carries little. Both
+    rankings were chosen by measurement (``benchmarks/channel_ranking.py``; figures in docs/spec.md,
+    structured mode).
     """
     modules, named = dict(model.named_modules()), dict(model.named_parameters())
     scales = [named[e].detach().double().abs() for e in group.extras if e.endswith(".weight")

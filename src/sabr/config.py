@@ -138,7 +138,7 @@ class RunConfig:
     finetune_epochs: int = _f(0, "phase 4 (optional): masked fine-tuning epochs after pruning; zeros stay zero. "
                                  "Under a budget, every epoch within it prunes one --sweep factor further, one below "
                                  "it returns to the last model within it, which is the result (when no factor fits "
-                                 "before, it starts at the weakest; the 'sabr_ft' row of docs/benchmarks.md); with "
+                                 "before, it starts at the weakest; docs/spec.md, phase 4); with "
                                  "--structured it starts with 87.5%% of every channel group removed, smallest first, "
                                  "and gives 12.5%% back after --k-epoch epochs below the budget without recovering, "
                                  "until an epoch is within it", min=0)
@@ -194,8 +194,9 @@ class RunConfig:
 
     @property
     def recalibrates(self) -> bool:
-        """``bn_recalibrate``, or by default on for unstructured pruning and off for ``structured`` (see
-        docs/spec.md: on resnet18 it cost 1-2 validation points with nothing pruned)."""
+        """``bn_recalibrate``, or by default on for unstructured pruning and off for ``structured``: a removed
+        channel outputs exactly zero, so it needs none, and re-estimating the statistics costs accuracy even
+        with nothing pruned (docs/spec.md, structured mode)."""
         return (not self.structured) if self.bn_recalibrate is None else self.bn_recalibrate
 
     def sabr_settings(self) -> SabrSettings:

@@ -97,9 +97,8 @@ def prune(
 
 CHANNEL_MULTIPLE = 8
 """Structured pruning keeps a multiple of this many channels per group (the largest of those the rule would
-remove are kept back), or all of them. Dense kernels run much slower on odd widths: a shrunk resnet18
-with 246, 244, 157, 479 and 241 channels in its last stages (31% fewer parameters, 14% fewer MACs) ran at
-0.87x the speed of the full model at batch 1 on one thread."""
+remove are kept back), or all of them. Dense kernels run much slower on odd widths, enough that a shrunk
+model with odd widths can run slower than the full one (measured: docs/spec.md, structured mode)."""
 
 
 def _removed_channels(named: dict, group: ChannelGroup, teta1: float, gamma: float,

@@ -1,6 +1,6 @@
 """The SABR regulariser: layer-specific, adaptive L1 strengths with progressive freezing.
 
-The rules follow ``spec/SABR.md`` exactly:
+The rules follow ``docs/spec.md`` (phase 2) exactly:
 
 * initialisation, once: ``lambda_t = teta1 * std(w_t)`` for every regularised tensor ``t`` (``std`` is the
   population standard deviation, numpy's ``np.std``, as in the seed's code);
