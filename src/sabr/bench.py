@@ -254,9 +254,11 @@ def bench_model(model: nn.Module, metadata: dict, batch_sizes: tuple[int, ...] =
     is ``1 / (1 - macs_reduction)``, what the MAC count promises.
 
     Args:
-        model, metadata: as returned by :func:`~sabr.load_run`.
+        model: the model as returned by :func:`~sabr.load_run`.
+        metadata: its metadata, as returned by :func:`~sabr.load_run`.
         batch_sizes: batch sizes to time.
-        runs, warmup: timed and untimed calls per path.
+        runs: timed calls per path.
+        warmup: untimed calls per path before them.
         max_density: see :func:`sparsify`.
         threads: ``torch.set_num_threads`` (and onnxruntime's threads) during the measurement (default:
             leave as is).

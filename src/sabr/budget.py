@@ -359,7 +359,8 @@ def search_prune_factor(model: nn.Module, validate: Callable[[nn.Module], float]
         validate: ``validate(pruned copy)`` -> validation accuracy (a fraction). It is the only look at
             data the search takes: pass the validation split, never the test split.
         floor: the lowest admissible validation accuracy (:func:`budget_floor`).
-        gamma, params: the pruning rule's ``gamma`` and tensors.
+        gamma: the pruning rule's ``gamma``.
+        params: the pruning rule's tensors (names; default: every Conv and Linear weight).
         recalibrate: applied to each pruned copy before it is validated (BatchNorm statistics).
         factors: the factors to try.
         done: trials already made (a resumed search continues after them).

@@ -47,7 +47,8 @@ class Preprocess:
     Args:
         image_size: side of the square model input, in pixels.
         channels: 1 (grayscale) or 3 (RGB).
-        mean, std: per-channel normalisation of values scaled to [0, 1].
+        mean: per-channel mean subtracted from values scaled to [0, 1].
+        std: per-channel standard deviation they are divided by.
     """
 
     image_size: int

@@ -150,8 +150,8 @@ class SABR:
         decrease_rate: divisor applied after an epoch whose drop exceeds ``accuracy_threshold`` (1.2).
         accuracy_threshold: tolerated drop from the best validation accuracy, as a fraction (0.007).
         k_epoch: number of consecutive no-growth epochs after which one tensor freezes (2).
-        zero_eps: a weight counts as near zero when ``|w| < zero_eps`` (1e-5).
-        (Every default comes from :data:`DEFAULTS`, a :class:`SabrSettings`.)
+        zero_eps: a weight counts as near zero when ``|w| < zero_eps`` (1e-5). Every default above comes
+            from :data:`DEFAULTS`, a :class:`SabrSettings`.
         steps_per_epoch: optimizer steps (``penalty()`` calls) per epoch, e.g. ``len(train_loader)``; when
             given, each call applies ``REFERENCE_STEPS / steps_per_epoch`` of every lambda, so ``teta1``
             means the same whatever the dataset size. ``None`` (default): the spec's per-step rule.

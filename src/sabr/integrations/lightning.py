@@ -32,8 +32,8 @@ class SABRCallback(pl.Callback):
     Args:
         monitor: the metric (a validation accuracy, as a fraction) that :meth:`SABR.step` reads once per
             epoch, after validation; the module logs it with ``self.log(monitor, ...)``.
-        teta1, growth_rate, decrease_rate, accuracy_threshold, k_epoch, zero_eps, params, groups,
-            steps_per_epoch: as in :class:`sabr.SABR`, with the same defaults.
+        teta1: as in :class:`sabr.SABR`, with the same default; so are ``growth_rate``, ``decrease_rate``,
+            ``accuracy_threshold``, ``k_epoch``, ``zero_eps``, ``params``, ``groups`` and ``steps_per_epoch``.
         scale_teta1: when ``steps_per_epoch`` is None, give SABR the trainer's number of training batches
             per epoch (``sabr run``'s ``--scale-teta1``: an epoch pulls as 100 steps would, whatever the
             dataset size); False keeps the spec's per-step lambdas.
