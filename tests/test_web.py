@@ -74,7 +74,7 @@ NODE_CHECK = """
 import { readFileSync, writeFileSync } from "fs";
 import { preprocess, centeredRoi } from "SITE/preprocess.js";
 import { Elevator } from "SITE/elevator.js";
-import { TemporalSmoother, StableGesture, softmax } from "SITE/decision.js";
+import { TemporalSmoother, StableGesture, judge, softmax } from "SITE/decision.js";
 const cases = JSON.parse(readFileSync(process.argv[2]));
 const pre = cases.images.map((c) => Array.from(preprocess(Uint8Array.from(c.rgba), c.width, c.roi, c.pre)));
 const rois = cases.rois.map(([w, h, f]) => centeredRoi(w, h, f));
@@ -87,7 +87,11 @@ const smooth = cases.smooth.map(({ logits, window, threshold, frames, min_confid
   const s = new TemporalSmoother(window, threshold), g = new StableGesture(frames, min_confidence);
   return logits.map((l) => { const r = s.update(softmax(l)); return [r.label, r.confidence, g.update(r)]; });
 });
-writeFileSync(process.argv[3], JSON.stringify({ pre, rois, cars, smooth }));
+const judged = cases.judge.map(({ logits, decision }) => logits.map((l) => {
+  const j = judge(l, decision);
+  return [Array.from(j.probs), j.known, Array.from(j.evidence)];
+}));
+writeFileSync(process.argv[3], JSON.stringify({ pre, rois, cars, smooth, judged }));
 """
 
 
@@ -112,9 +116,14 @@ def test_page_modules_match_the_python_apps(tmp_path):
     smooth = [{"logits": (3 * rng.standard_normal((80, 10)) + 4 * np.eye(10)[rng.integers(0, 3, 80)]).tolist(),
                "window": int(rng.integers(1, 6)), "threshold": 0.5, "frames": 4, "min_confidence": 0.6}
               for _ in range(5)]
+    raw = 4 * rng.standard_normal((40, 10))
+    decisions = [{"temperature": 1.0, "threshold": 0.6, "ood": {"score": None, "threshold": None}},
+                 {"temperature": 2.5, "threshold": 0.8, "ood": {"score": "max_logit", "threshold": 6.0}},
+                 {"temperature": 0.7, "threshold": 0.5, "ood": {"score": "energy", "threshold": 7.0}}]
+    judge = [{"logits": raw.tolist(), "decision": d} for d in decisions]
     script = tmp_path / "check.mjs"
     script.write_text(NODE_CHECK.replace("SITE", SITE_SOURCE.as_uri()))
-    got = _node(script, {"images": images, "rois": rois, "cars": cars, "smooth": smooth}, tmp_path)
+    got = _node(script, {"images": images, "rois": rois, "cars": cars, "smooth": smooth, "judge": judge}, tmp_path)
 
     for want, have in zip(expected, got["pre"]):
         assert np.array_equal(want, np.asarray(have, dtype=np.float32))  # bit for bit
@@ -130,6 +139,16 @@ def test_page_modules_match_the_python_apps(tmp_path):
         for logits, (label, conf, fired) in zip(case["logits"], rows):
             r = s.update(torch.softmax(torch.tensor(logits), 0).numpy())
             assert (label, fired) == (r.label, g.update(r)) and conf == pytest.approx(r.confidence, abs=1e-6)
+    z = torch.tensor(raw, dtype=torch.float32)
+    scores = {"max_logit": z.max(1).values, "energy": torch.logsumexp(z, 1)}
+    for d, rows in zip(decisions, got["judged"]):  # the calibration: softmax(z / T), the OOD check of raw z
+        probs = torch.softmax(z / d["temperature"], 1).numpy()
+        ood = d["ood"]
+        known = np.ones(len(z), bool) if ood["score"] is None else (scores[ood["score"]] >= ood["threshold"]).numpy()
+        assert 0 < known.sum() < len(z) or ood["score"] is None
+        assert np.abs(np.array([r[0] for r in rows]) - probs).max() < 1e-6
+        assert [r[1] for r in rows] == known.tolist()
+        assert all(sum(r[2]) == 0 for r, k in zip(rows, known) if not k)
 
 
 # --------------------------------------------------------------------------- a real run, its site, a browser

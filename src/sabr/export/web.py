@@ -57,13 +57,14 @@ def decision_rule(meta: dict) -> dict:
     """The calibrated decision rule of a checkpoint's metadata, with the apps' defaults where it has none.
 
     Returns ``{"temperature": T, "threshold": t, "ood": {"score": s, "threshold": u}}``: probabilities are
-    ``softmax(logits / T)``; a label is claimed when the smoothed maximum probability is ``>= t`` and, when
-    ``s`` (``"max_logit"`` or ``"energy"``) is set, the out-of-distribution score passes ``u``. Defaults:
-    ``T = 1``, ``t`` = the apps' ``--threshold`` default, no OOD score.
+    ``softmax(logits / T)``; a frame whose OOD score ``s`` of the raw logits (``"max_logit"``: max z,
+    ``"energy"``: logsumexp z) is below ``u`` adds zeros to the smoothing window instead; a label is claimed
+    when the smoothed maximum probability is ``>= t``. Defaults: ``T = 1``, ``t = 0.6``, no OOD check.
     """
     cal = meta.get("calibration") or {}
     ood = cal.get("ood") or {}
     default = next(f.default for f in fields(ElevatorSettings) if f.name == "threshold")
+    default = 0.6 if default is None else default  # the apps' default for a model saved without calibration
     return {"temperature": float(cal.get("temperature", 1.0)),
             "threshold": float(cal.get("threshold", default)),
             "ood": {"score": ood.get("score"), "threshold": ood.get("threshold")}}

@@ -6,11 +6,12 @@
 //   classify(data, n) -> {logits, probs} the model on n input tensors (flat float array, n x C x S x S)
 //   preprocess(rgba, width, roi) -> array the training preprocessing of the crop roi of an RGBA frame
 //   frameIndex = (ImageData) => number   optional: names each camera frame (default: its arrival number)
-//   frames                               per-frame results {n, index, top1, probs, label, confidence, latency_ms}
+//   frames                               per-frame results {n, index, top1, probs, known, label, confidence,
+//                                        latency_ms}
 //   elevator                             the car (its .log holds the events)
 
 import { centeredRoi, clampRoi, preprocess } from "./preprocess.js";
-import { StableGesture, TemporalSmoother, argmax, oodScore, softmax, top3 } from "./decision.js";
+import { StableGesture, TemporalSmoother, argmax, judge, softmax, top3 } from "./decision.js";
 import { Elevator } from "./elevator.js";
 
 const $ = (id) => document.getElementById(id);
@@ -61,8 +62,8 @@ class App {
     const d = config.decision, st = config.settings;
     this.config = config;
     this.model = model;
-    this.smoother = new TemporalSmoother(st.window, d.threshold, d.ood);
-    this.stable = new StableGesture(st.stable_frames, st.min_confidence);
+    this.smoother = new TemporalSmoother(st.window, d.threshold);
+    this.stable = new StableGesture(st.stable_frames, st.min_confidence ?? d.threshold);
     this.car = new Elevator(config.classes.length, st.floors_per_second, st.door_seconds);
     this.roi = null;
     this.count = 0;
@@ -80,14 +81,13 @@ class App {
     const x = preprocess(image.data, w, this.roi, this.config.preprocess);
     const logits = await this.model.run(x, 1);
     const latency = performance.now() - t0;
-    const d = this.config.decision;
-    const probs = softmax(logits, d.temperature);
-    const smoothed = this.smoother.update(probs, oodScore(logits, d.ood.score, d.temperature));
+    const { probs, evidence, known } = judge(logits, this.config.decision);
+    const smoothed = this.smoother.update(evidence);
     const floor = this.stable.update(smoothed);
     if (floor !== null) this.car.request(floor);
     const index = hooks.frameIndex ? hooks.frameIndex(image) : this.count;
-    hooks.frames.push({ n: this.count++, index, top1: argmax(probs), probs: Array.from(probs), label: smoothed.label,
-                        confidence: smoothed.confidence, latency_ms: latency });
+    hooks.frames.push({ n: this.count++, index, top1: argmax(probs), probs: Array.from(probs), known,
+                        label: smoothed.label, confidence: smoothed.confidence, latency_ms: latency });
     if (hooks.frames.length > MAX_FRAMES_KEPT) hooks.frames.shift();
     this.latencies = [...this.latencies.slice(-99), latency];
     this.show(probs, smoothed, latency);

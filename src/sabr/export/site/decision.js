@@ -1,7 +1,8 @@
 // The recogniser's decision, as sabr.apps does it: calibrated probabilities softmax(logits / T), the
-// temporal smoothing and confidence threshold (sabr.apps.smoothing.TemporalSmoother), the optional
-// out-of-distribution score, and the stable-gesture rule (sabr.apps.smoothing.StableGesture).
-// `decision` is app.json's {temperature, threshold, ood: {score, threshold}}.
+// out-of-distribution check of the raw logits (a frame that fails it adds zeros to the average: it is never
+// claimed), the temporal smoothing and claim threshold (sabr.apps.smoothing.TemporalSmoother), and the
+// stable-gesture rule (sabr.apps.smoothing.StableGesture).
+// `decision` is app.json's {temperature, threshold, ood: {score, threshold}} (the model's calibration).
 
 // softmax(logits / T) in float64 (a Float64Array summing to 1).
 export function softmax(logits, temperature = 1) {
@@ -12,16 +13,25 @@ export function softmax(logits, temperature = 1) {
   return Float64Array.from(e, (v) => v / s);
 }
 
-// The out-of-distribution score of one frame's logits; higher means more like the training data:
-// "max_logit": the largest logit; "energy": T * logsumexp(logits / T) (the negative free energy).
-export function oodScore(logits, kind, temperature = 1) {
+// The out-of-distribution score of one frame's raw logits (higher: more like the training data):
+// "max_logit": the largest logit; "energy": logsumexp(logits) (minus the energy); null for no check.
+export function oodScore(logits, kind) {
   if (kind === "max_logit") return Math.max(...logits);
   if (kind === "energy") {
-    const z = Array.from(logits, (v) => v / temperature);
-    const m = Math.max(...z);
-    return temperature * (m + Math.log(z.reduce((a, v) => a + Math.exp(v - m), 0)));
+    const m = Math.max(...logits);
+    return m + Math.log(Array.from(logits).reduce((a, v) => a + Math.exp(v - m), 0));
   }
   return null;
+}
+
+// What one frame adds to the smoother: its calibrated probabilities, or zeros when the OOD check rejects it.
+// Returns {probs, evidence, score, known}.
+export function judge(logits, decision) {
+  const probs = softmax(logits, decision.temperature);
+  const ood = decision.ood || {};
+  const score = ood.score ? oodScore(logits, ood.score) : null;
+  const known = score === null || ood.threshold === null || score >= ood.threshold;
+  return { probs, evidence: known ? probs : new Float64Array(probs.length), score, known };
 }
 
 // The first index of the largest value (numpy's argmax).
@@ -36,32 +46,25 @@ export function top3(probs) {
   return Array.from(probs, (p, i) => [i, p]).sort((a, b) => b[1] - a[1] || a[0] - b[0]).slice(0, 3);
 }
 
-// Mean of the class probabilities (and of the OOD score) over the last `window` frames; a label is
-// claimed when the mean's largest probability reaches `threshold` and, with an OOD score, the mean
-// score reaches the OOD threshold.
+// Mean of the class probabilities over the last `window` frames; a label is claimed when the mean's
+// largest probability reaches `threshold` (and is above zero: all-zero evidence claims nothing).
 export class TemporalSmoother {
-  constructor(window = 5, threshold = 0.6, ood = null) {
+  constructor(window = 5, threshold = 0.6) {
     this.window = window;
     this.threshold = threshold;
-    this.ood = ood && ood.score ? ood : null;
     this.history = [];
   }
 
-  // One frame's probabilities (and OOD score, or null) -> {label (index or null), confidence}.
-  update(probs, score = null) {
-    this.history.push({ probs: Float64Array.from(probs), score });
+  // One frame's evidence (probabilities, or zeros) -> {label (index or null), confidence}.
+  update(probs) {
+    this.history.push(Float64Array.from(probs));
     if (this.history.length > this.window) this.history.shift();
     const n = this.history.length;
     const mean = new Float64Array(probs.length);
-    for (const h of this.history) for (let i = 0; i < mean.length; i++) mean[i] += h.probs[i];
+    for (const h of this.history) for (let i = 0; i < mean.length; i++) mean[i] += h[i];
     for (let i = 0; i < mean.length; i++) mean[i] /= n;
     const k = argmax(mean), confidence = mean[k];
-    let passes = true;
-    if (this.ood) {
-      const s = this.history.reduce((a, h) => a + h.score, 0) / n;
-      passes = s >= this.ood.threshold;
-    }
-    return { label: confidence >= this.threshold && passes ? k : null, confidence };
+    return { label: confidence >= this.threshold && confidence > 0 ? k : null, confidence };
   }
 
   reset() {
