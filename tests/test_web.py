@@ -98,6 +98,7 @@ writeFileSync(process.argv[3], JSON.stringify({ pre, rois, cars, smooth, judged 
 def test_page_modules_match_the_python_apps(tmp_path):
     """Preprocessing bit for bit (Pillow's resize and grayscale), the ROI, the elevator, the smoothing."""
     from sabr.apps import Elevator, Roi, StableGesture, TemporalSmoother
+    from sabr.calibration import Calibration
     from sabr.data import Preprocess
 
     rng = np.random.default_rng(0)
@@ -140,12 +141,10 @@ def test_page_modules_match_the_python_apps(tmp_path):
             r = s.update(torch.softmax(torch.tensor(logits), 0).numpy())
             assert (label, fired) == (r.label, g.update(r)) and conf == pytest.approx(r.confidence, abs=1e-6)
     z = torch.tensor(raw, dtype=torch.float32)
-    scores = {"max_logit": z.max(1).values, "energy": torch.logsumexp(z, 1)}
     for d, rows in zip(decisions, got["judged"]):  # the calibration: softmax(z / T), the OOD check of raw z
-        probs = torch.softmax(z / d["temperature"], 1).numpy()
-        ood = d["ood"]
-        known = np.ones(len(z), bool) if ood["score"] is None else (scores[ood["score"]] >= ood["threshold"]).numpy()
-        assert 0 < known.sum() < len(z) or ood["score"] is None
+        cal = Calibration.from_dict(d)
+        probs, known = cal.probabilities(z).numpy(), cal.known(z).numpy()
+        assert 0 < known.sum() < len(z) or cal.ood_score is None
         assert np.abs(np.array([r[0] for r in rows]) - probs).max() < 1e-6
         assert [r[1] for r in rows] == known.tolist()
         assert all(sum(r[2]) == 0 for r, k in zip(rows, known) if not k)
@@ -260,7 +259,7 @@ def test_the_page_model_gives_pytorchs_probabilities(url, digits_run, tmp_path):
     images = load_experiment(digits_run).test.images[:32]
     x = rec.transform.normalize(images)
     with torch.no_grad():
-        expected = torch.softmax(rec.model(x) / decision_rule(rec.metadata)["temperature"], 1).numpy()
+        expected = rec.calibration.probabilities(rec.model(x)).numpy()
     driver = _browser(tmp_path)
     try:
         driver.get(url)
@@ -324,7 +323,7 @@ def _write_y4m(path: Path, frames: np.ndarray, fps: int = 10) -> None:
 
 
 @pytest.mark.slow
-def test_the_page_recognises_a_camera_and_drives_the_elevator(url, digits_run, tmp_path):
+def test_the_page_recognises_a_camera_and_drives_the_elevator(url, site, digits_run, tmp_path):
     from sabr.apps import Recognizer, Roi
 
     frames, _ = _clip_frames(digits_run)
@@ -356,7 +355,8 @@ def test_the_page_recognises_a_camera_and_drives_the_elevator(url, digits_run, t
     assert len(seen) >= len(frames) // 2, f"the page saw {len(seen)} of the clip's {len(frames)} frames"
     assert agree >= 0.9, f"the page's top-1 agrees with Python's on {100 * agree:.1f}% of {len(seen)} frames"
     assert arrivals[:2] == [3, 7]
-    figures = {"backend": backend, "frames_seen": len(seen), "agreement": float(agree),
+    figures = {"backend": backend, "decision": json.loads((site / "app.json").read_text())["decision"],
+               "frames": len(frames), "frames_seen": len(seen), "agreement": float(agree),
                "page_latency_ms_median": float(np.median([ms for _, _, ms in page[5:]])),
                "python_latency_ms_median": float(np.median([p.latency_ms for p in python[5:]]))}
     print(json.dumps(figures))

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from ..app_config import ElevatorSettings
+from ..calibration import Calibration
 from ..checkpoint import atomic_write, make_folder, write_json
 from ..errors import SabrError
 from .load import load_model
@@ -59,15 +60,11 @@ def decision_rule(meta: dict) -> dict:
     Returns ``{"temperature": T, "threshold": t, "ood": {"score": s, "threshold": u}}``: probabilities are
     ``softmax(logits / T)``; a frame whose OOD score ``s`` of the raw logits (``"max_logit"``: max z,
     ``"energy"``: logsumexp z) is below ``u`` adds zeros to the smoothing window instead; a label is claimed
-    when the smoothed maximum probability is ``>= t``. Defaults: ``T = 1``, ``t = 0.6``, no OOD check.
+    when the smoothed maximum probability is ``>= t``. A model saved without calibration gets
+    :class:`~sabr.calibration.Calibration`'s defaults (``T = 1``, ``t = 0.6``, no OOD check).
     """
-    cal = meta.get("calibration") or {}
-    ood = cal.get("ood") or {}
-    default = next(f.default for f in fields(ElevatorSettings) if f.name == "threshold")
-    default = 0.6 if default is None else default  # the apps' default for a model saved without calibration
-    return {"temperature": float(cal.get("temperature", 1.0)),
-            "threshold": float(cal.get("threshold", default)),
-            "ood": {"score": ood.get("score"), "threshold": ood.get("threshold")}}
+    rule = Calibration.from_dict(meta.get("calibration")).to_dict()  # the recogniser's reading of it
+    return {k: rule[k] for k in ("temperature", "threshold", "ood")}
 
 
 def export_web(run_dir: str | Path, out: str | Path, phase: str = "pruned", trust_model_code: bool = False,

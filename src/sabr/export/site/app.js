@@ -51,7 +51,7 @@ async function loadModel(config) {
   const run = async (data, n) => {
     const input = new ort.Tensor("float32", Float32Array.from(data), [n, c, s, s]);
     const out = await session.run({ [session.inputNames[0]]: input });
-    return out[session.outputNames[0]].data;
+    return (out.logits ?? out[session.outputNames[0]]).data; // raw logits: the OOD score needs them
   };
   return { run, backend };
 }
@@ -238,7 +238,10 @@ async function main() {
   hooks.preprocess = (rgba, width, roi) => Array.from(preprocess(Uint8Array.from(rgba), width, roi, c));
   $("model").textContent = `${config.name}${info.shrunk ? " (shrunk)" : ""}: ${config.classes.length} classes, ` +
     `${info.params.toLocaleString("en")} parameters, ${(info.onnx_bytes / 1024).toFixed(0)} KiB ONNX, input ` +
-    `${c.channels}x${c.image_size}x${c.image_size}; onnxruntime-web ${config.runtime.version} on ${model.backend}`;
+    `${c.channels}x${c.image_size}x${c.image_size}; claims at ${(100 * config.decision.threshold).toFixed(0)}% ` +
+    `(temperature ${config.decision.temperature.toPrecision(3)}` +
+    `${config.decision.ood.score ? `, OOD check ${config.decision.ood.score}` : ""}); ` +
+    `onnxruntime-web ${config.runtime.version} on ${model.backend}`;
   runElevator(app.car, config.classes);
   hooks.ready = true;
   try {
