@@ -60,6 +60,32 @@ def test_export_refuses_a_folder_that_is_not_a_sabr_site(tmp_path, capsys):
     assert "not a site written by sabr" in capsys.readouterr().err
 
 
+def test_serve_gives_modules_and_wasm_their_mime_types(tmp_path):
+    import urllib.request
+
+    from sabr.export.serve import site_server
+
+    site = tmp_path / "site"
+    (site / "ort").mkdir(parents=True)
+    files = {"index.html": "text/html", "app.js": "text/javascript", "ort/ort.webgpu.min.mjs": "text/javascript",
+             "ort/x.wasm": "application/wasm", "app.json": "application/json"}
+    for name in files:
+        (site / name).write_bytes(b"x")
+    (site / MANIFEST).write_text(json.dumps({"format": 1, "kind": "site", "entries": list(files)}))
+    server = site_server(site, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for name, mime in files.items():
+            direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy for this machine
+            with direct.open(f"http://127.0.0.1:{server.server_address[1]}/{name}", timeout=10) as r:
+                assert r.headers.get_content_type() == mime, name
+                assert r.headers["Cross-Origin-Opener-Policy"] == "same-origin"
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert server.server_address[0] == "127.0.0.1"
+
+
 def _node(script: Path, cases: dict, tmp_path: Path) -> dict:
     node = shutil.which("node")
     if node is None:
