@@ -108,3 +108,5 @@ def test_a_run_stores_its_pruned_models_rule_in_the_metadata_and_the_summary(run
     assert {"temperature", "threshold", "ece_val_before", "ece_val_after", "ece_test_after"} <= set(summary)
     assert summary["temperature"] == cal["temperature"] and summary["threshold"] == cal["threshold"]
     assert "Calibration of the pruned model" in (runs["done"] / "summary.md").read_text()
+    for phase in ("base", "sabr"):  # each phase gets its own rule, fitted on validation
+        assert isinstance(load_run(runs["done"], phase)[1]["calibration"]["temperature"], float)

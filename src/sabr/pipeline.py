@@ -105,7 +105,7 @@ def _run(config: RunConfig, progress: bool, overwrite: bool, resume: bool, dist:
         sabr, reg, base_weights = _sabr_phase(exp, folder, base, state, progress, board)
         choice = _budget_phase(exp, folder, base, sabr, reg, base_weights, state)
         pruned, layer_stats, pruned_figures = _prune_phase(exp, folder, sabr.model, choice, progress, board)
-        calibration = _calibrate_phase(exp, folder, pruned)
+        calibration = _calibrate_phase(exp, folder, {"base": choice.base_model, "sabr": sabr.model, "pruned": pruned})
     finally:
         if board is not None:
             board.close()
@@ -435,17 +435,19 @@ def _prune_phase(exp: Experiment, folder: RunDir, model: nn.Module, choice: Budg
     return pruned, layer_stats, figures
 
 
-def _calibrate_phase(exp: Experiment, folder: RunDir, pruned: nn.Module) -> dict:
-    """The pruned model's decision rule (:func:`sabr.calibrate_model`: validation split and generated background
-    frames), measured once on the test split; rank 0 adds it to ``pruned.json``. Returns summary's entry."""
-    cal = calibrate_model(pruned, exp.batches(exp.val), exp.preprocess)
-    entry = cal.to_dict() | cal.measure(*collect_logits(pruned, exp.batches(exp.test)), "test")  # never chosen on
+def _calibrate_phase(exp: Experiment, folder: RunDir, models: dict[str, nn.Module]) -> dict:
+    """Each phase's decision rule (:func:`sabr.calibrate_model`: validation split, generated background frames),
+    added by rank 0 to its checkpoint's ``.json``; the last (pruned) one measured once on the test split.
+    Returns summary's ``calibration`` entry: the pruned model's rule and figures."""
+    for phase, model in models.items():
+        cal = calibrate_model(model, exp.batches(exp.val), exp.preprocess)
+        if exp.dist.is_main:
+            path = folder.checkpoint(phase).with_suffix(".json")
+            write_json(path, read_metadata(path) | {"calibration": cal.to_dict()})
+    entry = cal.to_dict() | cal.measure(*collect_logits(model, exp.batches(exp.test)), "test")  # never chosen on
     log.info("calibration: temperature %.4g, claim threshold %.3f, OOD %s >= %s; ECE on test %.3f -> %.3f",
              cal.temperature, cal.threshold, cal.ood_score, cal.ood_threshold, entry["ece_test_before"],
              entry["ece_test_after"])
-    if exp.dist.is_main:
-        path = folder.checkpoint("pruned").with_suffix(".json")
-        write_json(path, read_metadata(path) | {"calibration": cal.to_dict()})
     return entry
 
 
