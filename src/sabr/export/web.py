@@ -141,6 +141,8 @@ def _smallest(model: torch.nn.Module, meta: dict) -> tuple[torch.nn.Module, bool
 def _app_config(meta: dict, shrunk: bool, params: int, onnx_bytes: int, runtime: str | None) -> dict:
     """``app.json``: everything the page needs to preprocess, decide and drive the elevator."""
     defaults = {f.name: f.default for f in fields(ElevatorSettings)}
+    if defaults["min_confidence"] is None:  # the apps' default: the model's claim threshold
+        defaults["min_confidence"] = decision_rule(meta)["threshold"]
     p = meta["preprocess"]
     return {
         "format": 1,
