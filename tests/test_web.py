@@ -1,4 +1,4 @@
-"""``sabr export --format web`` and ``sabr serve`` (:mod:`sabr.export.web`, :mod:`sabr.export.serve`), and the page.
+"""``sabr export --format web`` and ``sabr serve`` (:mod:`sabr.export.web`, :mod:`sabr.serve`), and the page.
 
 The page's modules are checked against the Python apps in node (preprocessing bit for bit, the elevator's
 events, the smoothing), and the page itself in headless Chromium driven by Selenium: the model's outputs
@@ -63,7 +63,7 @@ def test_export_refuses_a_folder_that_is_not_a_sabr_site(tmp_path, capsys):
 def test_serve_gives_modules_and_wasm_their_mime_types(tmp_path):
     import urllib.request
 
-    from sabr.export.serve import site_server
+    from sabr.serve import site_server
 
     site = tmp_path / "site"
     (site / "ort").mkdir(parents=True)
@@ -197,7 +197,7 @@ def site(digits_run) -> Path:
 
 @pytest.fixture(scope="module")
 def url(site):
-    from sabr.export.serve import site_server
+    from sabr.serve import site_server
 
     server = site_server(site, port=0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -263,6 +263,11 @@ def test_export_web_writes_a_self_contained_sabr_site(site, digits_run, tmp_path
     (site / MANIFEST).write_text(json.dumps({**manifest, "entries": [*manifest["entries"], "old.js"]}))
     assert main(["export", "--run", str(digits_run), "--format", "web", "--out", str(site), "--quiet"]) == 0
     assert not stale.exists() and json.loads((site / MANIFEST).read_text()) == manifest
+    # without npm: the one `npm install` step, and the page looks for the runtime where it puts it
+    result = export_web(digits_run, tmp_path / "no-npm", npm=None)
+    assert result["runtime"] is None and "npm install" in result["hint"] and not (tmp_path / "no-npm" / "ort").exists()
+    no_npm = json.loads((tmp_path / "no-npm" / "app.json").read_text())["runtime"]
+    assert no_npm["path"] == "node_modules/onnxruntime-web/dist/" and no_npm["module"] == ORT_FILES[0]
 
 
 @pytest.mark.slow

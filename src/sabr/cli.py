@@ -247,9 +247,11 @@ def _setup_export(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .export.serve import serve
+    from .serve import serve_until_interrupted, site_server, site_url
 
-    serve(args.site, args.host, args.port)
+    server = site_server(args.site, args.host, args.port)
+    print(f"serving {args.site} at {site_url(server)} (Ctrl+C stops)", flush=True)
+    serve_until_interrupted(server)
     return 0
 
 

@@ -9,7 +9,7 @@ metadata (``classes``, ``preprocess``, ``model``), so an export is usable wherev
   outputs; which channels move together comes from the channel graph (:mod:`.graph`, a torch.fx trace).
 * ``onnx`` (:mod:`.onnx`, :func:`export_onnx`): the (pruned or shrunk) model as ONNX, checked with onnxruntime.
 * ``web`` (:mod:`.web`, :func:`export_web`): a static site that runs the recogniser and the elevator in a
-  browser with onnxruntime-web; :mod:`.serve` serves it on this machine (``sabr serve``).
+  browser with onnxruntime-web; :mod:`sabr.serve` serves it on this machine (``sabr serve``).
 
 :func:`load_model` (:mod:`.load`) is the one loader: it opens any of them, run folders and phase
 checkpoints, and returns ``(model, metadata)``. :func:`export_run` (:mod:`.run`) is ``sabr export``.

@@ -1,15 +1,19 @@
 """``sabr serve``: the web export's folder over HTTP on this machine (``http.server`` with the MIME types of
-ES modules and WebAssembly), so that the browser grants the page a camera (it needs ``localhost`` or HTTPS)."""
+ES modules and WebAssembly), so that the browser grants the page a camera (it needs ``localhost`` or HTTPS).
+
+Outside :mod:`sabr.export` on purpose: serving files needs neither torch nor the model code."""
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from ..errors import SabrError
-from .web import MANIFEST, _check_site
+from .errors import SabrError
+
+MANIFEST = ".sabr-manifest.json"
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +48,9 @@ def site_server(folder: str | Path, host: str = "127.0.0.1", port: int = 8000) -
         SabrError: ``folder`` is not a sabr site, or the port cannot be opened.
     """
     folder = Path(folder)
-    if not folder.is_dir() or not (folder / MANIFEST).is_file():
-        raise SabrError(f"{folder} is not a site written by sabr (no {MANIFEST}); write one with `sabr export --run "
-                        "RUN --format web --out FOLDER` and serve that folder.")
-    _check_site(folder)
+    if not _is_site(folder):
+        raise SabrError(f"{folder} is not a site written by sabr (no site {MANIFEST}); write one with `sabr export "
+                        "--run RUN --format web --out FOLDER` and serve that folder.")
     handler = functools.partial(_Handler, directory=str(folder))
     try:
         return ThreadingHTTPServer((host, port), handler)
@@ -55,14 +58,33 @@ def site_server(folder: str | Path, host: str = "127.0.0.1", port: int = 8000) -
         raise SabrError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port.") from None
 
 
-def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve ``folder`` (see :func:`site_server`) until interrupted (Ctrl+C)."""
-    server = site_server(folder, host, port)
-    h, p = server.server_address[:2]
-    log.warning("serving %s at http://%s:%d/ (Ctrl+C stops)", folder, "localhost" if h == "127.0.0.1" else h, p)
+def _is_site(folder: Path) -> bool:
+    """``folder`` holds the manifest of a web export."""
+    try:
+        data = json.loads((folder / MANIFEST).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("format") == 1 and data.get("kind") == "site"
+
+
+def site_url(server: ThreadingHTTPServer) -> str:
+    """The address to open in the browser (``localhost`` for this machine: the camera is allowed there)."""
+    host, port = server.server_address[:2]
+    return f"http://{'localhost' if host == '127.0.0.1' else host}:{port}/"
+
+
+def serve_until_interrupted(server: ThreadingHTTPServer) -> None:
+    """Serve until Ctrl+C, then close the server."""
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
+
+
+def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve ``folder`` (see :func:`site_server`) until interrupted (Ctrl+C)."""
+    server = site_server(folder, host, port)
+    log.info("serving %s at %s (Ctrl+C stops)", folder, site_url(server))
+    serve_until_interrupted(server)
