@@ -20,7 +20,7 @@ import torch
 
 from sabr import RunConfig
 from sabr.pipeline import prepare, train_base
-from sabr.resume import save_state
+from sabr.resume import PhaseState, RunState, save_state
 
 
 def main() -> None:
@@ -39,9 +39,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "resume.safetensors"
 
-        def on_epoch(state: dict) -> None:
+        def on_epoch(state: PhaseState) -> None:
             t = time.perf_counter()
-            save_state(path, {**state, "phase": "base", "done": {}})
+            save_state(path, RunState("base", {}, state))
             saves.append(time.perf_counter() - t)
 
         _, rows = train_base(exp, exp.new_model(), progress=False, on_epoch=on_epoch)

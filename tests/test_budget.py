@@ -199,8 +199,8 @@ def test_a_run_killed_inside_the_budget_search_resumes_to_the_same_result(tmp_pa
 
     def dying_save(self, state):
         real_save(self, state)
-        if state["phase"] == "budget":
-            saves.append(len(state["trials"].get("base", [])))
+        if state.phase == "budget":
+            saves.append(len(state.trials.get("base", [])))
             if len(saves) == 4:  # every SABR trial and one of the base model's are saved
                 raise KeyboardInterrupt
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,6 +59,52 @@ def test_damaged_state_is_refused(tmp_path):
     bad.write_bytes(b"\x80\x04not a safetensors file")
     with pytest.raises(CheckpointError, match="not a readable sabr resume state"):
         load_state(bad)
+
+
+def _rewrite_metadata(path: Path, edit) -> None:
+    """Replace the JSON metadata of the resume state ``path`` by ``edit(metadata)`` (its tensors kept)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(path), metadata={"sabr_resume": json.dumps(edit(json.loads(meta["sabr_resume"])))})
+
+
+def _set(key, value):
+    def edit(payload):
+        payload["state"][key] = value
+        return payload
+    return edit
+
+
+def _unknown_tensor(payload):
+    model = payload["state"]["model"]
+    model[next(iter(model))] = {"__tensor__": "no.such.tensor"}
+    return payload
+
+
+def _missing_optimizer(payload):
+    del payload["state"]["optimizer"]
+    return payload
+
+
+@pytest.mark.parametrize("edit, named", [
+    (lambda payload: [payload], "list"),  # a list payload
+    (_set("epoch", "x"), "'x'"),
+    (_unknown_tensor, "no.such.tensor"),
+    (_missing_optimizer, "'optimizer'"),
+], ids=["list-payload", "epoch-x", "unknown-tensor", "missing-key"])
+def test_damaged_resume_metadata_is_refused_in_one_sentence(runs, tmp_path, capsys, edit, named):
+    folder = tmp_path / "run"
+    shutil.copytree(runs["killed"], folder)
+    _rewrite_metadata(folder / STATE_FILE, edit)
+    capsys.readouterr()
+    assert main(["run", "--quiet", "--resume", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "damaged" in err and named in err and "--overwrite" in err, err
+    assert "\n" not in err and "Traceback" not in err
+    assert not (folder / "summary.json").exists()  # nothing was trained or written
 
 
 def _figures(run_dir: Path) -> dict:

@@ -66,7 +66,7 @@ def test_exact_resume_with_augmentation_and_two_workers(tmp_path):
     def trained(epochs, resume=None, keep=False):
         torch.manual_seed(0)
         model = exp.new_model()
-        on_epoch = None if not keep else (lambda s: save_state(tmp_path / f"e{s['epoch']}.safetensors", s))
+        on_epoch = None if not keep else (lambda s: save_state(tmp_path / f"e{s.epoch}.safetensors", s))
         return train_base(exp, model, epochs=epochs, progress=False, resume=resume, on_epoch=on_epoch)
 
     full, rows = trained(3, keep=True)

@@ -25,7 +25,7 @@ from .models import set_dropout
 from .pruning import apply_masks, prune, recalibrate_batchnorm, zero_masks
 from .budget import BudgetTracker, PruneRamp
 from .regularizer import SABR, SabrSettings, auto_threshold
-from .resume import restore_training, training_state
+from .resume import PhaseState, as_phase_state, restore_training, training_state
 from .train import (EpochStats, FitHooks, FitState, NonFiniteLossError, batches, evaluate, fit, phase_generator,
                     plateau_scheduler, progress_bar, train_epoch)
 
@@ -75,8 +75,8 @@ def _train_one_epoch(exp: Experiment, net: nn.Module, opt, gen: torch.Generator,
     return stats
 
 
-def _state_saver(on_epoch: Callable[[dict], None] | None, model: nn.Module, opt, sched, gen: torch.Generator,
-                 **extra: Callable[[], object]) -> Callable[[FitState], None] | None:
+def _state_saver(on_epoch: Callable[[PhaseState], None] | None, model: nn.Module, opt, sched, gen: torch.Generator,
+                 **extra: Callable[[], dict]) -> Callable[[FitState], None] | None:
     """:func:`fit`'s ``on_epoch`` hook that hands the phase's full state (see
     :func:`sabr.resume.training_state`; ``extra`` values are computed then) to a phase's ``on_epoch``."""
     if on_epoch is None:
@@ -85,8 +85,8 @@ def _state_saver(on_epoch: Callable[[dict], None] | None, model: nn.Module, opt,
 
 
 def train_base(exp: Experiment, model: nn.Module, *, epochs: int | None = None, lr: float | None = None,
-               progress: bool = True, resume: dict | None = None,
-               on_epoch: Callable[[dict], None] | None = None) -> tuple[nn.Module, list[dict]]:
+               progress: bool = True, resume: PhaseState | dict | None = None,
+               on_epoch: Callable[[PhaseState], None] | None = None) -> tuple[nn.Module, list[dict]]:
     """Phase 1: the configured optimizer (Adam by default), ReduceLROnPlateau(val loss, factor 0.1, patience 3);
     keeps the best-val-accuracy weights.
 
@@ -96,10 +96,11 @@ def train_base(exp: Experiment, model: nn.Module, *, epochs: int | None = None, 
         epochs: number of epochs (default ``exp.config.epochs_base``).
         lr: the learning rate (default ``exp.config.lr``).
         progress: show progress bars (main rank only).
-        resume: a phase-1 state given earlier to ``on_epoch``: training continues after its epoch,
-            with its weights, optimiser, scheduler, batch order, RNG states, best weights and rows.
-        on_epoch: called after every epoch with the phase's full state (tensors and JSON values, see
-            :func:`sabr.resume.training_state`), e.g. to save it with :func:`sabr.resume.save_state`.
+        resume: a phase-1 state given earlier to ``on_epoch`` (or its ``to_dict()``, e.g. read back with
+            :func:`sabr.resume.load_state`): training continues after its epoch, with its weights, optimiser,
+            scheduler, batch order, RNG states, best weights and rows.
+        on_epoch: called after every epoch with the phase's full state (a :class:`~sabr.resume.PhaseState`,
+            see :func:`sabr.resume.training_state`), e.g. to save it with :func:`sabr.resume.save_state`.
 
     Returns:
         ``(model with the best epoch's weights, one history row per epoch)``.
@@ -188,8 +189,8 @@ def resolve_threshold(exp: Experiment, model: nn.Module, settings: SabrSettings,
 
 def train_sabr(exp: Experiment, model: nn.Module, *, epochs: int | None = None, lr: float | None = None,
                settings: SabrSettings | None = None, budget: BudgetTracker | None = None, progress: bool = True,
-               resume: dict | None = None,
-               on_epoch: Callable[[dict], None] | None = None) -> tuple[nn.Module, SABR, list[dict]]:
+               resume: PhaseState | dict | None = None,
+               on_epoch: Callable[[PhaseState], None] | None = None) -> tuple[nn.Module, SABR, list[dict]]:
     """Phase 2: L1 with SABR's adaptive per-tensor lambdas, dropout off, until all tensors freeze or the limit.
 
     ``epochs`` is the limit (default ``exp.config.epochs_sabr``), ``lr`` the learning rate (default
@@ -199,17 +200,18 @@ def train_sabr(exp: Experiment, model: nn.Module, *, epochs: int | None = None, 
     ReduceLROnPlateau(factor 0.51, min 1e-5). Without ``budget`` it ends with the last epoch's weights;
     with a :class:`~sabr.budget.BudgetTracker` it also ends once the tracker is exhausted, and with the
     weights the tracker kept. ``resume`` and ``on_epoch`` work as in :func:`train_base`; the state also
-    holds ``sabr`` (``SABR.state_dict()``) and ``budget``. Under distributed training the validation
+    holds ``sabr`` (``SABR.state_dict()``) and, with a budget, ``budget``. Under distributed training the validation
     accuracy given to ``SABR.step`` is that of the whole validation split (reduced over ranks), so every
     rank grows, shrinks and freezes the same tensors.
     """
     cfg = exp.config
     epochs = cfg.epochs_sabr if epochs is None else epochs
     hyper = cfg.sabr_settings() if settings is None else settings
+    resume = None if resume is None else as_phase_state(resume)
     if resume is None:
         hyper = resolve_threshold(exp, model, hyper)
     else:  # the threshold the run started with (an "auto" one was resolved from the base model)
-        hyper = dataclasses.replace(hyper, accuracy_threshold=resume["sabr"]["accuracy_threshold"])
+        hyper = dataclasses.replace(hyper, accuracy_threshold=resume.sabr["accuracy_threshold"])
     set_dropout(model, 0.0)
     groups = budget.groups if budget is not None and budget.groups is not None else channel_groups_of(exp, model)
     reg = SABR(model, **dataclasses.asdict(hyper), params=cfg.params, groups=groups,
@@ -220,9 +222,9 @@ def train_sabr(exp: Experiment, model: nn.Module, *, epochs: int | None = None, 
     state = None
     if resume is not None:
         state = restore_training(resume, model, opt, sched, gen)
-        reg.load_state_dict(resume["sabr"])
+        reg.load_state_dict(resume.sabr)
         if budget is not None:
-            budget.load_state_dict(resume["budget"])
+            budget.load_state_dict(resume.budget)
     bar = progress_bar(progress and exp.dist.is_main)
     net = _SabrNet(exp, model, reg)
 

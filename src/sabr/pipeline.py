@@ -12,7 +12,7 @@ import copy
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +37,7 @@ from .phases import (bn_recalibrator, channel_groups_of, finetune_masked, prune_
                      sweep, train_base, train_sabr)
 from .pruning import prune, revive_channels
 from .regularizer import SABR
+from .resume import FinishedPhase, PhaseState, RunState
 from .rundir import RunDir
 
 __all__ = ["Experiment", "prepare", "evaluate_split", "train_base", "train_sabr", "finetune_masked",
@@ -60,10 +61,14 @@ class PhaseResult:
         return {"val_accuracy": self.val_accuracy, "test_accuracy": self.test_accuracy, "epochs": len(self.rows),
                 **self.extra}
 
-    def saved(self) -> dict:
+    def saved(self) -> FinishedPhase:
         """The phase's figures and rows as a resume state keeps them."""
-        return {"val_accuracy": self.val_accuracy, "test_accuracy": self.test_accuracy, "rows": self.rows,
-                "extra": self.extra}
+        return FinishedPhase(self.val_accuracy, self.test_accuracy, self.rows, self.extra)
+
+    @classmethod
+    def restored(cls, model: nn.Module, saved: FinishedPhase) -> "PhaseResult":
+        """The finished phase a resume state kept (:meth:`saved`), with ``model``."""
+        return cls(model, saved.rows, saved.val_accuracy, saved.test_accuracy, saved.extra)
 
 
 def run(config: RunConfig, progress: bool = True, overwrite: bool = False, resume: bool = False) -> dict:
@@ -135,7 +140,7 @@ def _check_base(exp: Experiment, base: PhaseResult) -> list[str]:
     return [text]
 
 
-def _open_run(exp: Experiment, overwrite: bool, resume: bool) -> tuple[RunDir, dict | None, dict]:
+def _open_run(exp: Experiment, overwrite: bool, resume: bool) -> tuple[RunDir, RunState | None, dict]:
     """Open the run folder (rank 0), read its resume state and write its config when starting afresh.
 
     Returns ``(folder, saved state or None, resolved config values)``.
@@ -153,7 +158,7 @@ def _open_run(exp: Experiment, overwrite: bool, resume: bool) -> tuple[RunDir, d
         folder.write_config(resolved)
         folder.write_skipped(exp.skipped)
     if state is not None:
-        log.info("resuming %s: phase %s after epoch %d", folder.path, state["phase"], state["epoch"])
+        log.info("resuming %s: phase %s after epoch %d", folder.path, state.phase, state.epoch)
     elif resume:
         log.info("%s has no saved epoch yet: the run starts from the beginning", folder.path)
     log.info("run folder: %s (device %s%s)", folder.path, exp.device,
@@ -161,15 +166,16 @@ def _open_run(exp: Experiment, overwrite: bool, resume: bool) -> tuple[RunDir, d
     return folder, state, resolved
 
 
-def _saver(exp: Experiment, folder: RunDir, phase: str, done: dict, board=None) -> Callable[[dict], None]:
+def _saver(exp: Experiment, folder: RunDir, phase: str, done: dict[str, FinishedPhase],
+           board=None) -> Callable[[PhaseState], None]:
     """A phase's ``on_epoch``: rank 0 saves its state with the figures of the phases already ``done`` (and logs
     the epoch to the run's TensorBoard ``board`` with ``--log tensorboard``)."""
 
-    def on_epoch(phase_state: dict) -> None:
+    def on_epoch(phase_state: PhaseState) -> None:
         if exp.dist.is_main:
-            folder.save_resume({**phase_state, "phase": phase, "done": done})
+            folder.save_resume(RunState(phase, done, phase_state))
         if board is not None:
-            board.log_epoch(phase, phase_state)
+            board.log_epoch(phase, phase_state.to_dict())
     return on_epoch
 
 
@@ -206,30 +212,30 @@ def _given_plateau(metadata: dict) -> Callable[[float], float]:
     return lambda val: val - gap
 
 
-def _base_phase(exp: Experiment, folder: RunDir, model: nn.Module, state: dict | None,
+def _base_phase(exp: Experiment, folder: RunDir, model: nn.Module, state: RunState | None,
                 progress: bool, board=None) -> PhaseResult:
     """Phase 1, or its saved result when the run resumes in a later phase (then ``model`` is untrained)."""
-    if state is not None and state["phase"] != "base":
-        done = state["done"]["base"]
-        return PhaseResult(model, done["rows"], done["val_accuracy"], done["test_accuracy"], done.get("extra", {}))
+    if state is not None and state.phase != "base":
+        return PhaseResult.restored(model, state.done["base"])
     given = exp.config.base_checkpoint
     if given:  # phase 1 done elsewhere: its weights, measured on this run's splits
         load_weights_into(model, _read_checkpoint_weights(Path(given)), source=given)
         log.info("phase 1 skipped: the base model is %s", given)
         return _finish(exp, folder, "base", model, [], _given_plateau(read_metadata(Path(given))))
-    model, rows = train_base(exp, model, progress=progress, resume=state, on_epoch=_saver(exp, folder, "base", {}, board))
+    model, rows = train_base(exp, model, progress=progress, resume=state and state.training,
+                             on_epoch=_saver(exp, folder, "base", {}, board))
     return _finish(exp, folder, "base", model, rows,
                    lambda best: val_plateau([r["val_accuracy"] for r in rows], best))
 
 
-def _sabr_phase(exp: Experiment, folder: RunDir, base: PhaseResult, state: dict | None,
+def _sabr_phase(exp: Experiment, folder: RunDir, base: PhaseResult, state: RunState | None,
                 progress: bool, board=None) -> tuple[PhaseResult, SABR, dict]:
     """Phase 2 from the base model (or from its saved epoch, or its saved result when the run resumes in the
     budget search); rank 0 also writes ``sabr_state.json``. Returns ``(result, regulariser, base weights)``."""
     cfg = exp.config
-    if state is not None and state["phase"] == "budget":
+    if state is not None and state.phase == "budget":
         return _saved_sabr(exp, folder, base, state)
-    resume = state if state is not None and state["phase"] == "sabr" else None
+    resume = state.training if state is not None and state.phase == "sabr" else None
     base_weights = _copy_weights(base.model) if resume is None else _read_base_weights(exp, folder)
     done = {"base": base.saved()}
     budget = None
@@ -266,16 +272,15 @@ def _read_checkpoint_weights(path: Path) -> dict:
     return read_weights(path.with_suffix(".safetensors"), read_metadata(path).get("weights_sha256"))
 
 
-def _saved_sabr(exp: Experiment, folder: RunDir, base: PhaseResult, state: dict) -> tuple[PhaseResult, SABR, dict]:
+def _saved_sabr(exp: Experiment, folder: RunDir, base: PhaseResult,
+                state: RunState) -> tuple[PhaseResult, SABR, dict]:
     """Phase 2's result as the budget search's resume state saved it."""
-    saved = state["done"]["sabr"]
     model = base.model
     set_dropout(model, 0.0)
-    load_weights_into(model, state["sabr_model"], source="the resume state")
+    load_weights_into(model, state.sabr_model, source="the resume state")
     reg = SABR(model, params=exp.config.params, groups=channel_groups_of(exp, model))
-    reg.load_state_dict(state["sabr_state"])
-    result = PhaseResult(model, saved["rows"], saved["val_accuracy"], saved["test_accuracy"], saved["extra"])
-    return result, reg, _read_base_weights(exp, folder)
+    reg.load_state_dict(state.sabr_state)
+    return PhaseResult.restored(model, state.done["sabr"]), reg, _read_base_weights(exp, folder)
 
 
 @dataclass
@@ -310,7 +315,7 @@ class BudgetChoice:
 
 
 def _budget_phase(exp: Experiment, folder: RunDir, base: PhaseResult, sabr: PhaseResult, reg: SABR,
-                  base_weights: dict, state: dict | None) -> BudgetChoice:
+                  base_weights: dict, state: RunState | None) -> BudgetChoice:
     """Prune copies of the SABR and the base model at every factor and choose, on validation only.
 
     With ``prune_teta1`` set (or the ``reference`` preset) that factor is taken; the other factors are still
@@ -323,8 +328,7 @@ def _budget_phase(exp: Experiment, folder: RunDir, base: PhaseResult, sabr: Phas
     validate = lambda m: evaluate_split(exp, m, exp.val)[1]  # noqa: E731 - the search's only look at data
     base_model = copy.deepcopy(base.model)
     load_weights_into(base_model, base_weights, source="the base checkpoint")
-    saved = state.get("trials", {}) if state is not None and state["phase"] == "budget" else {}
-    trials = {k: [Trial(**t) for t in v] for k, v in saved.items()}
+    trials = {k: list(v) for k, v in state.trials.items()} if state is not None and state.phase == "budget" else {}
     done = {"base": base.saved(), "sabr": sabr.saved()}
     results = {}
     groups = None if reg.groups is None else list(reg.groups.values())
@@ -332,9 +336,8 @@ def _budget_phase(exp: Experiment, folder: RunDir, base: PhaseResult, sabr: Phas
         def on_trial(ts: list[Trial], name: str = name) -> None:
             trials[name] = ts
             if exp.dist.is_main:
-                folder.save_resume({"phase": "budget", "epoch": len(sabr.rows), "done": done,
-                                    "trials": {k: [asdict(t) for t in v] for k, v in trials.items()},
-                                    "sabr_model": sabr.model.state_dict(), "sabr_state": reg.state_dict()})
+                folder.save_resume(RunState("budget", done, epoch=len(sabr.rows), trials=trials,
+                                            sabr_model=sabr.model.state_dict(), sabr_state=reg.state_dict()))
         results[name] = search_prune_factor(model, validate, floor, cfg.gamma, cfg.params, recal, factors,
                                             done=trials.get(name), on_trial=on_trial, groups=groups)
     (chosen, fits, ts), (b_chosen, b_fits, b_ts) = results["sabr"], results["base"]

@@ -17,6 +17,7 @@ Layout of ``<out>/`` (see :class:`RunDir`)::
 from __future__ import annotations
 
 import csv
+import dataclasses
 import fcntl
 import hashlib
 import io
@@ -28,7 +29,7 @@ from pathlib import Path
 from .checkpoint import PHASES, atomic_write, make_folder
 from .config import load_yaml
 from .errors import CheckpointError, SabrError, StorageError
-from .resume import load_state, save_state
+from .resume import RunState, load_state, save_state
 
 
 _HELD: dict[str, int] = {}  # run folders locked by this process -> the lock file's descriptor
@@ -221,25 +222,25 @@ class RunDir:
         writer.writerows(rows)
         atomic_write({self.history(phase): buf.getvalue().encode()})
 
-    def load_resume(self) -> dict | None:
+    def load_resume(self) -> RunState | None:
         """The saved training state (see :mod:`sabr.resume`), or ``None`` when there is none.
 
         Raises:
-            CheckpointError: ``config.yaml`` changed since the state was saved (its hash differs).
+            CheckpointError: the state is damaged, or ``config.yaml`` changed since it was saved (its hash differs).
         """
         if not self.resume_state.is_file():
             return None
-        state = load_state(self.resume_state)
-        saved = state.pop("config_sha256", None)
+        state = RunState.from_dict(load_state(self.resume_state), source=str(self.resume_state))
+        saved = state.config_sha256
         if saved is not None and saved != self.config_sha256():
             raise CheckpointError(f"{self.config} was changed after the run began, so its saved epochs no longer "
                                   "match it; undo the edit to resume, or start a new run (--overwrite) with the "
                                   "new settings.")
         return state
 
-    def save_resume(self, state: dict) -> None:
+    def save_resume(self, state: RunState) -> None:
         """Replace the saved training state atomically (with the hash of ``config.yaml`` it belongs to)."""
-        save_state(self.resume_state, {**state, "config_sha256": self.config_sha256()})
+        save_state(self.resume_state, dataclasses.replace(state, config_sha256=self.config_sha256()))
 
     def drop_resume(self) -> None:
         """Remove the training state once the run is complete (nothing is left to resume)."""
