@@ -28,14 +28,21 @@ TINY = ["--quiet", "--max-per-class", "10", "--epochs-base", "1", "--epochs-sabr
 
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """A tiny real run interrupted before its budget search (``killed``: config, checkpoints, resume state)
-    and the same run resumed to the end (``done``)."""
+    """A tiny real run interrupted before its budget search saved anything (``killed``: config, checkpoints,
+    phase 2's resume state) and the same run resumed to the end (``done``)."""
     root = tmp_path_factory.mktemp("tiny-runs")
-    import sabr.pipeline as pipeline
     from sabr.cli import main
+    from sabr.rundir import RunDir
+
+    save = RunDir.save_resume
+
+    def save_until_the_search(self, state):
+        if state.phase == "budget":
+            raise KeyboardInterrupt
+        save(self, state)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(pipeline, "_budget_phase", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    mp.setattr(RunDir, "save_resume", save_until_the_search)
     assert main(["run", *TINY, "--out", str(root / "done")]) == 130
     mp.undo()
     shutil.copytree(root / "done", root / "killed")
