@@ -5,7 +5,7 @@ Per model (``--models``, default resnet18 vgg11) on the sign-language photos at 
 * ``sabr_structured``: ``python -m sabr run --structured --epochs-sabr 0 --finetune-epochs 30`` (skipped when
   its ``summary.json`` exists): the fine-tune starts with 87.5% of every channel group removed and the budget's
   adaptive rule gives 12.5% back while validation stays below 1 point under the base's without recovering, until
-  an epoch is within it (``sabr.budget.CHANNEL_SHARES``, ``PruneRamp(descend=True)``). Phase 2's group penalty
+  an epoch is within it (``sabr.budget.CHANNEL_SHARES``, ``sabr.ramp.ShrinkingRamp``). Phase 2's group penalty
   is off (0 epochs): at equal epochs it did not help (docs/benchmarks.md). Its ``pruned`` checkpoint is made
   physically smaller with :func:`sabr.export.shrink`.
 * ``dense``: the same run's ``base`` checkpoint.

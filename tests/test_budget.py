@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from sabr import RunConfig, prune, sparsity_report
-from sabr import pipeline
-from sabr.budget import (MIN_GAIN, PLATEAU_EPOCHS, BudgetTracker, PruneRamp, Trial, budget_floor, choose,
+from sabr import pipeline, prune_phase
+from sabr.budget import (MIN_GAIN, PLATEAU_EPOCHS, BudgetTracker, Trial, budget_floor, choose,
                          search_prune_factor, val_plateau)
 from sabr.pruning import prunable_sparsity, recalibrate_batchnorm
 
@@ -168,7 +168,7 @@ TINY = dict(max_per_class=12, epochs_base=2, epochs_sabr=3, patience=2, sweep=[0
 
 def test_budget_search_reads_validation_only(tmp_path, monkeypatch):
     calls = {"searching": False, "test_during_search": 0, "val_during_search": 0}
-    real_eval, real_search = pipeline.evaluate_split, pipeline.search_prune_factor
+    real_eval, real_search = prune_phase.evaluate_split, prune_phase.search_prune_factor
 
     def spy_eval(exp, model, split):
         if calls["searching"]:
@@ -183,8 +183,8 @@ def test_budget_search_reads_validation_only(tmp_path, monkeypatch):
         finally:
             calls["searching"] = False
 
-    monkeypatch.setattr(pipeline, "evaluate_split", spy_eval)
-    monkeypatch.setattr(pipeline, "search_prune_factor", spy_search)
+    monkeypatch.setattr(prune_phase, "evaluate_split", spy_eval)
+    monkeypatch.setattr(prune_phase, "search_prune_factor", spy_search)
     summary = pipeline.run(RunConfig(**TINY, out=str(tmp_path / "run")), progress=False)
     assert calls["test_during_search"] == 0 and calls["val_during_search"] == 2 * len(TINY["sweep"])
     b = summary["budget"]
@@ -213,158 +213,17 @@ def test_a_run_killed_inside_the_budget_search_resumes_to_the_same_result(tmp_pa
         assert json.dumps(resumed[key], sort_keys=True) == json.dumps(whole[key], sort_keys=True), key
 
 
-def test_prune_ramp_grows_within_the_budget_and_returns_to_the_kept_model_below_it():
-    model = _model()
-    ramp = PruneRamp.start(model, floor=0.9, factors=[0.3, 0.1, 0.2, 0.5], kept_accuracy=0.92)
-    assert ramp.factors == [0.1, 0.2, 0.3, 0.5] and ramp.factor == 0.1
-    # epoch 1 at 0.1 fits but is not better than the start: the start stays kept, the factor grows anyway
-    assert ramp.update(model, 1, 0.91) == "grow" and (ramp.factor, ramp.kept_factor, ramp.kept_epoch) == (0.2, 0.1, 0)
-    with torch.no_grad():
-        model[0].weight.add_(1.0)  # epoch 2 trains the model pruned at 0.2: sparser, so kept
-    assert ramp.update(model, 2, 0.905) == "grow" and (ramp.factor, ramp.kept_factor, ramp.kept_epoch) == (0.3, 0.2, 2)
-    kept = copy.deepcopy(ramp.kept_model)
-    assert ramp.update(model, 3, 0.89) == "revert"  # epoch 3 at 0.3 breaks the budget: back to epoch 2's model
-    assert (ramp.factor, ramp.kept_factor) == (0.2, 0.2)
-    assert all(torch.equal(kept[k], v) for k, v in ramp.kept_model.items())
-    assert ramp.update(model, 4, 0.85) == "hold"  # below the floor at the kept factor: train on
-    assert ramp.update(model, 5, 0.95) == "grow" and (ramp.kept_epoch, ramp.kept_accuracy) == (5, 0.95)  # better
-    assert ramp.update(model, 6, 0.93) == "grow" and (ramp.factor, ramp.kept_factor) == (0.5, 0.3)  # grows again
-    assert ramp.update(model, 7, 0.92) == "hold" and (ramp.kept_factor, ramp.kept_epoch) == (0.5, 7)  # the grid ends
-
-
-def test_prune_ramp_with_patience_gives_a_grown_step_that_many_epochs_below_the_floor():
-    model = _model()
-    ramp = PruneRamp.start(model, floor=0.9, factors=[0.1, 0.2, 0.3], kept_accuracy=0.92, patience=2)
-    assert ramp.update(model, 1, 0.91) == "grow" and ramp.factor == 0.2
-    assert ramp.update(model, 2, 0.85) == "hold" and (ramp.factor, ramp.misses) == (0.2, 1)  # one more epoch
-    assert ramp.update(model, 3, 0.93) == "grow" and (ramp.kept_factor, ramp.factor, ramp.misses) == (0.2, 0.3, 0)
-    assert ramp.update(model, 4, 0.85) == "hold" and ramp.update(model, 5, 0.86) == "revert"  # two in a row
-    assert (ramp.factor, ramp.kept_factor, ramp.misses) == (0.2, 0.2, 0)
-    assert ramp.update(model, 6, 0.5) == "hold" and ramp.misses == 0  # at the kept step: no count
-
-
-def test_prune_ramp_below_the_floor_at_the_start_trains_on():
-    model = _model()
-    ramp = PruneRamp.start(model, floor=0.9, factors=[0.1, 0.2], kept_accuracy=0.92)
-    assert ramp.update(model, 1, 0.5) == "hold" and (ramp.kept_epoch, ramp.factor) == (0, 0.1)
-    assert ramp.update(model, 2, 0.95) == "grow" and ramp.kept_epoch == 2
-
-
-def test_prune_ramp_from_below_the_floor_keeps_the_best_epoch_until_one_fits_then_grows():
-    model = _model()
-    ramp = PruneRamp.start(model, floor=0.9, factors=[0.1, 0.2], kept_accuracy=0.85)  # no factor fitted
-    assert not ramp.fits
-    assert ramp.update(model, 1, 0.80) == "hold" and (ramp.kept_epoch, ramp.fits) == (0, False)  # worse: start kept
-    assert ramp.update(model, 2, 0.88) == "hold" and (ramp.kept_epoch, ramp.kept_accuracy) == (2, 0.88)  # best yet
-    assert ramp.update(model, 3, 0.86) == "hold" and ramp.kept_epoch == 2
-    assert ramp.update(model, 4, 0.90) == "grow" and (ramp.kept_epoch, ramp.fits, ramp.factor) == (4, True, 0.2)
-    assert ramp.update(model, 5, 0.85) == "revert" and (ramp.kept_epoch, ramp.fits, ramp.factor) == (4, True, 0.1)
-    assert ramp.update(model, 6, 0.87) == "hold" and ramp.kept_epoch == 4  # once within, a worse epoch is not kept
-
-
-def test_finetune_with_a_ramp_prunes_one_factor_further_per_epoch_within_the_budget():
-    from sabr.pipeline import finetune_masked, prepare
-
-    exp = prepare(RunConfig(max_per_class=20, epochs_base=1, device="cpu"), progress=False)
-    model = exp.new_model()
-    factors = [0.2, 0.5, 1.0]
-    prune(model, teta1=factors[0])
-    grown = []
-
-    def grow(m, factor):
-        grown.append(factor)
-        prune(m, teta1=factor)
-
-    ramp = PruneRamp.start(model, float("-inf"), factors, kept_accuracy=0.0)  # every epoch fits
-    tuned, rows = finetune_masked(exp, copy.deepcopy(model), 3, ramp=ramp, step=grow)
-    assert grown == [0.5, 1.0] and [r["prune_teta1"] for r in rows] == [0.2, 0.5, 1.0]
-    assert ramp.kept_epoch == 3 and sparsity_report(tuned).sparsity > sparsity_report(model).sparsity
-    # the start fits and no epoch does: the factor never grows, and the run ends with the starting model unchanged
-    ramp = PruneRamp.start(model, 2.0, factors, kept_accuracy=2.0)
-    tuned, rows = finetune_masked(exp, copy.deepcopy(model), 2, ramp=ramp, step=grow)
-    assert grown == [0.5, 1.0] and [r["prune_teta1"] for r in rows] == [0.2, 0.2]
-    assert all(torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), model.state_dict().values()))
-    # the second factor breaks the budget: back to epoch 1's model and its zero pattern, then grown again
-    class SecondEpochBreaks(PruneRamp):
-        def update(self, model, epoch, val_accuracy):
-            self.floor = 2.0 if epoch == 2 else 0.0
-            return super().update(model, epoch, val_accuracy)
-
-    ramp = SecondEpochBreaks.start(model, 0.0, factors, kept_accuracy=0.0)
-    tuned, rows = finetune_masked(exp, copy.deepcopy(model), 4, ramp=ramp, step=grow)
-    assert [r["prune_teta1"] for r in rows] == [0.2, 0.5, 0.2, 0.5] and ramp.kept_epoch == 4
-
-
-def test_prune_ramp_downwards_starts_at_the_top_steps_down_only_when_not_recovering_and_settles():
-    model = _model()
-    ramp = PruneRamp.start(model, floor=0.9, factors=[0.5, 0.0, 0.25], kept_accuracy=0.92, patience=2, descend=True)
-    assert (ramp.factor, ramp.kept_factor, ramp.fits) == (0.5, 0.0, True)  # the starting model is the fallback
-    assert ramp.update(model, 1, 0.60) == "hold"  # below the floor, but the step's first epoch
-    assert ramp.update(model, 2, 0.70) == "hold" and ramp.misses == 0  # climbing: recovering from the cut
-    assert ramp.update(model, 3, 0.65) == "hold" and ramp.misses == 1
-    assert ramp.update(model, 4, 0.70) == "shrink"  # a second epoch in a row below the floor and no new best
-    assert (ramp.factor, ramp.kept_factor, ramp.misses) == (0.25, 0.0, 0)
-    assert ramp.update(model, 5, 0.50) == "hold"  # the new step's first epoch
-    assert ramp.update(model, 6, 0.91) == "hold" and ramp.settled and (ramp.kept_factor, ramp.kept_epoch) == (0.25, 6)
-    assert [ramp.update(model, e, 0.5) for e in (7, 8, 9)] == ["hold"] * 3 and ramp.factor == 0.25  # settled
-    assert ramp.update(model, 10, 0.95) == "hold" and ramp.kept_epoch == 10  # the settled step's best epoch
-    assert ramp.update(model, 11, 0.93) == "hold" and (ramp.kept_epoch, ramp.kept_accuracy) == (10, 0.95)
-
-
-def test_prune_ramp_downwards_that_never_fits_ends_at_the_bottom_with_the_most_accurate_epoch():
-    model = _model()
-    ramp = PruneRamp.start(model, floor=0.9, factors=[0.0, 0.25], kept_accuracy=0.80, patience=1, descend=True)
-    assert not ramp.fits and ramp.factor == 0.25
-    assert ramp.update(model, 1, 0.85) == "hold" and (ramp.kept_factor, ramp.kept_epoch) == (0.25, 1)  # best yet
-    assert ramp.update(model, 2, 0.84) == "shrink" and ramp.factor == 0.0
-    assert ramp.update(model, 3, 0.83) == "hold" and ramp.update(model, 4, 0.82) == "hold"  # nowhere further down
-    assert (ramp.kept_factor, ramp.kept_epoch, ramp.fits) == (0.25, 1, False)
-    assert ramp.update(model, 5, 0.90) == "hold" and (ramp.kept_factor, ramp.kept_epoch, ramp.fits) == (0.0, 5, True)
-
-
-def test_finetune_with_a_downward_ramp_gives_channels_back_and_trains_them():
-    from sabr.channels import channel_groups, channel_rms
-    from sabr.pipeline import finetune_masked, prepare
-    from sabr.pruning import prune_channel_share, revive_channels
-
-    exp = prepare(RunConfig(max_per_class=20, epochs_base=1, device="cpu"), progress=False)
-    start = exp.new_model()
-    groups = channel_groups(start, exp.example_input())
-    model = copy.deepcopy(start)
-    prune_channel_share(model, groups, 0.5)
-    alive = lambda m: [int((channel_rms(dict(m.named_parameters()), g) > 0).sum()) for g in groups]  # noqa: E731
-    at_top = alive(model)
-    accuracies = {1: 0.0, 2: 0.0, 3: 1.0}  # epoch 2 does not recover: one step down; epoch 3 is within the floor
-
-    class Scripted(PruneRamp):
-        def update(self, model, epoch, val_accuracy):
-            return super().update(model, epoch, accuracies[epoch])
-
-    ramp = Scripted.start(start, 0.5, [0.0, 0.25, 0.5], kept_accuracy=0.0, column="channel_share", descend=True)
-    steps = []
-
-    def step(m, share):
-        steps.append(share)
-        revive_channels(m, start, groups, share)
-
-    tuned, rows = finetune_masked(exp, model, 3, ramp=ramp, step=step)
-    assert steps == [0.25] and [r["channel_share"] for r in rows] == [0.5, 0.5, 0.25] and ramp.kept_epoch == 3
-    lower = copy.deepcopy(start)
-    prune_channel_share(lower, groups, 0.25)
-    assert alive(tuned) == alive(lower) != at_top  # the channels given back stayed: the masks were taken again
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("fits_before", [True, False])
 def test_a_run_with_a_fine_tune_judges_the_budget_after_it(tmp_path, monkeypatch, fits_before):
-    real_search = pipeline.search_prune_factor
+    real_search = prune_phase.search_prune_factor
 
     def weakest(*args, **kwargs):  # the search keeps the weakest factor, as a budget broken above it would
         _, fits, trials = real_search(*args, **kwargs)  # (or, not fits_before, as a budget broken at every factor)
         chosen = min(trials, key=lambda t: t.factor)
         return (chosen, True, trials) if fits_before else (replace(chosen, val_accuracy=-2.0), False, trials)
 
-    monkeypatch.setattr(pipeline, "search_prune_factor", weakest)
+    monkeypatch.setattr(prune_phase, "search_prune_factor", weakest)
     out = tmp_path / "run"
     s = pipeline.run(RunConfig(**{**TINY, "max_drop": 1.0}, finetune_epochs=2, out=str(out)), progress=False)
     p, b = s["pruned"], s["budget"]

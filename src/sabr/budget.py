@@ -15,7 +15,7 @@ makes the outcome a property of the model and the data instead:
 * after it, :func:`search_prune_factor` prunes copies of the kept model at every factor of ``FACTORS``
   (BatchNorm statistics recalibrated) and chooses the factor one step before the first that breaks the
   budget (:func:`choose`);
-* with a masked fine-tune (``--finetune-epochs``), :class:`PruneRamp` judges the budget again after every
+* with a masked fine-tune (``--finetune-epochs``), a ramp (:mod:`sabr.ramp`) judges the budget again after every
   fine-tune epoch and prunes one factor further while it holds, since the fine-tune buys back accuracy that
   the search, which judges pruned copies before any training, cannot count (in structured mode its steps
   are :data:`CHANNEL_SHARES` of every group, removed smallest first, and it goes down: cut once to the top
@@ -60,7 +60,7 @@ epochs for lack of a measurable gain."""
 CHANNEL_SHARES = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
 """The structured fine-tune's ramp steps: the share of every channel group removed, smallest channels first
 (:func:`sabr.pruning.prune_channel_share`; 0 is the model as the search left it); the ramp starts at the top
-and steps down (:class:`PruneRamp`, ``descend``). Shares, not factors of the std rule: where a group's
+and steps down (:class:`sabr.ramp.ShrinkingRamp`). Shares, not factors of the std rule: where a group's
 channels are near-uniform in size no factor removes any, while a share removes the smallest whatever their
 spread. The top is 87.5% because a share that high, fine-tuned, can still come back within the budget (the
 measurements behind both: docs/spec.md, structured mode)."""
@@ -195,136 +195,6 @@ def choose(trials: Iterable[Trial], floor: float) -> tuple[Trial, bool]:
     if len(fitting) == len(ordered) or len(fitting) == 1:
         return fitting[-1], True
     return fitting[-2], True
-
-
-@dataclass
-class PruneRamp:
-    """The budget judged after the masked fine-tune: SABR's adaptive rule applied to the pruning factor.
-
-    Upwards (the default, unstructured mode): the fine-tune starts from the model pruned at the factor the
-    search chose: within the budget before any training, or, when no factor was (``fits=False``), the
-    least-pruned one, which the fine-tune may bring back within it. After every fine-tune epoch:
-
-    * within the budget: the model is kept when it is sparser than the kept one (or as sparse and more
-      accurate), and the factor grows one step along ``factors`` (the caller prunes the model further at
-      :attr:`factor`), as SABR multiplies its lambdas after an epoch without a significant drop;
-    * below the floor at a factor above the kept model's for ``patience`` epochs in a row: the model returns
-      to the kept one and its factor, as SABR divides its lambdas; the next epoch within the budget grows the
-      factor again (before ``patience`` such epochs, training goes on at the new factor);
-    * below the floor at the kept model's factor: training goes on (a fine-tune epoch can lose accuracy that
-      the next buys back, most of all the first one: docs/spec.md, phase 4).
-
-    Downwards (``descend``, structured mode): the caller prunes the model at the top step before the first
-    epoch and the fine-tune trains there, as a one-shot pruner does, keeping the starting model as the
-    fallback. The first epoch within the budget settles the step: from then on the ramp holds and keeps the
-    step's best epoch within the budget. Until then, ``patience`` epochs in a row below the floor that do not
-    improve on the step's best validation accuracy step the model one step down (``"shrink"``: the caller
-    gives back the channels the lower step keeps), as SABR divides its lambdas after a drop; an epoch that
-    still climbs is recovering from the cut, not failing. Why down: a ramp that grows spends its first epochs
-    recovering from the fine-tune's learning-rate shock and reaches its top share with the learning rate
-    already lowered, while a one-shot pruner trains every epoch at the final shape (measured: docs/spec.md,
-    structured mode).
-
-    The result is the last kept model: the sparsest whose validation accuracy was within the budget *after*
-    training (:attr:`fits`); while no epoch has been, the most accurate one (the starting model included), as a
-    fine-tune without a ramp keeps. The fine-tune's epoch count is unchanged; only validation is read.
-
-    Args:
-        floor: the lowest admissible validation accuracy (:func:`budget_floor`).
-        factors: the pruning factors, ascending; the model starts pruned at the first (the last: ``descend``).
-        kept_accuracy: the starting model's validation accuracy (the search's, before the fine-tune).
-        kept_model: the starting model's weights (:meth:`start` copies them).
-        fits: whether the kept model is within the budget.
-        column: what a step is, for the fine-tune's history: ``"prune_teta1"`` (a pruning factor) or
-            ``"channel_share"`` (:data:`CHANNEL_SHARES`).
-        patience: epochs below the floor at a grown step before the ramp returns (1: at once); downwards,
-            epochs below the floor without a new best before it steps down. Removing 12.5% of every channel
-            group can cost more than one epoch to recover, so one epoch below the floor is no verdict.
-        misses: epochs below the floor at the current step so far (in a row).
-        descend: start at the top step and step down (structured mode), instead of up.
-        step_best: the best validation accuracy at the current step (``descend``).
-    """
-
-    floor: float
-    factors: list[float]
-    kept_accuracy: float
-    kept_model: dict[str, torch.Tensor] | None = field(default=None, repr=False)
-    index: int = 0
-    kept_index: int = 0
-    kept_epoch: int = 0
-    fits: bool = True
-    column: str = "prune_teta1"
-    patience: int = 1
-    misses: int = 0
-    descend: bool = False
-    step_best: float = float("-inf")
-
-    @classmethod
-    def start(cls, model: nn.Module, floor: float, factors: Iterable[float], kept_accuracy: float,
-              column: str = "prune_teta1", patience: int = 1, descend: bool = False) -> "PruneRamp":
-        """A ramp from ``model``, pruned at ``min(factors)`` and ``kept_accuracy`` on validation (within the
-        budget or not: ``fits`` is ``kept_accuracy >= floor``). With ``descend``, :attr:`factor` is
-        ``max(factors)``, which the caller prunes the model at before the first epoch; ``model`` as it is stays
-        the fallback."""
-        factors = sorted(factors)
-        return cls(floor, factors, kept_accuracy, _copy(model), index=len(factors) - 1 if descend else 0,
-                   fits=kept_accuracy >= floor, column=column, patience=patience, descend=descend)
-
-    @property
-    def factor(self) -> float:
-        """The factor the model is pruned at now."""
-        return self.factors[self.index]
-
-    @property
-    def kept_factor(self) -> float:
-        """The factor the kept model is pruned at."""
-        return self.factors[self.kept_index]
-
-    def update(self, model: nn.Module, epoch: int, val_accuracy: float) -> str:
-        """Score one finished fine-tune epoch and say what the caller does next.
-
-        Returns ``"grow"`` (within the budget: prune the model at :attr:`factor`, now one step up),
-        ``"shrink"`` (``descend``: below the floor and not improving for ``patience`` epochs: give the model
-        back the channels of :attr:`factor`, now one step down), ``"revert"`` (below the floor above the kept
-        factor for ``patience`` epochs: load :attr:`kept_model` back; :attr:`factor` is its factor again) or
-        ``"hold"`` (train on as it is: the grid ends, the step is settled, the model is below the floor at the
-        kept factor, or for fewer than ``patience`` epochs above it).
-        """
-        within = val_accuracy >= self.floor
-        better = self.index > self.kept_index or val_accuracy > self.kept_accuracy
-        if within and better or not self.fits and (within or val_accuracy > self.kept_accuracy):
-            self.kept_model, self.kept_accuracy = _copy(model), val_accuracy  # (not yet within: the best so far)
-            self.kept_index, self.kept_epoch, self.fits = self.index, epoch, within
-        if self.descend:
-            return self._descend(within, val_accuracy)
-        if within:
-            self.misses = 0
-            if self.index + 1 < len(self.factors):
-                self.index += 1
-                return "grow"
-            return "hold"
-        if self.index > self.kept_index:
-            self.misses += 1
-            if self.misses >= self.patience:
-                self.index, self.misses = self.kept_index, 0
-                return "revert"
-        return "hold"
-
-    def _descend(self, within: bool, val_accuracy: float) -> str:
-        climbing = val_accuracy > self.step_best
-        self.step_best = max(self.step_best, val_accuracy)
-        if self.settled or self.index == 0:
-            return "hold"
-        self.misses = 0 if within or climbing else self.misses + 1
-        if self.misses < self.patience:
-            return "hold"
-        self.index, self.misses, self.step_best = self.index - 1, 0, float("-inf")
-        return "shrink"
-
-    @property
-    def settled(self) -> bool:
-        """Downwards: an epoch at the current step was within the budget (the ramp holds there)."""
-        return self.fits and self.kept_index == self.index
 
 
 def prune_at(model: nn.Module, factor: float, gamma: float, params=None,

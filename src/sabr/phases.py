@@ -23,7 +23,8 @@ from .experiment import Experiment, evaluate_split
 from .metrics import sparsity_report
 from .models import set_dropout
 from .pruning import apply_masks, prune, recalibrate_batchnorm, zero_masks
-from .budget import BudgetTracker, PruneRamp
+from .budget import BudgetTracker
+from .ramp import PruneRamp, RampAction
 from .regularizer import SABR, SabrSettings, auto_threshold
 from .resume import PhaseState, as_phase_state, restore_training, training_state
 from .train import (EpochStats, FitHooks, FitState, NonFiniteLossError, batches, evaluate, fit, phase_generator,
@@ -284,8 +285,8 @@ def sweep(exp: Experiment, model: nn.Module, teta1_values, gamma: float, params=
 
 def finetune_masked(exp: Experiment, model: nn.Module, epochs: int, lr: float | None = None,
                     params=None, progress: bool = False,
-                    on_row: Callable[[dict], None] | None = None, ramp: PruneRamp | None = None,
-                    step: Callable[[nn.Module, float], None] | None = None) -> tuple[nn.Module, list[dict]]:
+                    on_row: Callable[[dict], None] | None = None,
+                    ramp: PruneRamp | None = None) -> tuple[nn.Module, list[dict]]:
     """Fine-tune a pruned model in place for ``epochs`` epochs, keeping its zeros exactly zero.
 
     The zero pattern of the regularised tensors (``params``, default every Conv/Linear weight) is taken
@@ -296,15 +297,12 @@ def finetune_masked(exp: Experiment, model: nn.Module, epochs: int, lr: float | 
     starting weights included) and one row per epoch; ``on_row(row)``, when given, also gets each row as
     it is finished (e.g. for TensorBoard).
 
-    With a ``ramp`` (:class:`sabr.budget.PruneRamp`, started from ``model``), the budget is judged after every
-    epoch instead: ``step(model, factor)`` moves the model in place to the ramp's new step when the ramp grows
-    (prunes further) or shrinks (gives channels back), the model returns to the ramp's kept weights when it
-    says so, the zero pattern is taken again after any of these, each row records the step its epoch trained
-    at (as ``ramp.column``), and the model ends as the ramp's kept one. A ramp that starts at its top step
-    (``descend``) needs the model pruned there already.
+    With a ``ramp`` (a :class:`sabr.ramp.GrowingRamp` or :class:`~sabr.ramp.ShrinkingRamp` started from
+    ``model``), the budget is judged after every epoch instead: the ramp moves the model in place to its new
+    step (:meth:`~sabr.ramp.PruneRamp.move`: pruned further, channels given back, or its kept weights), the zero
+    pattern is taken again after any move, each row records the step its epoch trained at (as ``ramp.column``),
+    and the model ends as the ramp's kept one.
     """
-    if ramp is not None and step is None:
-        raise ValueError("finetune_masked(ramp=...) needs step(model, factor) to move the model to a ramp step")
     cfg = exp.config
     masks = zero_masks(model, params)
     for p in model.parameters():
@@ -324,25 +322,28 @@ def finetune_masked(exp: Experiment, model: nn.Module, epochs: int, lr: float | 
         if on_row is not None:
             on_row(r)
 
-    def judge(state: FitState) -> None:
-        action = ramp.update(model, state.epoch, state.rows[-1]["val_accuracy"])
-        if state.epoch == epochs:  # no epoch left to train a further pruned model: the kept one is the result
-            return
-        if action in ("grow", "shrink"):
-            step(model, ramp.factor)
-        elif action == "revert":
-            model.load_state_dict(ramp.kept_model)
-        if action != "hold":
-            how = {"grow": "held", "shrink": "broken and not recovering: one step down,",
-                   "revert": "broken: back to epoch %d's model," % ramp.kept_epoch}[action]
-            log.info("fine-tune: budget %s after epoch %d -> %s %g", how, state.epoch, ramp.column, ramp.factor)
-            masks.update(zero_masks(model, params))
-
     hooks = FitHooks(on_row=row_done)
     if ramp is not None:
-        hooks = FitHooks(on_row=row_done, row_fields=lambda r: {ramp.column: ramp.factor}, on_epoch=judge)
+        hooks = FitHooks(on_row=row_done, row_fields=lambda r: {ramp.column: ramp.factor},
+                         on_epoch=lambda state: _judge(ramp, model, state, epochs, masks, params))
     state = fit(model, opt, train, lambda: evaluate(model, exp.val, exp.preprocess, exp.device), epochs,
                 keep="best_or_start" if ramp is None else "last", scheduler=sabr_scheduler(opt), hooks=hooks)
     if ramp is not None:
         model.load_state_dict(ramp.kept_model)
     return model, state.rows
+
+
+_MOVES = {RampAction.GROW: "held", RampAction.SHRINK: "broken and not recovering: one step down,",
+          RampAction.REVERT: "broken: back to epoch {kept}'s model,"}
+
+
+def _judge(ramp: PruneRamp, model: nn.Module, state: FitState, epochs: int, masks: dict, params) -> None:
+    """The fine-tune's ``on_epoch`` with a ramp: the ramp scores the epoch and moves the model (not after the last
+    epoch, which leaves no epoch to train a moved model: the kept one is the result); masks taken again."""
+    action = ramp.update(model, state.epoch, state.rows[-1]["val_accuracy"])
+    if state.epoch == epochs or action is RampAction.HOLD:
+        return
+    ramp.move(model, action)
+    log.info("fine-tune: budget %s after epoch %d -> %s %g", _MOVES[action].format(kept=ramp.kept_epoch), state.epoch,
+             ramp.column, ramp.factor)
+    masks.update(zero_masks(model, params))

@@ -3,12 +3,12 @@ fine-tune of the pruned model); then the report, all in one run folder (:class:`
 
 :func:`run` is what ``sabr run`` calls: :func:`~sabr.experiment.prepare` and the phases of :mod:`sabr.phases`
 (:func:`train_base`, :func:`train_sabr`, :func:`prune_and_evaluate`, :func:`finetune_masked`), each usable on
-its own from Python; :func:`resume` continues a run, :func:`reprune` re-prunes a finished one.
+its own from Python; :func:`resume` continues a run, :func:`reprune` re-prunes a finished one. Phase 3 (the
+budget search, pruning and the fine-tune's ramp) is :mod:`sabr.prune_phase`; the resume state, :mod:`sabr.resume`.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -20,10 +20,8 @@ import torch
 from torch import nn
 
 from . import report
-from .budget import (CHANNEL_SHARES, TRACK_FACTOR, TRACK_FACTOR_STRUCTURED, BudgetTracker, PruneRamp, Trial,
-                     budget_floor, prune_at, prune_copy, search_prune_factor, val_plateau)
+from .budget import TRACK_FACTOR, TRACK_FACTOR_STRUCTURED, BudgetTracker, val_plateau
 from .calibration import calibrate_model, collect_logits
-from .channels import group_parameters
 from .checkpoint import check_trusted, load_weights_into, read_metadata, read_weights, save_checkpoint, write_json
 from .config import RunConfig
 from .distributed import DistContext, init_from_env, shutdown
@@ -31,11 +29,10 @@ from .errors import ConfigError, SabrError
 from .experiment import Experiment, evaluate_split, load_experiment, prepare
 from .export import load_run
 from .integrations.tensorboard import logger_for
-from .metrics import sparsity_report
 from .models import set_dropout
-from .phases import (bn_recalibrator, channel_groups_of, finetune_masked, prune_and_evaluate, resolve_threshold,
-                     sweep, train_base, train_sabr)
-from .pruning import prune, revive_channels
+from .phases import (channel_groups_of, finetune_masked, prune_and_evaluate, resolve_threshold, sweep, train_base,
+                     train_sabr)
+from .prune_phase import prune_chosen, run_floor, search_budget
 from .regularizer import SABR
 from .resume import FinishedPhase, PhaseState, RunState
 from .rundir import RunDir
@@ -108,19 +105,21 @@ def _run(config: RunConfig, progress: bool, overwrite: bool, resume: bool, dist:
         base = _base_phase(exp, folder, exp.new_model(), state, progress, board)
         warnings = _check_base(exp, base)
         sabr, reg, base_weights = _sabr_phase(exp, folder, base, state, progress, board)
-        choice = _budget_phase(exp, folder, base, sabr, reg, base_weights, state)
-        pruned, layer_stats, pruned_figures = _prune_phase(exp, folder, sabr.model, choice, progress, board)
-        calibration = _calibrate_phase(exp, folder, {"base": choice.base_model, "sabr": sabr.model, "pruned": pruned})
+        choice = search_budget(exp, folder, base, sabr, reg, base_weights, state)
+        pruned = prune_chosen(exp, folder, sabr.model, choice, progress, board)
+        calibration = _calibrate_phase(exp, folder, {"base": choice.base_model, "sabr": sabr.model,
+                                                     "pruned": pruned.model})
     finally:
         if board is not None:
             board.close()
-    summary = report.build_summary(exp, sabr.model, pruned, reg, layer_stats, {
-        "base": base.figures(), "sabr": sabr.figures(), "pruned": pruned_figures}, choice.curve(), resolved)
-    summary.update(budget=choice.summary(base, sabr, pruned_figures), base_pruned=choice.base_figures,
+    summary = report.build_summary(exp, sabr.model, pruned.model, reg, pruned.layers, {
+        "base": base.figures(), "sabr": sabr.figures(), "pruned": pruned.figures}, choice.curve(), resolved)
+    summary.update(budget=pruned.budget_summary(choice, base, sabr), base_pruned=pruned.base_figures,
                    calibration=calibration,
                    threads=torch.get_num_threads(), warnings=warnings, seconds=round(time.perf_counter() - started, 1))
     if reg.groups is not None:
-        summary["structured"] = report.structured_figures(pruned, list(reg.groups.values()), exp.example_input())
+        summary["structured"] = report.structured_figures(pruned.model, list(reg.groups.values()),
+                                                          exp.example_input())
     if dist.is_main:
         report.write_run_report(folder, summary, base.rows, sabr.rows, reg.history)
         folder.drop_resume()  # the run is complete: nothing left to resume
@@ -193,17 +192,6 @@ def _finish(exp: Experiment, folder: RunDir, phase: str, model: nn.Module, rows:
     return PhaseResult(model, rows, val, test, extra)
 
 
-def _reference(base: PhaseResult) -> float:
-    """The budget's reference: the base's validation plateau (its best epoch's figure for a run resumed from a
-    state saved before the plateau was kept)."""
-    return base.extra.get("val_plateau", base.val_accuracy)
-
-
-def _floor(cfg: RunConfig, base: PhaseResult) -> float:
-    """The budget's floor: the base's validation plateau less ``--max-drop`` (``-inf`` without a budget)."""
-    return budget_floor(_reference(base), cfg.max_drop) if cfg.max_drop is not None else float("-inf")
-
-
 def _given_plateau(metadata: dict) -> Callable[[float], float]:
     """The plateau of a base from ``--base-checkpoint``: this run's validation figure less the gap its own run
     recorded between the best epoch and the plateau (none when the checkpoint records no plateau)."""
@@ -241,7 +229,7 @@ def _sabr_phase(exp: Experiment, folder: RunDir, base: PhaseResult, state: RunSt
     budget = None
     if cfg.max_drop is not None:
         track = cfg.prune_teta1 or (TRACK_FACTOR_STRUCTURED if cfg.structured else TRACK_FACTOR)
-        budget = BudgetTracker(_floor(cfg, base), cfg.patience, track, cfg.gamma,
+        budget = BudgetTracker(run_floor(cfg, base), cfg.patience, track, cfg.gamma,
                                cfg.params, channel_groups_of(exp, base.model))
     settings = resolve_threshold(exp, base.model, cfg.sabr_settings(), base.val_accuracy)  # measured in phase 1
     model, reg, rows = train_sabr(exp, base.model, settings=settings, progress=progress, budget=budget, resume=resume,
@@ -281,161 +269,6 @@ def _saved_sabr(exp: Experiment, folder: RunDir, base: PhaseResult,
     reg = SABR(model, params=exp.config.params, groups=channel_groups_of(exp, model))
     reg.load_state_dict(state.sabr_state)
     return PhaseResult.restored(model, state.done["sabr"]), reg, _read_base_weights(exp, folder)
-
-
-@dataclass
-class BudgetChoice:
-    """What the budget search chose for the SABR model and, the same way, for the base model (``base_*``)."""
-
-    max_drop: float | None
-    floor: float
-    trials: list[Trial]
-    chosen: Trial
-    fits: bool
-    base_trials: list[Trial]
-    base_chosen: Trial
-    base_fits: bool
-    base_model: nn.Module
-    groups: list | None = None  # structured mode: the regulariser's channel groups, pruned in phase 3
-    base_figures: dict = field(default_factory=dict)
-
-    def curve(self) -> list[dict]:
-        """The run's accuracy-vs-sparsity chart: every factor tried, on validation, SABR and base side by side."""
-        return [{"teta1": t.factor, "sparsity": t.sparsity, "val_accuracy": t.val_accuracy,
-                 "base_sparsity": b.sparsity, "base_val_accuracy": b.val_accuracy}
-                for t, b in zip(self.trials, self.base_trials)]
-
-    def summary(self, base: PhaseResult, sabr: PhaseResult, pruned: dict) -> dict:
-        """``summary.json``'s ``budget`` entry (fractions; drops are base minus pruned)."""
-        return {"max_drop": self.max_drop, "floor": self.floor if self.max_drop is not None else None,
-                "prune_teta1": self.chosen.factor,
-                "within_budget": self.fits,
-                "val_accuracy": self.chosen.val_accuracy, "val_drop": base.val_accuracy - self.chosen.val_accuracy,
-                "test_drop": base.test_accuracy - pruned["test_accuracy"], "sabr_epoch": sabr.extra["kept_epoch"]}
-
-
-def _budget_phase(exp: Experiment, folder: RunDir, base: PhaseResult, sabr: PhaseResult, reg: SABR,
-                  base_weights: dict, state: RunState | None) -> BudgetChoice:
-    """Prune copies of the SABR and the base model at every factor and choose, on validation only.
-
-    With ``prune_teta1`` set (or the ``reference`` preset) that factor is taken; the other factors are still
-    tried for the chart. Each trial is saved in the resume state, so a killed search continues where it stopped.
-    """
-    cfg = exp.config
-    floor = _floor(cfg, base)
-    factors = sorted(set(cfg.sweep) | ({cfg.prune_teta1} if cfg.prune_teta1 is not None else set()))
-    recal = bn_recalibrator(exp) if cfg.recalibrates else None
-    validate = lambda m: evaluate_split(exp, m, exp.val)[1]  # noqa: E731 - the search's only look at data
-    base_model = copy.deepcopy(base.model)
-    load_weights_into(base_model, base_weights, source="the base checkpoint")
-    trials = {k: list(v) for k, v in state.trials.items()} if state is not None and state.phase == "budget" else {}
-    done = {"base": base.saved(), "sabr": sabr.saved()}
-    results = {}
-    groups = None if reg.groups is None else list(reg.groups.values())
-    for name, model in (("sabr", sabr.model), ("base", base_model)):
-        def on_trial(ts: list[Trial], name: str = name) -> None:
-            trials[name] = ts
-            if exp.dist.is_main:
-                folder.save_resume(RunState("budget", done, epoch=len(sabr.rows), trials=trials,
-                                            sabr_model=sabr.model.state_dict(), sabr_state=reg.state_dict()))
-        results[name] = search_prune_factor(model, validate, floor, cfg.gamma, cfg.params, recal, factors,
-                                            done=trials.get(name), on_trial=on_trial, groups=groups)
-    (chosen, fits, ts), (b_chosen, b_fits, b_ts) = results["sabr"], results["base"]
-    if cfg.prune_teta1 is not None:
-        chosen = next(t for t in ts if t.factor == cfg.prune_teta1)
-        b_chosen = next(t for t in b_ts if t.factor == cfg.prune_teta1)
-        fits, b_fits = chosen.val_accuracy >= floor, b_chosen.val_accuracy >= floor
-    elif not fits:
-        log.warning("no pruning factor keeps the validation accuracy within the budget (max drop %.2f points): "
-                    "keeping the least-pruned model (factor %g, %.2f%% validation); raise --max-drop or train "
-                    "phase 2 with a smaller --teta1", 100 * cfg.max_drop, chosen.factor, 100 * chosen.val_accuracy)
-    log.info("budget: pruning factor %g -> sparsity %.2f%%, validation %.2f%% (base %.2f%%, plateau %.2f%%, floor "
-             "%.2f%%)", chosen.factor, 100 * chosen.sparsity, 100 * chosen.val_accuracy, 100 * base.val_accuracy,
-             100 * _reference(base), 100 * floor)
-    return BudgetChoice(cfg.max_drop, floor, ts, chosen, fits, b_ts, b_chosen, b_fits, base_model, groups=groups)
-
-
-def _ramp(exp: Experiment, choice: BudgetChoice, pruned: nn.Module) -> PruneRamp | None:
-    """The fine-tune's :class:`~sabr.budget.PruneRamp` when the budget chose the factor (a budget is set, no
-    ``--prune-teta1`` or ``--epsilon``), else ``None``: upwards over the ``--sweep`` factors from the chosen one
-    (when no factor fitted before the fine-tune, from the least-pruned model, growing once a fine-tune epoch is
-    within the budget); in structured mode downwards over :data:`~sabr.budget.CHANNEL_SHARES` on top of it: cut
-    once to the top share, one share down after ``k_epoch`` epochs below the floor that did not recover."""
-    cfg = exp.config
-    if cfg.max_drop is None or cfg.prune_teta1 is not None or cfg.epsilon is not None:
-        return None
-    if choice.groups is not None:
-        return PruneRamp.start(pruned, choice.floor, CHANNEL_SHARES, choice.chosen.val_accuracy, "channel_share",
-                               patience=cfg.k_epoch, descend=True)
-    factors = [f for f in sorted(set(cfg.sweep)) if f >= choice.chosen.factor]
-    return PruneRamp.start(pruned, choice.floor, factors, choice.chosen.val_accuracy)
-
-
-def _prune_phase(exp: Experiment, folder: RunDir, model: nn.Module, choice: BudgetChoice,
-                 progress: bool, board=None) -> tuple[nn.Module, list, dict]:
-    """Phase 3 at the chosen factor (or ``--epsilon``), the base model pruned the same way, the optional
-    masked fine-tune, and the one evaluation on the test split; rank 0 saves ``pruned``.
-
-    Returns ``(pruned model, per-layer stats, its summary figures)``; ``choice.base_figures`` is filled.
-    """
-    cfg = exp.config
-    recal = bn_recalibrator(exp) if cfg.recalibrates else None
-    groups = choice.groups
-    if cfg.epsilon is not None:
-        pruned = copy.deepcopy(model)
-        layer_stats = prune(pruned, epsilon=cfg.epsilon, params=cfg.params, groups=groups)
-        if recal is not None:
-            recal(pruned)
-    else:
-        pruned, layer_stats = prune_copy(model, choice.chosen.factor, cfg.gamma, cfg.params, recal, groups)
-    base_pruned, _ = prune_copy(choice.base_model, choice.base_chosen.factor, cfg.gamma, cfg.params, recal, groups)
-    _, test = evaluate_split(exp, pruned, exp.test)
-    figures = {"test_accuracy": test}
-    if cfg.finetune_epochs:
-        kept_zero = cfg.params if groups is None else group_parameters(groups)  # pruned channels stay exactly zero
-        on_row = None if board is None else lambda r: board.log_epoch("finetune", {"rows": [r]})  # noqa: E731
-        ramp = _ramp(exp, choice, pruned)
-        stats = {} if ramp is None else {ramp.factors[0]: layer_stats}  # per-layer figures by the ramp's step
-        start = None  # downwards: the model before the cut, which a step down gives channels back from
-        if ramp is not None and ramp.descend:
-            start = copy.deepcopy(pruned)
-            stats[ramp.factor] = prune_at(pruned, ramp.factor, cfg.gamma, cfg.params, recal, groups, share=True)
-
-        def step(model: nn.Module, to: float) -> None:
-            if ramp.descend:
-                stats[to] = revive_channels(model, start, groups, to)
-                if recal is not None:
-                    recal(model)
-            else:
-                stats[to] = prune_at(model, to, cfg.gamma, cfg.params, recal, groups, share=groups is not None)
-        pruned, rows = finetune_masked(exp, pruned, cfg.finetune_epochs, params=kept_zero, on_row=on_row,
-                                       progress=progress and exp.dist.is_main, ramp=ramp, step=step)
-        _, tuned = evaluate_split(exp, pruned, exp.test)
-        log.info("masked fine-tune: test accuracy %.2f%% -> %.2f%%", 100 * test, 100 * tuned)
-        figures.update(test_accuracy=tuned, finetune_epochs=len(rows), test_accuracy_before_finetune=test)
-        if ramp is not None:
-            layer_stats = stats[ramp.kept_factor]
-            figures.update(prune_teta1_before_finetune=choice.chosen.factor,
-                           val_accuracy_before_finetune=choice.chosen.val_accuracy,
-                           within_budget_before_finetune=choice.fits)
-            if groups is None:  # the ramp grew the factor itself
-                factor = ramp.kept_factor
-            else:  # the factor stays the search's; the ramp's share of channels goes on top of it
-                factor, figures["channel_share"] = choice.chosen.factor, ramp.kept_factor
-            choice.chosen = Trial.of(factor, layer_stats, ramp.kept_accuracy)  # as the search counts it
-            choice.fits = ramp.fits
-            log.info("budget after the fine-tune: %s %g -> sparsity %.2f%%, validation %.2f%% (%s)", ramp.column,
-                     ramp.kept_factor, 100 * choice.chosen.sparsity, 100 * choice.chosen.val_accuracy,
-                     "within the budget" if ramp.fits else "still below the floor")
-        if exp.dist.is_main:
-            folder.write_history("finetune", rows)
-    base_report = sparsity_report(base_pruned, cfg.params)
-    choice.base_figures = {"prune_teta1": choice.base_chosen.factor, "sparsity": base_report.sparsity,
-                           "val_accuracy": choice.base_chosen.val_accuracy, "within_budget": choice.base_fits,
-                           "test_accuracy": evaluate_split(exp, base_pruned, exp.test)[1]}
-    if exp.dist.is_main:
-        save_checkpoint(pruned, folder.checkpoint("pruned"), exp.metadata("pruned", test_accuracy=figures["test_accuracy"]))
-    return pruned, layer_stats, figures
 
 
 def _calibrate_phase(exp: Experiment, folder: RunDir, models: dict[str, nn.Module]) -> dict:

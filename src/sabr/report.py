@@ -79,7 +79,7 @@ def _budget_note(budget: dict | None, pruned: dict) -> str:
         return ""
     limit = (f"budget {100 * budget['max_drop']:g} pt" if budget["max_drop"] is not None else "no budget")
     result = (f"({_pct(budget['val_accuracy'])} val, {limit}{'' if budget['within_budget'] else ': NOT met'})")
-    if "prune_teta1_before_finetune" in pruned:  # the fine-tune grew the factor (sabr.budget.PruneRamp)
+    if "prune_teta1_before_finetune" in pruned:  # the fine-tune grew the factor (sabr.ramp.GrowingRamp)
         chosen = ("chosen on validation" if pruned.get("within_budget_before_finetune", True)
                   else "the least-pruned, none within the budget before the fine-tune")
         grown = (f"then the smallest {100 * pruned['channel_share']:g}% of every channel group removed"
