@@ -202,7 +202,7 @@ def test_full_disk_keeps_the_previous_checkpoint(saved, monkeypatch):
     other = create_model("lenet5", num_classes=10, in_chans=1, image_size=16)
     with pytest.raises(StorageError, match="disk is full") as info:
         save_checkpoint(other, saved, json.loads(saved.with_suffix(".json").read_text()))
-    assert "--resume" in str(info.value)
+    assert "run the command again" in str(info.value)  # not a run folder: no `sabr run --resume` (issue 32)
     monkeypatch.undo()
     after = load_checkpoint(saved)[0].state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)

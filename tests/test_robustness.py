@@ -124,12 +124,13 @@ def test_a_folder_locked_by_another_process_is_refused_until_that_process_dies(r
 def test_overwrite_clears_everything_the_old_run_left(runs, tmp_path):
     folder = tmp_path / "done"
     shutil.copytree(runs["done"], folder)
-    (folder / "skipped_images.txt").write_text("old.png\n")
-    (folder / "export").mkdir()
-    (folder / "export" / "pruned-onnx.onnx").write_bytes(b"stale")
+    with RunDir(folder).writing():  # as `sabr export` writes (listed in the run's manifest)
+        checkpoint.atomic_write({folder / "skipped_images.txt": b"old.png\n"})
+        checkpoint.make_folder(folder / "export")
+        checkpoint.atomic_write({folder / "export" / "pruned-onnx.onnx": b"stale"})
     run = RunDir(folder).open(overwrite=True)
     try:
-        assert [p.name for p in folder.iterdir()] == [RunDir.LOCK]
+        assert sorted(p.name for p in folder.iterdir()) == [RunDir.LOCK, RunDir.MANIFEST]
     finally:
         run.unlock()
 

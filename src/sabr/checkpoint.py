@@ -14,6 +14,7 @@ import errno
 import hashlib
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -22,54 +23,88 @@ from torch import nn
 
 from .data import Preprocess
 from .errors import CheckpointError, StorageError
+from .manifest import note_written
 from .models import create_model, display_name, is_user_code, pin
 
 PHASES = ("base", "sabr", "pruned")
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    """The one place where run files reach the disk (flushed and fsync'ed)."""
-    with open(path, "wb") as f:
+    """The one place where run files reach the disk (flushed and fsync'ed); ``path`` is the temporary file
+    :func:`atomic_write` just created, opened again without following a link."""
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW), "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
 
 
+def _new_temp(path: Path) -> Path:
+    """Create a fresh, empty ``.<name>.<random>.tmp`` beside ``path``: exclusively (``O_EXCL``), never through a
+    link (``O_NOFOLLOW``), with the usual permissions."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
 def _storage_error(path: Path, exc: OSError) -> StorageError:
     why = ("the disk is full: free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
            else "check that the folder is writable and has space")
-    return StorageError(
-        f"could not write {path} ({exc.strerror or exc}); {why}. The previous version of {path.name} is untouched "
-        f"and still loads; once fixed, continue with `sabr run --resume {path.parent}`."
-    )
+    folder = path.parent
+    unfinished_run = (folder / "config.yaml").is_file() and not (folder / "summary.json").is_file()
+    then = (f"continue with `sabr run --resume {folder}`" if unfinished_run else "run the command again")
+    return StorageError(f"could not write {path} ({exc.strerror or exc}); {why}. The previous version of "
+                        f"{path.name} is untouched and still loads; once fixed, {then}.")
 
 
 def atomic_write(files: dict[Path, bytes]) -> None:
-    """Write several files all-or-nothing per file: each goes to ``<name>.tmp`` first, then every one is renamed.
+    """Write several files all-or-nothing per file: each goes to a new temporary file beside it first (created
+    exclusively, never through a symbolic link), then every one is renamed over its target (``os.replace``
+    replaces a link there, not what it points to).
 
-    If any write fails (e.g. ``ENOSPC``), the temporary files are removed, the existing files are left as
-    they were, and :class:`~sabr.errors.StorageError` is raised.
+    Inside a folder with an active :class:`~sabr.manifest.Manifest` each file is listed in it first, and a file
+    that a link would carry out of that folder is refused. If any write fails (e.g. ``ENOSPC``) or is
+    interrupted, the temporary files are removed, the existing files are left as they were, and
+    :class:`~sabr.errors.StorageError` is raised (the interruption is raised again).
     """
-    tmps = {Path(p): Path(p).with_name(Path(p).name + ".tmp") for p in files}
-    current = next(iter(tmps), None)
+    paths = [Path(p) for p in files]
+    note_written(*paths)
+    tmps: dict[Path, Path] = {}
+    current = paths[0] if paths else None
     try:
-        for path, data in files.items():
-            current = Path(path)
+        for current, data in zip(paths, files.values()):
+            tmps[current] = _new_temp(current)
             _write_bytes(tmps[current], data)
-        for current, tmp in tmps.items():
+        while tmps:
+            current, tmp = next(iter(tmps.items()))
             os.replace(tmp, current)
+            del tmps[current]
     except OSError as exc:
-        for tmp in tmps.values():
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:  # e.g. a read-only file system: the clean-up must not hide the real error
-                pass
+        _remove_temps(tmps.values())
         raise _storage_error(current, exc) from exc
+    except BaseException:  # KeyboardInterrupt, SIGTERM: no temporary file is left behind
+        _remove_temps(tmps.values())
+        raise
+
+
+def _remove_temps(tmps) -> None:
+    for tmp in list(tmps):
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # e.g. a read-only file system: the clean-up must not hide the real error
+            pass
 
 
 def make_folder(path: str | Path) -> Path:
-    """Create the folder ``path`` (and its parents); a failure is a :class:`~sabr.errors.StorageError`."""
+    """Create the folder ``path`` (and its parents); a failure is a :class:`~sabr.errors.StorageError`.
+
+    Inside a folder with an active :class:`~sabr.manifest.Manifest` it is listed first, and refused when a
+    symbolic link carries it out of that folder."""
     path = Path(path)
+    note_written(path, folders=True)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -143,11 +178,17 @@ def save_checkpoint(model: nn.Module, path: str | Path, metadata: dict | None = 
 
 def read_metadata(path: str | Path) -> dict:
     """The JSON metadata of a checkpoint (``x.safetensors`` -> ``x.json``)."""
-    meta_path = Path(path).with_suffix(".json")
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
     if not meta_path.is_file():
-        raise CheckpointError(f"{meta_path} is missing: a sabr checkpoint is a .safetensors file with its .json beside it.")
+        kind = "an .onnx export" if path.suffix == ".onnx" else "a .safetensors checkpoint"
+        raise CheckpointError(f"{meta_path} is missing, and sabr needs it beside {kind} ({path.name}); if a `sabr "
+                              "export` was interrupted, export again, else restore the .json from where it was written.")
     try:
         meta = json.loads(meta_path.read_text())
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {meta_path} ({exc.strerror or exc}); make the file readable (or restore "
+                              "it) and try again.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{meta_path} is not valid JSON ({exc}); the checkpoint metadata is damaged.") from exc
     check_metadata(meta, meta_path)

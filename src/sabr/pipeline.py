@@ -323,7 +323,8 @@ def reprune(run_dir: str | Path, teta1_values, gamma: float = 0.1, progress: boo
     base_meta = folder.checkpoint("base").with_suffix(".json")
     base_acc = read_metadata(base_meta).get("test_accuracy") if base_meta.is_file() else None
     curve = sweep(exp, model, teta1_values, gamma, cfg.params, channel_groups_of(exp, model))
-    write_json(folder.tradeoff_json, {"gamma": gamma, "base_test_accuracy": base_acc, "curve": curve})
-    report.plot_accuracy_vs_sparsity(folder.tradeoff_png, curve, base_acc, title=f"{meta['model']['name']} "
-                                     f"on {meta['dataset']}: re-pruned at {len(curve)} thresholds")
+    with folder.writing():  # the run's lock held; the files listed in its manifest
+        write_json(folder.tradeoff_json, {"gamma": gamma, "base_test_accuracy": base_acc, "curve": curve})
+        report.plot_accuracy_vs_sparsity(folder.tradeoff_png, curve, base_acc, title=f"{meta['model']['name']} "
+                                         f"on {meta['dataset']}: re-pruned at {len(curve)} thresholds")
     return curve

@@ -26,8 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PLOTS = ("training_curves.png", "lambda_history.png", "layer_sparsity.png", "accuracy_vs_sparsity.png",
-         "savings_overall.png", "savings_per_layer.png")
+PLOTS = RunDir.PLOTS
 
 
 def _pct(x: float | None) -> str:

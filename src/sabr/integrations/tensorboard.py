@@ -30,7 +30,9 @@ class TensorBoardLogger:
     def __init__(self, log_dir: str | Path) -> None:
         from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
 
-        self.log_dir = Path(log_dir)
+        from ..checkpoint import make_folder
+
+        self.log_dir = make_folder(log_dir)  # listed in the run's manifest, refused when a link leads out
         self.writer = SummaryWriter(str(self.log_dir))
 
     def log_epoch(self, phase: str, state: dict) -> None:
@@ -43,9 +45,18 @@ class TensorBoardLogger:
         if row.get("froze"):
             self.writer.add_text("sabr/freeze", f"epoch {step}: froze {row['froze']}", step)
         self.writer.flush()
+        self._record()
 
     def close(self) -> None:
+        """Close the event file (listed in the run's manifest)."""
         self.writer.close()
+        self._record()
+
+    def _record(self) -> None:
+        """List the event files (written by tensorboard, not by sabr's write path) in the run's manifest."""
+        from ..manifest import note_written
+
+        note_written(*(p for p in self.log_dir.rglob("*") if p.is_file()))
 
 
 def logger_for(log: str | None, run_folder: str | Path) -> TensorBoardLogger | None:
