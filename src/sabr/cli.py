@@ -7,10 +7,12 @@ Every user error (:class:`~sabr.errors.SabrError`) is printed as one paragraph w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
 from dataclasses import MISSING, Field, fields
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .app_config import AppSettings, ElevatorSettings, RecognizeSettings
 from .config import RunConfig, load_yaml
@@ -264,15 +266,19 @@ def _setup_serve(p: argparse.ArgumentParser) -> None:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench_run, format_table
+    from .rundir import guard_outputs
 
+    # a --json that would replace a file of the run is refused before measuring; written under the run's lock
+    writing = guard_outputs(args.run, [args.json], "--json") if args.json else None
     r = bench_run(args.run, phase=args.phase, trust_model_code=args.trust_model_code,
                   batch_sizes=tuple(args.batch_sizes), runs=args.runs, warmup=args.warmup,
                   max_density=args.max_density, threads=args.threads, onnx=not args.no_onnx)
     print(format_table(r))
-    if args.json:
+    if writing is not None:
         from .checkpoint import write_json
 
-        write_json(args.json, r)
+        with writing:
+            write_json(args.json, r)
         print(f"wrote {args.json}")
     return 0
 
@@ -352,6 +358,34 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("RANK", "0") != "0" and not args.debug:
         level = logging.WARNING  # under torchrun the other ranks stay quiet
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    with _sigterm_as_interrupt():
+        return _dispatch(args)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (e.g. ``kill``, a scheduler's time limit) received: unwinds like Ctrl-C, exit code 143."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While the command runs, SIGTERM raises :class:`Terminated` (so temporary files are removed and one sentence
+    is printed); the previous handler is restored afterwards. Outside the main thread nothing changes."""
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the command; a user error becomes one sentence on stderr and exit code 2."""
     try:
         return args.handler(args)
     except SabrError as exc:
@@ -366,10 +400,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sabr {args.command}: error: this command needs the package {exc.name!r}; install it with "
               f"pip install 'torch-sabr[{extra}]' (from a clone: pip install -e '.[{extra}]').", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"sabr {args.command}: interrupted; files already written in the run folder are complete "
+    except KeyboardInterrupt as exc:
+        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"sabr {args.command}: {how}; files already written in the run folder are complete "
               "(continue a `sabr run` with --resume <run folder>).", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ annotated video (or annotated PNG frames for an image folder) and a JSONL record
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -19,7 +18,6 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..checkpoint import make_folder
 from ..app_config import ElevatorSettings, RecognizeSettings
 from ..calibration import DEFAULT_THRESHOLD
 from ..errors import ConfigError, SabrError
@@ -27,8 +25,9 @@ from .elevator import Elevator, render_elevator
 from .recognizer import Prediction, Recognizer
 from .render import draw_recognition
 from .roi import Roi, RoiDragger
+from .output import open_output, Output
 from .smoothing import Smoothed, StableGesture, TemporalSmoother
-from .sources import Frame, FrameSource, ImageFolderSource, VideoWriter
+from .sources import Frame, FrameSource, ImageFolderSource
 
 log = logging.getLogger(__name__)
 
@@ -61,60 +60,6 @@ class Window:
         import cv2
 
         cv2.destroyWindow(self.title)
-
-
-class _Output:
-    """Headless output: annotated frames (video, or PNGs for an image folder), a JSONL file, a snapshot."""
-
-    def __init__(self, out: Path, jsonl_name: str, video_name: str, fps: float, png_frames: bool,
-                 snapshot: int | None) -> None:
-        self.out = out
-        self.jsonl_path = out / jsonl_name
-        self._jsonl = self.jsonl_path.open("w")
-        self.frames_dir = out / "frames" if png_frames else None
-        self.video = None if png_frames else VideoWriter(out / video_name, fps)
-        self.snapshot = snapshot
-        self.count = 0
-
-    def record(self, row: dict) -> None:
-        """Append one JSON line."""
-        self._jsonl.write(json.dumps(row) + "\n")
-        self._jsonl.flush()
-
-    def frame(self, rgb: np.ndarray, name: str) -> None:
-        """Write one annotated frame (``name`` names its PNG), and the snapshot when it is this one."""
-        from PIL import Image
-
-        if self.frames_dir is not None:
-            self.frames_dir.mkdir(exist_ok=True)
-            Image.fromarray(rgb).save(self.frames_dir / f"{Path(name).stem}.png")
-        else:
-            self.video.write(rgb)
-        if self.snapshot is not None and self.count == self.snapshot:
-            Image.fromarray(rgb).save(self.out / "snapshot.png")
-        self.count += 1
-
-    def close(self) -> None:
-        """Close the JSONL file and the video."""
-        self._jsonl.close()
-        if self.video is not None:
-            self.video.close()
-
-
-def _open_output(out: str | Path | None, headless: bool, jsonl: str, video: str, fps: float, png: bool,
-                 snapshot: int | None) -> _Output | None:
-    """The headless output in ``out`` (``None`` when no ``out``); a headless run must have one.
-
-    Call it only once every option has been accepted: it creates ``out`` and truncates its JSONL file.
-    """
-    if headless and out is None:
-        raise ConfigError("--headless needs --out DIR for the annotated frames and the JSONL file.")
-    if out is None:
-        return None
-    if Path(out).exists() and not Path(out).is_dir():
-        raise ConfigError(f"--out {out} is a file, not a folder; choose a folder for the annotated frames and "
-                          f"{jsonl}.")
-    return _Output(make_folder(out), jsonl, video, fps, png, snapshot)
 
 
 class _Fps:
@@ -163,7 +108,8 @@ def recognize(recognizer: Recognizer, source: FrameSource, settings: RecognizeSe
     roi = Roi.parse(s.roi) if s.roi else None
     smoother = TemporalSmoother(s.window, recognizer.threshold(s.threshold))
     stills = isinstance(source, ImageFolderSource)
-    output = _open_output(s.out, s.headless, "predictions.jsonl", "annotated.mp4", source.fps, stills, s.snapshot)
+    output = open_output(s.out, s.headless, "predictions.jsonl", "annotated.mp4", source.fps, stills, s.snapshot,
+                         s.model)
     fps_meter = _Fps()
     classes = recognizer.classes
     screen, dragger = None, None
@@ -318,7 +264,7 @@ class _GestureInput:
 class _ElevatorView:
     """Advances the car one frame at a time, draws it, records its new events, shows the view."""
 
-    def __init__(self, car: Elevator, classes: Sequence[str], fps: float, output: _Output | None,
+    def __init__(self, car: Elevator, classes: Sequence[str], fps: float, output: Output | None,
                  screen: Window | None) -> None:
         self.car, self.classes, self.dt, self.output, self.screen = car, classes, 1.0 / fps, output, screen
         self.frames = 0  # frames simulated so far
@@ -365,7 +311,7 @@ def run_elevator(classes: Sequence[str], recognizer: Recognizer | None = None, s
     fps = s.fps or (source.fps if source is not None else 10.0)
     car = Elevator(len(classes), s.floors_per_second, s.door_seconds)
     gestures = _GestureInput(classes, recognizer, s, isinstance(source, ImageFolderSource))
-    output = _open_output(s.out, s.headless, "events.jsonl", "elevator.mp4", fps, False, s.snapshot)
+    output = open_output(s.out, s.headless, "events.jsonl", "elevator.mp4", fps, False, s.snapshot, s.model)
     view = _ElevatorView(car, classes, fps, output, None if s.headless else Window("sabr elevator (q quits)"))
     frame_iter = _script_frames(script, classes, references, fps) if script is not None else \
         ((f.image, None) for f in source)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import warnings
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from ..calibration import Calibration
-from ..checkpoint import atomic_write, make_folder, write_json
+from ..checkpoint import _jsonable, atomic_write, make_folder
 from ..errors import SabrError
 from ._files import plain_meta
 
@@ -48,20 +49,21 @@ def export_onnx(model: nn.Module, path: str | Path, metadata: dict, example_inpu
         torch.onnx.export(exported, (example_input.cpu(),), buf, dynamo=False, input_names=["input"],
                           output_names=["logits", "probs"], opset_version=17,
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "probs": {0: "batch"}})
-    atomic_write({path: buf.getvalue()})
     x = (check_input if check_input is not None else example_input).cpu()
     with torch.no_grad():
         expected = model(x)
-    onnx = OnnxModel(path)
+    onnx = OnnxModel(buf.getvalue())  # checked in memory: the .onnx and its .json are then written together
     diff = float((onnx(x) - expected).abs().max())
     probs_diff = float((onnx.probabilities(x) - cal.probabilities(expected)).abs().max())
     if diff > atol or probs_diff > PROBS_ATOL:
         raise SabrError(f"the ONNX model differs from PyTorch by {diff:.2e} in its logits (> {atol:g}) or "
                         f"{probs_diff:.2e} in its probabilities (> {PROBS_ATOL:g}); export with opset 17 or report "
                         "the model that fails.")
-    write_json(path.with_suffix(".json"), plain_meta(metadata) | {"export": {
+    meta = plain_meta(metadata) | {"export": {
         "format": "onnx", "max_abs_diff": diff, "probs_max_abs_diff": probs_diff, "outputs": ["logits", "probs"],
-        "temperature_in_graph": cal.temperature}})
+        "temperature_in_graph": cal.temperature}}
+    atomic_write({path: buf.getvalue(), path.with_suffix(".json"): (json.dumps(meta, indent=2, default=_jsonable)
+                                                                    + "\n").encode()})
     return path, diff
 
 
@@ -127,12 +129,13 @@ def _onnx_friendly(model: nn.Module, example: torch.Tensor) -> nn.Module:
 class OnnxModel:
     """An onnxruntime session that behaves like a model: ``OnnxModel(path)(x)`` -> logits tensor.
 
-    ``x`` is a float32 tensor ``(N, C, H, W)``; the result is a CPU tensor ``(N, classes)``.
+    ``x`` is a float32 tensor ``(N, C, H, W)``; the result is a CPU tensor ``(N, classes)``. ``path`` may also be
+    the model's bytes (then ``self.path`` is ``None``).
     ``threads`` sets onnxruntime's intra-op threads (default: its own choice); the graph runs sequentially
     with one inter-op thread, so ``threads`` is the whole thread count (what :mod:`sabr.bench` measures with).
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path | bytes, threads: int | None = None) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -140,8 +143,9 @@ class OnnxModel:
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.path = None if isinstance(path, bytes) else Path(path)
+        self.session = ort.InferenceSession(path if isinstance(path, bytes) else str(path), opts,
+                                            providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SabrError
+from ..rundir import guard_outputs
 from .load import load_model
 from .onnx import export_onnx
 from .shrink import save_shrunk, shrink
@@ -50,12 +51,22 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, pha
         from .web import export_web
 
         folder = Path(out) if out else (run_dir if run_dir.is_dir() else run_dir.parent) / "export" / "site"
-        return export_web(run_dir, folder, phase=phase, trust_model_code=trust_model_code, check_input=check_input)
-    model, meta = load_model(run_dir, phase, trust_model_code=trust_model_code)
-    x = check_input if check_input is not None else example_input(meta)
+        with guard_outputs(run_dir, [folder]):  # never on the run's own files; the run locked while writing in it
+            return export_web(run_dir, folder, phase=phase, trust_model_code=trust_model_code,
+                              check_input=check_input)
     suffix = ".onnx" if fmt == "onnx" else ".safetensors"
     folder, stem = (run_dir, phase) if run_dir.is_dir() else (run_dir.parent, run_dir.stem)
     out = Path(out) if out else folder / "export" / f"{stem}-{fmt}{suffix}"
+    # refused before any work when it would land on what the export reads; the run locked while writing in it
+    writing = guard_outputs(run_dir, [out.with_suffix(suffix), out.with_suffix(".json")])
+    model, meta = load_model(run_dir, phase, trust_model_code=trust_model_code)
+    x = check_input if check_input is not None else example_input(meta)
+    with writing:
+        return _export(model, meta, fmt, out, x, trust_model_code)
+
+
+def _export(model: torch.nn.Module, meta: dict, fmt: str, out: Path, x: torch.Tensor, trust_model_code: bool) -> dict:
+    """Write ``model`` as ``fmt`` to ``out``, load it back and compare its outputs on ``x``: :func:`export_run`'s dict."""
     result: dict = {"format": fmt}
     with torch.no_grad():
         reference = model(x)
