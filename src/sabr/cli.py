@@ -7,16 +7,15 @@ Every user error (:class:`~sabr.errors.SabrError`) is printed as one paragraph w
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import signal
 import sys
 from dataclasses import MISSING, Field, fields
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 from .app_config import AppSettings, ElevatorSettings, RecognizeSettings
 from .config import RunConfig, load_yaml
 from .errors import ConfigError, SabrError
+from .signals import Terminated, sigterm_as_interrupt
 from .fields import field_types
 
 if TYPE_CHECKING:  # the CLI imports torch, numpy and the apps only in the commands that need them
@@ -358,30 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("RANK", "0") != "0" and not args.debug:
         level = logging.WARNING  # under torchrun the other ranks stay quiet
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         return _dispatch(args)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (e.g. ``kill``, a scheduler's time limit) received: unwinds like Ctrl-C, exit code 143."""
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """While the command runs, SIGTERM raises :class:`Terminated` (so temporary files are removed and one sentence
-    is printed); the previous handler is restored afterwards. Outside the main thread nothing changes."""
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise Terminated
-
-    try:
-        previous = signal.signal(signal.SIGTERM, on_sigterm)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
