@@ -13,7 +13,7 @@ Reported per phase: right claimed labels on the last 20 frames of each digit, to
 confidence, frames claimed, the elevator's arrivals, and labels claimed on the 60 background frames.
 Prints a table and writes JSON::
 
-    python benchmarks/apps_check.py --run RUN_DIR [--phases base sabr pruned] [--out results.json]
+    python benchmarks/apps_check.py --run RUN_DIR [--phases base sabr pruned] [--out results.json] [--videos DIR]
 """
 
 from __future__ import annotations
@@ -113,9 +113,10 @@ def main() -> None:
     p.add_argument("--run", required=True, help="a `sabr run` folder (digits)")
     p.add_argument("--phases", nargs="+", default=["base", "sabr", "pruned"])
     p.add_argument("--out", default="benchmarks/results/apps_check.json")
+    p.add_argument("--videos", help="keep the videos and the apps' outputs in this folder (default: a temporary one)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    results = [check(args.run, ph) for ph in args.phases]
+    results = [check(args.run, ph, args.videos) for ph in args.phases]
     print("| phase | T | threshold | right claimed, last 20 of 3 / of 7 | top-1 right | median conf. | claimed "
           "| elevator arrives at | claimed on 60 blank/noise |")
     print("|---|---|---|---|---|---|---|---|---|")
