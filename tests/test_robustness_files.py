@@ -71,6 +71,17 @@ def test_out_on_a_folder_of_user_files_is_refused_and_nothing_changes(flags, tmp
     assert tree(tmp_path) == before and not (d / MANIFEST).exists()
 
 
+def test_out_on_a_web_site_folder_is_refused(tmp_path, capsys):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<html/>")
+    (site / MANIFEST).write_text(json.dumps({"format": 1, "kind": "site", "entries": ["index.html"]}))
+    before = tree(tmp_path)
+    code, err = _cli(["run", *TINY, "--out", str(site), "--overwrite"], capsys)
+    _one_sentence(code, err, "holds a sabr site, not a run")
+    assert tree(tmp_path) == before
+
+
 def test_overwrite_of_a_run_keeps_the_users_own_files(runs, tmp_path):
     folder = _copy(runs, "done", tmp_path)
     (folder / "notes.txt").write_text("my notes on this run")

@@ -178,8 +178,9 @@ class RunDir:
                                 "nothing to resume. Use `sabr prune --run` to re-prune it, or --overwrite to train "
                                 "it again.")
             return
-        if self.path.is_dir():
-            Manifest.read(self.path)  # a damaged manifest is refused here, in its own words
+        found = Manifest.read(self.path) if self.path.is_dir() else None  # a damaged one is refused here
+        if found is not None and found.kind != "run":
+            raise SabrError(f"--out {self.path} holds a sabr {found.kind}, not a run; choose another --out.")
         if self.path.is_dir() and any(self.path.iterdir()) and not self.is_run_folder():
             raise SabrError(f"--out {self.path} is not empty and is not a sabr run folder (it has no {self.MANIFEST}), "
                             "and sabr never writes over or deletes your files; choose another --out (e.g. a new "
