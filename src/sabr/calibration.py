@@ -282,7 +282,8 @@ def calibrate(val_logits: torch.Tensor, val_labels: torch.Tensor, background_log
     """Fit the whole rule on validation logits (and, for the OOD score, the logits of background frames).
 
     Args:
-        val_logits, val_labels: the model's raw logits ``(N, K)`` on the validation split, and the labels.
+        val_logits: the model's raw logits ``(N, K)`` on the validation split.
+        val_labels: their labels ``(N,)``.
         background_logits: raw logits ``(M, K)`` on frames with nothing to recognise (e.g.
             :func:`background_images` through the model's preprocessing); ``None``: no OOD score.
         precision: the target precision of claimed labels (fraction).
