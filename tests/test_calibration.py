@@ -86,6 +86,15 @@ def test_calibration_round_trips_through_its_dict_and_old_models_get_the_old_rul
     assert bool(old.known(torch.zeros(3, 10)).all())
 
 
+def test_a_model_with_non_finite_logits_gets_one_clear_error():
+    from sabr.errors import TrainingError
+
+    z, y = _sampled(n=20)
+    z[3, 1] = float("nan")
+    with pytest.raises(TrainingError, match="NaN or infinite logits"):
+        calibrate(z, y)
+
+
 def test_calibrate_model_works_on_any_model_and_loader():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import TrainingError
+
 log = logging.getLogger(__name__)
 
 OOD_SCORES = ("max_logit", "energy")
@@ -295,6 +297,9 @@ def calibrate(val_logits: torch.Tensor, val_labels: torch.Tensor, background_log
         threshold, before the OOD check), ``precision_reached``, ``val_claimed`` (after both checks) and, with
         background frames, ``ood_background_rejected`` and ``ood_val_coverage``.
     """
+    if not bool(torch.isfinite(torch.as_tensor(val_logits)).all()):
+        raise TrainingError("the model gives NaN or infinite logits on the validation images, so no decision rule "
+                            "can be fitted; retrain it (a lower --lr or --teta1) before using it.")
     temperature = fit_temperature(val_logits, val_labels)
     before, after = probabilities(val_logits), probabilities(val_logits, temperature)
     choice = choose_threshold(after, val_labels, precision)
