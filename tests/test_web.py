@@ -23,7 +23,8 @@ import pytest
 import torch
 
 from sabr.cli import main
-from sabr.export.web import MANIFEST, ORT_FILES, PAGE_FILES, decision_rule, export_web
+from sabr.export.web import ORT_FILES, PAGE_FILES, decision_rule, export_web
+from sabr.manifest import MANIFEST
 
 SITE_SOURCE = Path(__file__).resolve().parents[1] / "src" / "sabr" / "export" / "site"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -51,11 +52,11 @@ def test_export_refuses_a_folder_that_is_not_a_sabr_site(tmp_path, capsys):
     (site / "holiday.jpg").write_bytes(b"not mine")
     assert main(["export", "--run", str(tmp_path / "any"), "--format", "web", "--out", str(site)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "sabr did not write" in err and str(site) in err and len(err.splitlines()) == 1
+    assert "is not a sabr site folder" in err and str(site) in err and len(err.splitlines()) == 1
     assert [p.name for p in site.iterdir()] == ["holiday.jpg"]  # untouched
     (site / MANIFEST).write_text(json.dumps({"format": 1, "kind": "run", "entries": []}))
     assert main(["export", "--run", str(tmp_path / "any"), "--format", "web", "--out", str(site)]) == 2
-    assert "not a sabr site" in capsys.readouterr().err
+    assert "holds a sabr run, not a site" in capsys.readouterr().err
     assert main(["serve", str(tmp_path / "nope")]) == 2
     assert "not a site written by sabr" in capsys.readouterr().err
 
@@ -242,8 +243,8 @@ def test_export_web_writes_a_self_contained_sabr_site(site, digits_run, tmp_path
     manifest = json.loads((site / MANIFEST).read_text())
     assert manifest["format"] == 1 and manifest["kind"] == "site"
     assert set(manifest["entries"]) == {"model.onnx", "model.json", "app.json", "package.json", *PAGE_FILES,
-                                        *(f"ort/{f}" for f in ORT_FILES)}
-    assert all((site / e).is_file() for e in manifest["entries"])
+                                        "ort", *(f"ort/{f}" for f in ORT_FILES)}
+    assert all((site / e).is_file() for e in manifest["entries"] if e != "ort")
     app = json.loads((site / "app.json").read_text())
     _, meta = load_model(digits_run)
     assert app["classes"] == meta["classes"] and app["preprocess"] == meta["preprocess"]

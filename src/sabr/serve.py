@@ -6,14 +6,12 @@ Outside :mod:`sabr.export` on purpose: serving files needs neither torch nor the
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from .errors import SabrError
-
-MANIFEST = ".sabr-manifest.json"
+from .manifest import MANIFEST, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +46,7 @@ def site_server(folder: str | Path, host: str = "127.0.0.1", port: int = 8000) -
         SabrError: ``folder`` is not a sabr site, or the port cannot be opened.
     """
     folder = Path(folder)
-    if not _is_site(folder):
+    if not Manifest.is_sabr_folder(folder, "site"):
         raise SabrError(f"{folder} is not a site written by sabr (no site {MANIFEST}); write one with `sabr export "
                         "--run RUN --format web --out FOLDER` and serve that folder.")
     handler = functools.partial(_Handler, directory=str(folder))
@@ -56,15 +54,6 @@ def site_server(folder: str | Path, host: str = "127.0.0.1", port: int = 8000) -
         return ThreadingHTTPServer((host, port), handler)
     except OSError as exc:
         raise SabrError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port.") from None
-
-
-def _is_site(folder: Path) -> bool:
-    """``folder`` holds the manifest of a web export."""
-    try:
-        data = json.loads((folder / MANIFEST).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(data, dict) and data.get("format") == 1 and data.get("kind") == "site"
 
 
 def site_url(server: ThreadingHTTPServer) -> str:

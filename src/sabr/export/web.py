@@ -11,13 +11,13 @@
 * ``package.json`` pinning ``onnxruntime-web``, and the runtime's files in ``ort/`` (fetched with
   ``npm pack`` when ``npm`` is on the path; otherwise the page loads them from ``node_modules/`` after one
   ``npm install`` in the folder);
-* ``.sabr-manifest.json``: the files sabr wrote, so that a later export into the same folder replaces only
-  those, and a folder that is not a sabr site is never written into.
+* ``.sabr-manifest.json`` (:class:`sabr.manifest.Manifest` of kind ``site``): the files sabr wrote, so that a
+  later export into the same folder replaces only those, and a folder that is not a sabr site is never written
+  into.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import subprocess
@@ -33,6 +33,7 @@ from ..app_config import ElevatorSettings
 from ..calibration import Calibration
 from ..checkpoint import atomic_write, make_folder, write_json
 from ..errors import SabrError
+from ..manifest import Manifest
 from .load import load_model
 from .onnx import export_onnx
 from .shrink import shrink
@@ -45,7 +46,6 @@ ORT_WEB_VERSION = "1.31.1"
 ORT_FILES = ("ort.webgpu.min.mjs", "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm")
 #: The page's own files, shipped in ``sabr/export/site/``.
 PAGE_FILES = ("index.html", "style.css", "app.js", "preprocess.js", "decision.js", "elevator.js")
-MANIFEST = ".sabr-manifest.json"
 #: The app settings the page reads (the rest of :class:`ElevatorSettings` concerns files and windows).
 _SETTINGS = ("window", "roi_fraction", "stable_frames", "min_confidence", "floors_per_second", "door_seconds")
 
@@ -85,33 +85,35 @@ def export_web(run_dir: str | Path, out: str | Path, phase: str = "pruned", trus
         ``None`` and ``hint``, the ``npm install`` step that completes the site).
 
     Raises:
-        WebExportError: ``out`` exists and is not a sabr site, or the model cannot be exported to ONNX.
+        SabrError: ``out`` exists and is not a sabr site (:meth:`sabr.manifest.Manifest.claim`), or the model
+            cannot be exported to ONNX (:class:`WebExportError`).
     """
     out = Path(out)
-    previous = _check_site(out)
+    _refuse_other_folders(out)  # before any work
     model, meta = load_model(run_dir, phase, trust_model_code=trust_model_code)
     model, used_shrunk, params = _smallest(model, meta)
-    make_folder(out)
-    x1 = _example(meta, 1)
-    try:
-        path, diff = export_onnx(model, out / "model.onnx", meta, x1,
-                                 check_input if check_input is not None else x1)
-    except SabrError as exc:
-        raise WebExportError(f"the model of {run_dir} cannot be exported to ONNX for the web page ({exc}).") from exc
-    except Exception as exc:  # noqa: BLE001 - torch.onnx raises many types for unsupported operators
-        raise WebExportError(f"the model of {run_dir} cannot be exported to ONNX for the web page "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); the web "
-                             "export needs a model of ONNX opset 17 operators.") from None
-    runtime = _fetch_runtime(out, npm)
-    app = _app_config(meta, used_shrunk, params, path.stat().st_size, runtime)
-    write_json(out / "app.json", app)
-    _copy_page(out)
-    write_json(out / "package.json", {"name": "sabr-site", "private": True, "description": "sabr's web app: run it "
-                                      "with `sabr serve` in this folder", "dependencies":
-                                      {"onnxruntime-web": ORT_WEB_VERSION}})
+    manifest = Manifest.claim(out, "site")
+    with manifest:  # every file written below is listed in the site's manifest first
+        x1 = _example(meta, 1)
+        try:
+            checked = check_input if check_input is not None else x1
+            path, diff = export_onnx(model, out / "model.onnx", meta, x1, checked)
+        except SabrError as exc:
+            raise WebExportError(f"the model of {run_dir} cannot be exported to ONNX for the web page ({exc})."
+                                 ) from exc
+        except Exception as exc:  # noqa: BLE001 - torch.onnx raises many types for unsupported operators
+            raise WebExportError(f"the model of {run_dir} cannot be exported to ONNX for the web page "
+                                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); the web "
+                                 "export needs a model of ONNX opset 17 operators.") from None
+        runtime = _fetch_runtime(out, npm)
+        write_json(out / "app.json", _app_config(meta, used_shrunk, params, path.stat().st_size, runtime))
+        _copy_page(out)
+        write_json(out / "package.json", {"name": "sabr-site", "private": True, "description": "sabr's web app: "
+                                          "serve this folder with `sabr serve`", "dependencies":
+                                          {"onnxruntime-web": ORT_WEB_VERSION}})
     written = ["model.onnx", "model.json", "app.json", "package.json", *PAGE_FILES]
-    written += [f"ort/{f}" for f in ORT_FILES] if runtime else []
-    _write_manifest(out, written, previous)
+    written += ["ort", *(f"ort/{f}" for f in ORT_FILES)] if runtime else []
+    manifest.remove(keep=written)  # what an earlier export wrote and this one did not
     result = {"path": str(out), "format": "web", "bytes": path.stat().st_size, "max_abs_diff": diff,
               "shrunk": used_shrunk, "params": params, "runtime": runtime}
     if runtime is None:
@@ -187,36 +189,9 @@ def _fetch_runtime(out: Path, npm: str | None) -> str | None:
     return "ort/"
 
 
-def _check_site(out: Path) -> list[str]:
-    """The files a previous sabr export listed in ``out`` (``[]`` for a new or empty folder).
-
-    Raises :class:`WebExportError` when ``out`` is a file, or a folder with other content and no sabr manifest.
-    """
-    if not out.exists():
-        return []
-    if not out.is_dir():
+def _refuse_other_folders(out: Path) -> None:
+    """Refuse ``out`` when it is a file, or a folder with content that is not a sabr site (nothing is created)."""
+    if out.exists() and not out.is_dir():
         raise WebExportError(f"--out {out} is a file; choose a new folder for the web site.")
-    manifest = out / MANIFEST
-    if not manifest.is_file():
-        if any(out.iterdir()):
-            raise WebExportError(f"--out {out} is a folder that sabr did not write (it has no {MANIFEST}); choose a "
-                                 "new or empty folder for the web site.")
-        return []
-    try:
-        data = json.loads(manifest.read_text())
-        ok = isinstance(data, dict) and data.get("format") == 1 and data.get("kind") == "site"
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        ok = False
-    if not ok:
-        raise WebExportError(f"--out {out} holds a {MANIFEST} that is not a sabr site's; choose a new or empty folder "
-                             "for the web site.")
-    return [str(e) for e in data.get("entries", []) if isinstance(e, str)]
-
-
-def _write_manifest(out: Path, written: list[str], previous: list[str]) -> None:
-    """Record the site's files; remove those of the previous export that this one did not write again."""
-    for name in sorted(set(previous) - set(written)):
-        path = out / name
-        if path.resolve().is_relative_to(out.resolve()) and path.is_file() and not path.is_symlink():
-            path.unlink()
-    write_json(out / MANIFEST, {"format": 1, "kind": "site", "entries": written})
+    if out.is_dir() and any(out.iterdir()):
+        Manifest.claim(out, "site")  # an existing site is read back; anything else is refused in one sentence
