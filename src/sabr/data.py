@@ -10,14 +10,14 @@ Three kinds of source are read:
 
 :class:`Preprocess` turns any image (PIL, or a numpy array) into the model's input tensor. Training
 caches its first half (:meth:`Preprocess.to_uint8`: channels and size) and applies the second
-(:meth:`Preprocess.normalize`) per batch, so the applications run exactly the code training ran.
+(:meth:`Preprocess.normalize`) per batch, so the applications run exactly the code training ran. Files and
+arrays are decoded to 8 bits by :mod:`sabr.images`.
 """
 
 from __future__ import annotations
 
 import gzip
 import logging
-import os
 import re
 import struct
 from dataclasses import asdict, dataclass, field
@@ -26,9 +26,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from .errors import DataError
+from .images import as_uint8, open_image, printable, to_8bit, to_mode
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +60,11 @@ class Preprocess:
     def to_uint8(self, image: Image.Image | np.ndarray) -> torch.Tensor:
         """Convert channels and resize (bilinear, antialiased): ``uint8`` tensor ``(C, H, W)``.
 
-        ``image`` is a PIL image or an RGB / grayscale ``uint8`` array ``(H, W[, C])``.
+        ``image`` is a PIL image or an RGB / grayscale array ``(H, W[, C])``, decoded to 8 bits by
+        :mod:`sabr.images`' rules (16-bit scaled, floats as [0, 1]; ``DataError`` for what cannot be shown).
         """
-        if isinstance(image, np.ndarray):
-            image = Image.fromarray(_as_uint8(image))
-        mode = "L" if self.channels == 1 else "RGB"
-        if image.mode != mode:
-            if image.mode in ("RGBA", "LA", "P", "PA") and mode == "RGB":
-                image = image.convert("RGBA")
-                background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-                image = Image.alpha_composite(background, image)
-            image = image.convert(mode)
+        image = Image.fromarray(as_uint8(image)) if isinstance(image, np.ndarray) else to_8bit(image)
+        image = to_mode(image, "L" if self.channels == 1 else "RGB")
         if image.size != (self.image_size, self.image_size):
             image = image.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
         array = np.asarray(image, dtype=np.uint8)
@@ -94,48 +89,6 @@ class Preprocess:
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":
         return cls(int(d["image_size"]), int(d["channels"]), tuple(d["mean"]), tuple(d["std"]))
-
-
-def _as_uint8(array: np.ndarray) -> np.ndarray:
-    if array.dtype == np.uint8:
-        return array
-    if np.issubdtype(array.dtype, np.floating) and array.max() <= 1.0:
-        array = array * 255.0
-    return np.clip(np.rint(array), 0, 255).astype(np.uint8)
-
-
-_UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-"""What PIL raises for a file it cannot read (corrupt, truncated, not an image, too large)."""
-
-
-def open_image(path: str | Path) -> Image.Image:
-    """Open an image file fully (EXIF orientation applied). Raises ``DataError`` if unreadable."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            if im.mode == "CMYK":
-                im = im.convert("RGB")
-            return im.copy()
-    except _UNREADABLE as exc:
-        raise DataError(f"cannot read image {printable(str(path))}: {exc}") from exc
-
-
-def check_image(path: str | Path) -> None:
-    """Check an image file's structure without decoding its pixels (PIL's ``verify``: the header, and the
-    chunks' checksums of a PNG), as a streamed folder is scanned. Raises ``DataError`` if it is unreadable."""
-    try:
-        with Image.open(path) as im:
-            im.verify()
-    except _UNREADABLE as exc:
-        raise DataError(f"cannot read image {printable(str(path))}: {exc}") from exc
-
-
-def printable(name: str) -> str:
-    """``name`` as valid text: a file or class name whose bytes are not UTF-8 (e.g. from an old Latin-1
-    archive; Python holds those bytes as surrogates) gets them as ``\\xNN`` escapes, so it can be printed,
-    logged and drawn. Valid names are returned unchanged."""
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 # --------------------------------------------------------------------------- datasets
@@ -281,6 +234,9 @@ def _load_idx(path: Path, idx: dict[str, tuple[Path, Path]], pre: Preprocess) ->
     images, labels, test_index, start = [], [], None, 0
     for part in parts:
         x, y = _read_idx(idx[part][0]), _read_idx(idx[part][1])
+        if x.ndim != 3 or y.ndim != 1:
+            raise DataError(f"{idx[part][0]} holds {x.ndim}-dimensional data and {idx[part][1]} {y.ndim}-dimensional; "
+                            "IDX images are (count, height, width) and labels (count,).")
         if len(x) != len(y):
             raise DataError(f"{idx[part][0]} has {len(x)} images but {idx[part][1]} has {len(y)} labels.")
         if part in ("t10k", "test"):
@@ -293,6 +249,9 @@ def _load_idx(path: Path, idx: dict[str, tuple[Path, Path]], pre: Preprocess) ->
     names_file = path / "classes.txt"
     if names_file.exists():
         classes = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+        if len(classes) != n:
+            raise DataError(f"{names_file} names {len(classes)} classes but the labels are 0 .. {n - 1}; give one "
+                            f"name per line for each of the {n} labels, or delete it to number them.")
     elif "fashion" in path.name.lower() and n == 10:
         classes = list(FASHION_MNIST_CLASSES)
     else:

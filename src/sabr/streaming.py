@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from .augment import Augment
-from .data import ImageDataset, Preprocess, check_image, open_image, read_folder
+from .data import ImageDataset, Preprocess, read_folder
+from .images import check_image, open_image
 
 STATS_SAMPLE = 512
 """Training images (a seeded sample) whose pixels give the normalisation when the folder is streamed."""
@@ -93,7 +94,7 @@ def scan_folder(path: str | Path, preprocess: Preprocess, max_per_class: int | N
     """An image folder's classes, labels and files, without decoding the images: the dataset's ``images``
     is a :class:`FileImages`. ``max_per_class`` keeps a seeded choice of files per class, as
     :func:`sabr.data.load_dataset` does. Every file's structure is checked first
-    (:func:`sabr.data.check_image`), so that a file that is not an image is skipped (listed in the
+    (:func:`sabr.images.check_image`), so that a file that is not an image is skipped (listed in the
     dataset's ``skipped``) or, with ``on_bad_image="error"``, refused before training rather than found
     in the middle of an epoch."""
     from .data import _folder_name

@@ -5,14 +5,16 @@ Everything works on RGB ``uint8`` arrays and returns new arrays; OpenCV draws, n
 
 from __future__ import annotations
 
+import logging
 import unicodedata
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from ..data import IMAGE_SUFFIXES, list_image_folder, natural_key, open_image, printable
+from ..data import IMAGE_SUFFIXES, list_image_folder, natural_key
 from ..errors import DataError
+from ..images import open_image, printable, to_mode
 from .recognizer import Prediction
 from .roi import Roi
 from .smoothing import Smoothed
@@ -24,6 +26,7 @@ DARK = (25, 25, 25)
 AMBER = (250, 180, 40)
 RED = (220, 60, 60)
 FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX
+log = logging.getLogger(__name__)
 
 
 def put_text(image: np.ndarray, text: str, org: tuple[int, int], scale: float = 0.5,
@@ -67,7 +70,8 @@ def thumbnail(image: np.ndarray, side: int) -> np.ndarray:
 def load_references(classes: Sequence[str], folder: str | Path) -> list[np.ndarray]:
     """One RGB example image per class, in class order.
 
-    ``folder`` either has one sub-folder per class (the first image of each is used; the sub-folder
+    ``folder`` either has one sub-folder per class (the first image of each that reads as training reads it is
+    used, see :mod:`sabr.images`; the sub-folder
     names must be the class names, as in a training folder), or holds exactly one image per class
     directly (natural order, e.g. ``gesture_0.jpg .. gesture_13.jpg``).
     """
@@ -79,14 +83,25 @@ def load_references(classes: Sequence[str], folder: str | Path) -> list[np.ndarr
         if list(names) != list(classes):
             raise DataError(f"reference folder {folder} has classes {names} but the model has {list(classes)}; "
                             "pass --references made for this model's dataset.")
-        chosen = [fs[0] for fs in files]
     else:
         chosen = sorted((f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES),
                         key=lambda f: natural_key(f.name))
         if len(chosen) != len(classes):
             raise DataError(f"reference folder {folder} holds {len(chosen)} images but the model has "
                             f"{len(classes)} classes; it needs one image per class (or one sub-folder per class).")
-    return [np.asarray(open_image(f).convert("RGB")) for f in chosen]
+        files = [[f] for f in chosen]
+    return [_first_readable(fs) for fs in files]
+
+
+def _first_readable(files: Sequence[Path]) -> np.ndarray:
+    """The first of ``files`` that reads as training reads images (:mod:`sabr.images`), as RGB; the others are
+    skipped with a warning, and a class with none gets a blank grey example."""
+    for f in files:
+        try:
+            return np.asarray(to_mode(open_image(f), "RGB"))
+        except DataError as exc:
+            log.warning("reference images: skipping %s", exc)
+    return np.full((8, 8, 3), 35, np.uint8)
 
 
 def reference_panel(classes: Sequence[str], references: Sequence[np.ndarray] | None, height: int,

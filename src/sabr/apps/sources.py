@@ -14,7 +14,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..data import IMAGE_SUFFIXES, natural_key, open_image
+from ..data import IMAGE_SUFFIXES, natural_key
+from ..images import open_image, to_mode
 from ..errors import DataError, SabrError
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class ImageFolderSource(FrameSource):
     def __iter__(self) -> Iterator[Frame]:
         for i, f in enumerate(self.files):
             try:
-                image = open_image(f).convert("RGB")
+                image = to_mode(open_image(f), "RGB")
             except DataError as exc:
                 log.warning("skipping %s", exc)
                 continue
