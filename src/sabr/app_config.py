@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .config import _DEVICE
+from .config import _DEVICE, MAX_CLASSES
 from .fields import _f, check_fields
 from .errors import ConfigError
 
@@ -65,12 +65,13 @@ class ElevatorSettings(AppSettings):
     """Everything that defines a ``sabr elevator`` (see :class:`AppSettings`); one floor per class."""
 
     script: str | None = _f(None, "timed gestures, one '<time s> <gesture> [<hold s>]' per line")
-    floors: int | None = _f(None, "number of floors for --script without --model", min=2)
+    floors: int | None = _f(None, "number of floors for --script without --model", min=2,
+                            max=MAX_CLASSES)
     fps: float | None = _f(None, "simulation frames per second (default: the source's, 10 for a script)",
-                              gt=0)
+                              gt=0, max=1000)
     floors_per_second: float = _f(1.0, "car speed", gt=0)
     door_seconds: float = _f(2.0, "time the doors stay open", min=0)
     stable_frames: int = _f(8, "frames a gesture must hold to request its floor", min=1)
     min_confidence: float | None = _f(None, "smoothed confidence each of those frames needs (default: the claim "
                                             "threshold)", min=0, max=1)
-    max_seconds: float = _f(120.0, "simulated time limit", gt=0)
+    max_seconds: float = _f(120.0, "simulated time limit", gt=0, max=86_400)

@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import MAX_BATCH_SIZE
 from .errors import ConfigError
-from .export import OnnxModel, example_input, export_onnx, load_model, save_sparse, save_shrunk, shrink
+from .export import OnnxModel, check_outputs, example_input, export_onnx, load_model, save_sparse, save_shrunk, shrink
 from .metrics import count_macs
 
 log = logging.getLogger(__name__)
@@ -143,13 +144,17 @@ def file_sizes(model: nn.Module, metadata: dict, shrunk: nn.Module | None = None
     return sizes
 
 
+MAX_RUNS = 100_000
+"""The most timed (or warm-up) calls per path and batch size."""
+
+
 def check_options(batch_sizes: tuple[int, ...] = (1, 32), runs: int = 50, warmup: int = 5, max_density: float = 0.3,
                   threads: int | None = None) -> None:
     """Refuse options :func:`bench_model` cannot measure with (raises :class:`~sabr.errors.ConfigError`)."""
-    if not batch_sizes or any(int(b) != b or b < 1 for b in batch_sizes):
-        raise ConfigError(f"batch sizes must be whole numbers >= 1, got {list(batch_sizes)}.")
-    if runs < 1 or warmup < 0:
-        raise ConfigError(f"--runs must be >= 1 and --warmup >= 0, got {runs} and {warmup}.")
+    if not batch_sizes or any(int(b) != b or not 1 <= b <= MAX_BATCH_SIZE for b in batch_sizes):
+        raise ConfigError(f"batch sizes must be whole numbers >= 1 and <= {MAX_BATCH_SIZE:,}, got {list(batch_sizes)}.")
+    if not (1 <= runs <= MAX_RUNS and 0 <= warmup <= MAX_RUNS):
+        raise ConfigError(f"--runs must be >= 1 and --warmup >= 0 (both <= {MAX_RUNS:,}), got {runs} and {warmup}.")
     if not 0 <= max_density <= 1:  # NaN fails this too
         raise ConfigError(f"--max-density is a fraction in [0, 1], got {max_density}.")
     if threads is not None and threads < 1:
@@ -313,6 +318,7 @@ def bench_run(run_dir: str | Path, phase: str = "pruned", trust_model_code: bool
     (:func:`sabr.save_checkpoint`); ``trust_model_code``: see :func:`~sabr.export.load_model`."""
     check_options(**kwargs)
     model, meta = load_model(run_dir, phase, trust_model_code=trust_model_code)
+    check_outputs(model, meta, run_dir)
     result = bench_model(model, meta, onnx=onnx, **kwargs)
     result["run"] = str(run_dir)
     result["model"] = meta.get("model", {})

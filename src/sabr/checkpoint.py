@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import secrets
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .config import MAX_CLASSES, MAX_MODEL_IMAGE_SIZE
 from .data import Preprocess
 from .errors import CheckpointError, StorageError
 from .manifest import note_written
@@ -126,6 +128,21 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
 
+def json_line(row: Any) -> str:
+    """``row`` as one line of strict JSON (a JSONL record): a number that is not finite is written ``null``."""
+    return json.dumps(_finite_or_null(row), allow_nan=False, default=_jsonable) + "\n"
+
+
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict) -> Path:
     """Write ``tensors`` to ``path`` (``.safetensors``) and ``metadata`` beside it (``.json``), all-or-nothing.
 
@@ -198,9 +215,11 @@ def read_metadata(path: str | Path) -> dict:
 def check_metadata(meta: Any, source: str | Path = "checkpoint metadata") -> None:
     """Refuse metadata that does not describe its weights consistently (raises :class:`CheckpointError`).
 
-    Checked: ``model`` names a model with whole-number ``num_classes``, ``in_chans`` (1 or 3) and
-    ``image_size``; ``classes`` (if present) has one name per output; ``preprocess`` (if present) has
-    the model's input size and channels and one mean and std per channel; ``weights_sha256`` is present
+    Checked: ``model`` names a model with whole-number ``num_classes`` (at most
+    :data:`~sabr.config.MAX_CLASSES`), ``in_chans`` (1 or 3) and ``image_size`` (at most
+    :data:`~sabr.config.MAX_MODEL_IMAGE_SIZE`); ``classes`` (if present) has one name per output;
+    ``preprocess`` (if present) has the model's input size and channels and one finite mean and one
+    positive finite std per channel; ``export`` (if present) is a mapping; ``weights_sha256`` is present
     (except for ONNX exports, whose graph holds the weights), so the integrity check cannot be switched
     off by deleting it.
     """
@@ -211,11 +230,9 @@ def check_metadata(meta: Any, source: str | Path = "checkpoint metadata") -> Non
     if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
         raise bad("it holds no 'model' entry")
     m = meta["model"]
-    shape = {k: m.get(k) for k in ("num_classes", "in_chans", "image_size")}
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape.values()):
-        raise bad(f"model {shape} needs positive whole numbers")
-    if m["in_chans"] not in (1, 3):
-        raise bad(f"model.in_chans is {m['in_chans']}, not 1 or 3")
+    problem = _model_problem(m)
+    if problem:
+        raise bad(problem)
     classes = meta.get("classes")
     if classes is not None and (not isinstance(classes, list) or len(classes) != m["num_classes"]):
         raise bad(f"'classes' has {len(classes) if isinstance(classes, list) else 'no list of'} names for a model "
@@ -228,8 +245,30 @@ def check_metadata(meta: Any, source: str | Path = "checkpoint metadata") -> Non
                       f"{m['in_chans']} of {m['image_size']}")
         if not all(isinstance(pre.get(k), list) and len(pre[k]) in (1, channels) for k in ("mean", "std")):
             raise bad("preprocess.mean / std need one value per channel")
-    if (meta.get("export") or {}).get("format") != "onnx" and not isinstance(meta.get("weights_sha256"), str):
+        if not all(_finite(v) for v in pre["mean"]) or not all(_finite(v) and v > 0 for v in pre["std"]):
+            raise bad(f"preprocess.mean {pre['mean']} / std {pre['std']} must be finite numbers, the std > 0")
+    export = meta.get("export")
+    if export is not None and not isinstance(export, dict):
+        raise bad(f"'export' is {export!r}, not a mapping with its 'format'")
+    if (export or {}).get("format") != "onnx" and not isinstance(meta.get("weights_sha256"), str):
         raise bad("'weights_sha256' is missing, so the weights' integrity cannot be checked")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _model_problem(m: dict) -> str | None:
+    """What is wrong with a metadata's ``model`` shape (``num_classes``, ``in_chans``, ``image_size``), if anything."""
+    shape = {k: m.get(k) for k in ("num_classes", "in_chans", "image_size")}
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape.values()):
+        return f"model {shape} needs positive whole numbers"
+    if m["in_chans"] not in (1, 3):
+        return f"model.in_chans is {m['in_chans']}, not 1 or 3"
+    if m["num_classes"] > MAX_CLASSES or m["image_size"] > MAX_MODEL_IMAGE_SIZE:
+        return (f"model {shape} is beyond what sabr loads (at most {MAX_CLASSES:,} classes and "
+                f"{MAX_MODEL_IMAGE_SIZE} pixels)")
+    return None
 
 
 def read_weights(path: str | Path, sha256: str | None = None) -> dict[str, torch.Tensor]:

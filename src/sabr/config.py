@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Hashable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -44,6 +45,16 @@ starts fast."""
 MAX_IMAGE_SIZE = 1024
 """The largest ``image_size`` accepted: the whole dataset is held in memory at that size (a 1024x1024 RGB
 image is 3 MB), and no registered model needs more."""
+MAX_MODEL_IMAGE_SIZE = 4096
+"""The largest input side a saved model's metadata may declare (a checkpoint, an export): one image is then
+at most 200 MB of float32 RGB, so a damaged ``image_size`` is refused instead of exhausting memory."""
+MAX_EPOCHS = 100_000
+"""The most epochs any phase may be given (``epochs_base: 1e35`` would train for ever)."""
+MAX_BATCH_SIZE = 65_536
+"""The largest mini-batch (training, and ``sabr bench --batch-sizes``)."""
+MAX_CLASSES = 100_000
+"""The most classes a model may have (ImageNet-21k has 21,841); a damaged ``num_classes`` is refused before
+a head of that size is allocated."""
 MAX_SEED = 2**32 - 1
 """Seeds are 0 .. 2**32 - 1 (what NumPy and scikit-learn accept)."""
 
@@ -82,10 +93,10 @@ class RunConfig:
     base_checkpoint: str | None = _f(None, "skip phase 1: start from this trained model (a sabr checkpoint "
                                            ".safetensors of the same --model and classes, e.g. another run's "
                                            "RUN/base.safetensors); its accuracy is measured on this run's splits")
-    epochs_base: int = _f(30, "phase 1 (base training) epochs", min=1)
+    epochs_base: int = _f(30, "phase 1 (base training) epochs", min=1, max=MAX_EPOCHS)
     epochs_sabr: int = _f(60, "phase 2 (SABR) epoch limit; it ends earlier once every tensor is frozen or, with a "
-                              "budget, after --patience epochs without gain", min=0)
-    batch_size: int = _f(64, "mini-batch size", min=1)
+                              "budget, after --patience epochs without gain", min=0, max=MAX_EPOCHS)
+    batch_size: int = _f(64, "mini-batch size", min=1, max=MAX_BATCH_SIZE)
     lr: float = _f(1e-3, "learning rate of phase 1", gt=0)
     lr_sabr: float | None = _f(None, "learning rate of phase 2 (default: --lr)", gt=0)
     # training options (checked by _check_training_options)
@@ -110,7 +121,7 @@ class RunConfig:
                                       "is within this fraction of the base model's plateau, the median of its last ten "
                                       "epochs (0.01 = 1 point)", min=0, max=1)
     patience: int = _f(10, "phase 2 ends after this many epochs in a row that found no sparser model within the "
-                           "budget (counted from the first epoch within it)", min=1)
+                           "budget (counted from the first epoch within it)", min=1, max=MAX_EPOCHS)
     # SABR (phase 2)
     teta1: float = _f(SABR_DEFAULTS.teta1, "lambda initialisation factor: lambda = teta1 * std(w), the pull of "
                                            "100 optimizer steps (see --scale-teta1)", min=0)
@@ -141,7 +152,7 @@ class RunConfig:
                                  "before, it starts at the weakest; docs/spec.md, phase 4); with "
                                  "--structured it starts with 87.5%% of every channel group removed, smallest first, "
                                  "and gives 12.5%% back after --k-epoch epochs below the budget without recovering, "
-                                 "until an epoch is within it", min=0)
+                                 "until an epoch is within it", min=0, max=MAX_EPOCHS)
     sweep: list[float] = _f(list(BUDGET_FACTORS), "pruning factors the budget search tries on validation (and the "
                                                   "accuracy-vs-sparsity chart shows)", nargs="+", min=0)
     # run
@@ -243,15 +254,31 @@ def _threshold(value: float | str) -> float | str:
     return number
 
 
+MAX_CONFIG_BYTES = 1_000_000
+"""A config file larger than this is refused (a YAML config is a few kB)."""
+
+
 def load_yaml(path: str | Path) -> dict:
-    """Read a YAML config file (keys as in :class:`RunConfig`, dashes or underscores)."""
+    """Read a YAML config file (keys as in :class:`RunConfig`, dashes or underscores).
+
+    Refused with :class:`ConfigError`: a path that is missing or not a regular file (``/dev/zero``), a file
+    over :data:`MAX_CONFIG_BYTES`, text that is not UTF-8 or not YAML, anything but a mapping, and a key
+    given twice (``epochs_base`` and ``epochs-base`` count as the same key).
+    """
     import yaml
 
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise ConfigError(f"config file {p} does not exist.")
+    if not p.is_file():
+        raise ConfigError(f"config file {p} is not a regular file; pass a YAML file.")
     try:
-        values = yaml.safe_load(p.read_bytes().decode("utf-8")) or {}
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {p} is larger than {MAX_CONFIG_BYTES:,} bytes; a sabr config is a few "
+                              "lines of YAML.")
+        values = yaml.load(p.read_bytes().decode("utf-8"), Loader=_unique_key_loader()) or {}
+    except _RepeatedKey as exc:
+        raise ConfigError(f"config file {p} gives {exc.args[0]} twice (again on line {exc.args[1]}); keep one.") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {p} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as "
                           "UTF-8.") from None
@@ -261,4 +288,32 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
     if not isinstance(values, dict):
         raise ConfigError(f"config file {p} must hold a mapping of keys to values.")
-    return {str(k).replace("-", "_"): v for k, v in values.items()}
+    keys = [str(k).replace("-", "_") for k in values]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ConfigError(f"config file {p} gives {', '.join(twice)} twice (dashes and underscores are the same "
+                          "key); keep one.")
+    return dict(zip(keys, values.values()))
+
+
+class _RepeatedKey(Exception):
+    """A YAML mapping gives a key twice: ``(key, line)``."""
+
+
+def _unique_key_loader() -> type:
+    """A PyYAML ``SafeLoader`` that refuses a mapping with a repeated key (PyYAML keeps the last silently)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if not isinstance(key, Hashable):
+                    continue  # PyYAML refuses it itself
+                if key in seen:
+                    raise _RepeatedKey(key, key_node.start_mark.line + 1)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader

@@ -194,3 +194,12 @@ def _check_range(name: str, value: Any, meta: Any) -> None:
         raise ConfigError(f"{name} must be > {meta['gt']}, got {value!r}.")
     if "max" in meta and value > meta["max"]:
         raise ConfigError(f"{name} must be <= {meta['max']}, got {value!r}.")
+
+
+def check_number(name: str, value: Any, *, integer: bool = False, **bounds: float) -> None:
+    """Refuse an argument of the Python API that a settings field of that type and ``bounds`` (``min``,
+    ``gt``, ``max``) would refuse: not a (whole) number, NaN, infinite or out of range; raises
+    :class:`ConfigError` naming ``name``. Numbers given as text are refused too (the API takes numbers)."""
+    if isinstance(value, str):
+        raise ConfigError(f"{name} must be a number, got {value!r}.")
+    _check_range(name, _scalar(name, int if integer else float, value), bounds)

@@ -297,10 +297,11 @@ def resume(run_dir: str | Path, progress: bool = True, device: str | None = None
     """
     folder = RunDir(run_dir)
     values = folder.read_config() | {"out": str(folder.path)}
-    check_trusted(values.get("model", ""), trust_model_code)
     if device is not None:
         values["device"] = device
-    return run(RunConfig.from_dict(values), progress=progress, resume=True)
+    cfg = RunConfig.from_dict(values)  # every value checked by type first (``model: 12`` is the text "12")
+    check_trusted(cfg.model, trust_model_code)
+    return run(cfg, progress=progress, resume=True)
 
 
 def reprune(run_dir: str | Path, teta1_values, gamma: float = 0.1, progress: bool = True,

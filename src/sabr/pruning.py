@@ -28,6 +28,7 @@ from torch import nn
 
 from .channels import ChannelGroup, channel_rms, channel_rows, channel_scale
 from .errors import ConfigError
+from .fields import check_number
 from .regularizer import population_std, resolve_params
 
 
@@ -81,8 +82,7 @@ def prune(
         One :class:`LayerPruning` per tensor, in ``named_parameters()`` order (in structured mode, per
         tensor of each group in turn, with its group's threshold).
     """
-    if teta1 < 0 or gamma < 0 or (epsilon is not None and epsilon < 0):
-        raise ConfigError(f"pruning thresholds must be >= 0 (teta1={teta1}, gamma={gamma}, epsilon={epsilon}).")
+    _check_factors(teta1, gamma, epsilon)
     if groups is not None:
         return _prune_channels(model, groups, teta1, gamma, epsilon)
     stats = []
@@ -93,6 +93,13 @@ def prune(
         nonzero = int(torch.count_nonzero(p))
         stats.append(LayerPruning(name, threshold, total, nonzero, 1.0 - nonzero / total))
     return stats
+
+
+def _check_factors(teta1: float, gamma: float, epsilon: float | None = None) -> None:
+    """Pruning factors are finite numbers >= 0 (NaN would prune nothing, silently)."""
+    for name, value in (("teta1", teta1), ("gamma", gamma), ("epsilon", epsilon)):
+        if value is not None:
+            check_number(name, value, min=0)
 
 
 CHANNEL_MULTIPLE = 8
@@ -207,6 +214,7 @@ def prunable_sparsity(model: nn.Module, teta1: float = 0.2, gamma: float = 0.1,
     A cheap figure of merit (thresholds and counts, no forward pass) that phase 2 tracks every epoch. In
     structured mode (``groups``) it counts the weights of the channels the rule would remove.
     """
+    _check_factors(teta1, gamma)
     zeros = total = 0
     if groups is not None:
         named = dict(model.named_parameters())

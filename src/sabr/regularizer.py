@@ -45,7 +45,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -54,6 +54,7 @@ from .config import SABR_DEFAULTS as DEFAULTS
 from .config import SabrSettings
 from .channels import STRUCTURED_FACTOR, ChannelGroup, group_lasso, groups_by_name
 from .errors import ConfigError
+from .fields import check_number
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,18 @@ def resolve_params(model: nn.Module, params: Iterable[str] | None = None) -> dic
     return {n: named[n] for n in sorted(names, key=order.__getitem__)}
 
 
+def check_settings(**settings: Any) -> None:
+    """Refuse SABR hyper-parameters that are not finite or out of range (:class:`ConfigError` naming the
+    value): ``teta1 >= 0``, ``growth_rate`` / ``decrease_rate`` / ``zero_eps > 0``, ``accuracy_threshold`` a
+    fraction, ``k_epoch`` and ``steps_per_epoch`` (when given) whole numbers >= 1."""
+    bounds = dict(teta1=dict(min=0), growth_rate=dict(gt=0), decrease_rate=dict(gt=0), zero_eps=dict(gt=0),
+                  accuracy_threshold=dict(min=0, max=1), k_epoch=dict(integer=True, min=1),
+                  steps_per_epoch=dict(integer=True, min=1))
+    for name, value in settings.items():
+        if value is not None or name != "steps_per_epoch":
+            check_number(name, value, **bounds[name])
+
+
 @dataclass
 class StepResult:
     """What one :meth:`SABR.step` decided (for logs and history files)."""
@@ -190,16 +203,9 @@ class SABR:
         steps_per_epoch: int | None = None,
         groups: Sequence[ChannelGroup] | None = None,
     ) -> None:
-        if teta1 < 0:
-            raise ConfigError(f"teta1 must be >= 0, got {teta1}.")
-        if growth_rate <= 0 or decrease_rate <= 0:
-            raise ConfigError(f"growth_rate and decrease_rate must be > 0, got {growth_rate}, {decrease_rate}.")
-        if k_epoch < 1:
-            raise ConfigError(f"k_epoch must be >= 1, got {k_epoch}.")
-        if not 0 <= accuracy_threshold <= 1:
-            raise ConfigError(f"accuracy_threshold is a fraction in [0, 1], got {accuracy_threshold}.")
-        if steps_per_epoch is not None and steps_per_epoch < 1:
-            raise ConfigError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}.")
+        check_settings(teta1=teta1, growth_rate=growth_rate, decrease_rate=decrease_rate,
+                       accuracy_threshold=accuracy_threshold, k_epoch=k_epoch, zero_eps=zero_eps,
+                       steps_per_epoch=steps_per_epoch)
         self.model = model
         self.steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
         self.teta1 = float(teta1)

@@ -24,7 +24,7 @@ from ..errors import ConfigError, SabrError
 from .elevator import Elevator, render_elevator
 from .recognizer import Prediction, Recognizer
 from .render import draw_recognition
-from .roi import Roi, RoiDragger
+from .roi import Roi, RoiDragger, start_roi
 from .output import open_output, Output
 from .smoothing import Smoothed, StableGesture, TemporalSmoother
 from .sources import Frame, FrameSource, ImageFolderSource
@@ -118,7 +118,7 @@ def recognize(recognizer: Recognizer, source: FrameSource, settings: RecognizeSe
         for frame in _limit(source, s.max_frames):
             h, w = frame.image.shape[:2]
             if dragger is None or dragger.frame_size != (w, h):
-                dragger = RoiDragger(roi or Roi.centered(w, h, s.roi_fraction), (w, h))
+                dragger = RoiDragger(start_roi(roi, w, h, s.roi_fraction), (w, h))
                 if not s.headless and screen is None:
                     screen = Window("sabr recognize (drag the box; q quits)", dragger)
             box = dragger.roi

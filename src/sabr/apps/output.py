@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import atomic_write, make_folder
+from ..checkpoint import atomic_write, json_line, make_folder
 from ..errors import ConfigError, StorageError
 from ..manifest import note_written
 from ..rundir import guard_outputs
@@ -52,9 +51,9 @@ class Output:
                             "another --out, then run the command again.")
 
     def record(self, row: dict) -> None:
-        """Append one JSON line."""
+        """Append one JSON line (a number that is not finite is written as ``null``: the file stays JSON)."""
         try:
-            self._jsonl.write(json.dumps(row) + "\n")
+            self._jsonl.write(json_line(row))
             self._jsonl.flush()
         except OSError as exc:
             raise self._error(self.jsonl_path, exc) from None

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..calibration import Calibration, ood_score
 from ..errors import CheckpointError
-from ..export import load_model
+from ..export import check_outputs, load_model
 from ..metrics import count_macs, sparsity_report
 
 log = logging.getLogger(__name__)
@@ -108,8 +108,10 @@ class Recognizer:
     @classmethod
     def from_path(cls, path: str | Path, phase: str = "pruned", device: str | torch.device = "cpu",
                   trust_model_code: bool = False) -> "Recognizer":
-        """Load with :func:`load_any` (``trust_model_code``: see :func:`sabr.export.load_model`)."""
+        """Load with :func:`load_any` (``trust_model_code``: see :func:`sabr.export.load_model`); a model whose
+        outputs are not finite is refused (:func:`sabr.export.check_outputs`)."""
         model, meta = load_any(path, phase, device, trust_model_code)
+        check_outputs(model, meta, path)
         return cls(model, meta)
 
     def threshold(self, override: float | None = None) -> float:

@@ -6,11 +6,14 @@ turns mouse press / move / release events into new boxes, clamped inside the fra
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,19 @@ class Roi:
         """The pixels of ``frame`` (``(H, W[, C])``) inside the box, after clamping it to the frame."""
         r = self.clamped(frame.shape[1], frame.shape[0])
         return frame[r.y:r.y + r.height, r.x:r.x + r.width]
+
+
+def start_roi(roi: Roi | None, frame_width: int, frame_height: int, fraction: float = 0.75) -> Roi:
+    """The box a ``frame_width`` x ``frame_height`` frame starts with: ``roi`` (``--roi``) or else the centred
+    square of ``fraction``. A given ``roi`` that does not lie inside the frame is moved inside it (shrunk if
+    larger), with a warning that names both boxes: never silently."""
+    if roi is None:
+        return Roi.centered(frame_width, frame_height, fraction)
+    inside = roi.clamped(frame_width, frame_height)
+    if inside != roi:
+        log.warning("--roi %d,%d,%d,%d does not lie inside the %dx%d frame; using %d,%d,%d,%d instead", roi.x, roi.y,
+                    roi.width, roi.height, frame_width, frame_height, inside.x, inside.y, inside.width, inside.height)
+    return inside
 
 
 class RoiDragger:

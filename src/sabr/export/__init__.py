@@ -15,7 +15,7 @@ metadata (``classes``, ``preprocess``, ``model``), so an export is usable wherev
 checkpoints, and returns ``(model, metadata)``. :func:`export_run` (:mod:`.run`) is ``sabr export``.
 """
 
-from .load import load_model, load_run
+from .load import check_outputs, load_model, load_run
 from .onnx import OnnxModel, export_onnx
 from .run import FORMATS, example_input, export_run
 from .shrink import ShrinkReport, save_shrunk, shrink
@@ -23,6 +23,6 @@ from .sparse import dense_state_dict, save_sparse, sparse_state_dict
 from .web import export_web
 
 __all__ = [
-    "FORMATS", "OnnxModel", "ShrinkReport", "dense_state_dict", "example_input", "export_onnx", "export_run",
-    "export_web", "load_model", "load_run", "save_shrunk", "save_sparse", "shrink", "sparse_state_dict",
+    "FORMATS", "OnnxModel", "ShrinkReport", "check_outputs", "dense_state_dict", "example_input", "export_onnx",
+    "export_run", "export_web", "load_model", "load_run", "save_shrunk", "save_sparse", "shrink", "sparse_state_dict",
 ]

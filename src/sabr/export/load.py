@@ -123,3 +123,20 @@ def _load_export(path: Path, meta: dict, fmt: str, trust_model_code: bool) -> nn
         raise CheckpointError(f"{path} has export format {fmt!r}, which this sabr cannot load.")
     load_weights_into(model, state, source=str(path))
     return model
+
+
+@torch.no_grad()
+def check_outputs(model: Any, meta: dict, source: str | Path) -> None:
+    """Refuse a model whose outputs on a zero input are not finite (NaN or infinite weights, a training that
+    diverged): ``sabr export``, ``bench`` and ``recognize`` would otherwise report nonsense as results.
+
+    Raises:
+        CheckpointError: naming ``source``.
+    """
+    m = meta.get("model") or {}
+    device = next(model.parameters()).device if isinstance(model, nn.Module) else "cpu"
+    x = torch.zeros(1, int(m["in_chans"]), int(m["image_size"]), int(m["image_size"]), device=device)
+    if not bool(torch.isfinite(torch.as_tensor(model(x))).all()):
+        raise CheckpointError(f"the model in {source} gives outputs that are not finite (NaN or infinity) on a "
+                              "blank image: its weights are damaged or its training diverged; export, measure or "
+                              "run another checkpoint (e.g. --phase base), or retrain.")

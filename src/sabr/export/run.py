@@ -9,7 +9,7 @@ import torch
 
 from ..errors import SabrError
 from ..rundir import guard_outputs
-from .load import load_model
+from .load import check_outputs, load_model
 from .onnx import export_onnx
 from .shrink import save_shrunk, shrink
 from .sparse import save_sparse
@@ -60,6 +60,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, pha
     # refused before any work when it would land on what the export reads; the run locked while writing in it
     writing = guard_outputs(run_dir, [out.with_suffix(suffix), out.with_suffix(".json")])
     model, meta = load_model(run_dir, phase, trust_model_code=trust_model_code)
+    check_outputs(model, meta, run_dir)
     x = check_input if check_input is not None else example_input(meta)
     with writing:
         return _export(model, meta, fmt, out, x, trust_model_code)

@@ -18,11 +18,12 @@ from __future__ import annotations
 from typing import Any, Iterable, Sequence
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_warn
 
 from ..channels import ChannelGroup
 from ..config import SABR_DEFAULTS as DEFAULTS
 from ..errors import ConfigError
-from ..regularizer import SABR
+from ..regularizer import SABR, check_settings
 from .tensorboard import epoch_scalars
 
 
@@ -48,6 +49,9 @@ class SABRCallback(pl.Callback):
                  zero_eps: float = DEFAULTS.zero_eps, params: Iterable[str] | None = None,
                  groups: Sequence[ChannelGroup] | None = None,
                  steps_per_epoch: int | None = None, scale_teta1: bool = True) -> None:
+        check_settings(teta1=teta1, growth_rate=growth_rate, decrease_rate=decrease_rate,
+                       accuracy_threshold=accuracy_threshold, k_epoch=k_epoch, zero_eps=zero_eps,
+                       steps_per_epoch=steps_per_epoch)  # refused now, not when training starts
         self.monitor, self.scale_teta1 = monitor, scale_teta1
         self.settings = dict(teta1=teta1, growth_rate=growth_rate, decrease_rate=decrease_rate,
                              accuracy_threshold=accuracy_threshold, k_epoch=k_epoch, zero_eps=zero_eps,
@@ -56,6 +60,7 @@ class SABRCallback(pl.Callback):
         self.sabr: SABR | None = None
         self._pending: dict | None = None  # a checkpoint's state, loaded before training starts
         self._stepped_epoch = -1
+        self._warned = False
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         settings = dict(self.settings)
@@ -89,6 +94,14 @@ class SABRCallback(pl.Callback):
             logger.log_metrics(epoch_scalars("sabr", row, self.sabr.lambdas), step=trainer.global_step)
         if result.frozen:
             pl_module.print(f"SABR: epoch {trainer.current_epoch}: froze {result.frozen}")
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.sabr is None or trainer.current_epoch == self._stepped_epoch or self._warned:
+            return
+        self._warned = True  # said once: every epoch without validation is the same mistake
+        rank_zero_warn(f"SABRCallback: epoch {trainer.current_epoch} ended without a validation loop, so SABR did "
+                       "not step (no lambda grows, nothing freezes); give trainer.fit val_dataloaders= and a "
+                       f"validation_step that logs {self.monitor!r}, and keep check_val_every_n_epoch=1.")
 
     def state_dict(self) -> dict[str, Any]:
         if self.sabr is None:
