@@ -206,6 +206,10 @@ def _commands(d: Path) -> dict[str, list[str]]:
     (lambda m: m["preprocess"].update(mean=["abc"]), "preprocess.mean"),  # ValueError in recognize
     (lambda m: m["preprocess"].update(std=[0]), "the std > 0"),  # NaN confidence in predictions.jsonl
     (lambda m: m["preprocess"].update(std=[float("nan")]), "finite numbers"),
+    (lambda m: m.update(calibration={"temperature": "abc", "threshold": 0.5}), "calibration temperature"),
+    (lambda m: m.update(calibration={"temperature": 0, "threshold": 0.5}), "calibration temperature"),
+    (lambda m: m.update(calibration={"temperature": 1, "threshold": 0.5, "ood": {"score": "x", "threshold": 1}}),
+     "calibration.ood"),
     (lambda m: (m["model"].update(num_classes=1_000_000_000), m.pop("classes")), "at most 100,000 classes"),
     (lambda m: (m["model"].update(image_size=1_000_000), m["preprocess"].update(image_size=1_000_000)),
      "4096 pixels"),  # tried to allocate terabytes

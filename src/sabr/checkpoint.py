@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .calibration import OOD_SCORES
 from .config import MAX_CLASSES, MAX_MODEL_IMAGE_SIZE
 from .data import Preprocess
 from .errors import CheckpointError, StorageError
@@ -219,7 +220,8 @@ def check_metadata(meta: Any, source: str | Path = "checkpoint metadata") -> Non
     :data:`~sabr.config.MAX_CLASSES`), ``in_chans`` (1 or 3) and ``image_size`` (at most
     :data:`~sabr.config.MAX_MODEL_IMAGE_SIZE`); ``classes`` (if present) has one name per output;
     ``preprocess`` (if present) has the model's input size and channels and one finite mean and one
-    positive finite std per channel; ``export`` (if present) is a mapping; ``weights_sha256`` is present
+    positive finite std per channel; ``calibration`` (if present) is a decision rule with finite numbers;
+    ``export`` (if present) is a mapping; ``weights_sha256`` is present
     (except for ONNX exports, whose graph holds the weights), so the integrity check cannot be switched
     off by deleting it.
     """
@@ -247,6 +249,9 @@ def check_metadata(meta: Any, source: str | Path = "checkpoint metadata") -> Non
             raise bad("preprocess.mean / std need one value per channel")
         if not all(_finite(v) for v in pre["mean"]) or not all(_finite(v) and v > 0 for v in pre["std"]):
             raise bad(f"preprocess.mean {pre['mean']} / std {pre['std']} must be finite numbers, the std > 0")
+    problem = _calibration_problem(meta.get("calibration"))
+    if problem:
+        raise bad(problem)
     export = meta.get("export")
     if export is not None and not isinstance(export, dict):
         raise bad(f"'export' is {export!r}, not a mapping with its 'format'")
@@ -256,6 +261,23 @@ def check_metadata(meta: Any, source: str | Path = "checkpoint metadata") -> Non
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _calibration_problem(cal: Any) -> str | None:
+    """What is wrong with a metadata's decision rule (``calibration``: a positive finite temperature, a threshold
+    in [0, 1], an OOD score sabr knows with a finite threshold), if anything; ``None`` for no rule."""
+    if cal is None:
+        return None
+    ood = cal.get("ood") if isinstance(cal, dict) else None
+    if not isinstance(cal, dict) or not isinstance(ood or {}, dict):
+        return f"'calibration' is {cal!r}, not a mapping"
+    temperature, threshold = cal.get("temperature", 1.0), cal.get("threshold", 0.5)
+    if not (_finite(temperature) and temperature > 0 and _finite(threshold) and 0 <= threshold <= 1):
+        return f"calibration temperature {temperature!r} / threshold {threshold!r} must be > 0 / in [0, 1]"
+    score, limit = (ood or {}).get("score"), (ood or {}).get("threshold")
+    if score is not None and (score not in OOD_SCORES or not _finite(limit)):
+        return f"calibration.ood {ood!r} needs a score among {', '.join(OOD_SCORES)} and a finite threshold"
+    return None
 
 
 def _model_problem(m: dict) -> str | None:
