@@ -72,6 +72,13 @@ def test_prune_refuses_numbers_that_are_not_finite(kw):
             prunable_sparsity(model, **kw)
 
 
+@pytest.mark.parametrize("kw, words", [(dict(mean=(NAN,)), "mean must be a finite number"),
+                                       (dict(std=(0.0,)), "std must be > 0"), (dict(std=(1, 2)), "one per channel")])
+def test_preprocess_refuses_a_normalisation_that_is_not_finite(kw, words):
+    with pytest.raises(ConfigError, match=words):
+        Preprocess(8, 1, **kw)  # a std of 0 made every confidence NaN
+
+
 def test_lightning_callback_refuses_nan_when_made():
     pytest.importorskip("lightning")
     from sabr.integrations.lightning import SABRCallback

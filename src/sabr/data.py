@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import DataError
+from .errors import ConfigError, DataError
+from .fields import check_number
 from .images import as_uint8, open_image, printable, to_8bit, to_mode
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,14 @@ class Preprocess:
     channels: int
     mean: Sequence[float] = (0.5,)
     std: Sequence[float] = (0.5,)
+
+    def __post_init__(self) -> None:
+        for name, value in (("mean", self.mean), ("std", self.std)):
+            if len(value) not in (1, self.channels):
+                raise ConfigError(f"Preprocess {name} needs one value or one per channel ({self.channels}), got "
+                                  f"{list(value)}.")
+            for v in value:
+                check_number(name, v, gt=0) if name == "std" else check_number(name, v)
 
     def to_uint8(self, image: Image.Image | np.ndarray) -> torch.Tensor:
         """Convert channels and resize (bilinear, antialiased): ``uint8`` tensor ``(C, H, W)``.

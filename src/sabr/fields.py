@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import os
 import types
 import typing
@@ -172,8 +173,8 @@ def _scalar(name: str, kind: type, value: Any) -> Any:
 def _number(value: Any, text: str | None) -> float | int | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        return value
+    if isinstance(value, numbers.Real):  # NumPy's scalars too
+        return float(value) if not isinstance(value, numbers.Integral) else int(value)
     if text is not None:
         for parse in (int, float):
             try:
