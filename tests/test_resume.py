@@ -107,6 +107,39 @@ def test_damaged_resume_metadata_is_refused_in_one_sentence(runs, tmp_path, caps
     assert not (folder / "summary.json").exists()  # nothing was trained or written
 
 
+def test_a_resumed_run_trains_only_the_epochs_left(tmp_path, monkeypatch):
+    """Killed after phase 2's first epoch, the run resumes there: it trains none of phase 1 and only phase 2's
+    remaining epochs (counted twice: the epochs it saves, and every optimizer step it takes)."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    flags = ["--quiet", "--max-per-class", "10", "--epochs-base", "2", "--epochs-sabr", "3", "--patience", "10",
+             "--sweep", "0.2", "--device", "cpu", "--out", str(tmp_path / "run")]
+    save, saved, steps = RunDir.save_resume, [], []
+
+    def recording_save(self, state):
+        save(self, state)
+        saved.append((state.phase, state.epoch))
+        if (state.phase, state.epoch) == ("sabr", 1) and not resuming:
+            raise KeyboardInterrupt  # as a SIGINT after the epoch's state was written
+
+    monkeypatch.setattr(RunDir, "save_resume", recording_save)
+    hook = register_optimizer_step_post_hook(lambda *args: steps.append(1))
+    try:
+        resuming = False
+        assert main(["run", *flags]) == 130
+        assert saved == [("base", 1), ("base", 2), ("sabr", 1)]
+        per_epoch = len(steps) / 3  # every epoch takes the same number of steps (the same training split)
+        saved.clear(), steps.clear()
+        resuming = True
+        assert main(["run", "--quiet", "--resume", str(tmp_path / "run")]) == 0
+    finally:
+        hook.remove()
+    sabr_epochs = (tmp_path / "run" / "history_sabr.csv").read_text().count("\n") - 1
+    assert sabr_epochs >= 2
+    assert [(p, e) for p, e in saved if p != "budget"] == [("sabr", e) for e in range(2, sabr_epochs + 1)]
+    assert len(steps) == (sabr_epochs - 1) * per_epoch  # no step of phase 1, none of phase 2's first epoch
+
+
 def _figures(run_dir: Path) -> dict:
     s = json.loads((run_dir / "summary.json").read_text())
     sabr = json.loads((run_dir / "sabr_state.json").read_text())
