@@ -126,20 +126,47 @@ def test_cli_script_without_model(tmp_path, capsys):
     assert main(["elevator", "--script", str(script), "--headless", "--out", str(out)]) == 2  # no model, no --floors
 
 
-def test_video_source_with_model_drains_queue(tiny_checkpoint, tmp_path):
+def _two_gesture_checkpoint(images, labels, folder):
+    """A compact_cnn trained until it tells ``images`` apart as ``labels`` (the session's tiny checkpoint calls
+    every photo 0, the car's own floor, so it would request nothing)."""
+    import torch
+    from PIL import Image
+
+    from sabr import Preprocess, create_model, save_checkpoint
+
+    pre = Preprocess(16, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    x = torch.stack([pre(Image.fromarray(im)) for im in images])
+    y = torch.tensor(labels)
+    torch.manual_seed(0)
+    model = create_model("compact_cnn", num_classes=10, in_chans=3, image_size=16)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(40):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    meta = {"phase": "pruned", "model": {"name": "compact_cnn", "num_classes": 10, "in_chans": 3, "image_size": 16},
+            "classes": [str(i) for i in range(10)], "dataset": "sign", "preprocess": pre.to_dict()}
+    return save_checkpoint(model, folder / "pruned", meta)
+
+
+def test_video_source_with_model_requests_the_floors_shown_and_the_car_serves_them(tmp_path):
     from sabr.apps import Recognizer, demo_frames, open_source, write_video
     from sabr.data import open_image
 
     images = [np.asarray(open_image(f).convert("RGB")) for f in sign_photos(1, [2, 6])]
+    rec = Recognizer.from_path(_two_gesture_checkpoint(images, [2, 6], tmp_path))
+    assert [rec.predict(im).label for im in images] == [2, 6]  # the gestures shown, as the model sees them
     video = tmp_path / "v.mp4"
     write_video(demo_frames(images, hold=6), video, fps=10)
-    rec = Recognizer.from_path(tiny_checkpoint)
     settings = ElevatorSettings(out=tmp_path / "out", headless=True, stable_frames=3, min_confidence=0.0,
                                 threshold=0.0, window=2)
     summary = run_elevator(rec.classes, rec, source=open_source(video), settings=settings)
     requested = [e["floor"] for e in summary.events if e["event"] == "request"]
     arrived = [e["floor"] for e in summary.events if e["event"] == "arrive"]
-    assert sorted(requested) == sorted(arrived)  # the video ended, the car still served every request
+    assert requested == [2, 6]  # each gesture held for 6 frames asked for its floor once
+    assert arrived == [2, 6]  # the video ended, the car still served every request, on its way up
     times = [e["t"] for e in summary.events]
     assert times == sorted(times)
     assert summary.frames >= 12
