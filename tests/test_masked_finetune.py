@@ -56,13 +56,25 @@ def test_run_with_finetune_epochs_fine_tunes_the_pruned_model_and_keeps_its_zero
     from sabr.cli import main
 
     out = tmp_path / "run"
+    # a fixed, strong factor: pruning costs accuracy that the fine-tune buys back, so a trained epoch is kept
+    # (at the budget's own choice here the starting model stays the best and the check below would be empty)
     code = main(["run", "--max-per-class", "30", "--epochs-base", "2", "--epochs-sabr", "2", "--teta1", "0.01",
-                 "--finetune-epochs", "2", "--sweep", "0.2", "--out", str(out), "--quiet"])
+                 "--finetune-epochs", "2", "--sweep", "1.0", "--prune-teta1", "1.0", "--out", str(out), "--quiet"])
     assert code == 0
     s = json.loads((out / "summary.json").read_text())
     p = s["pruned"]
     assert p["finetune_epochs"] == 2 and 0.0 <= p["test_accuracy_before_finetune"] <= 1.0
     assert (out / "history_finetune.csv").read_text().count("\n") == 3  # header + 2 epochs
     model, _ = load_run(out, "pruned")  # the checkpoint is the fine-tuned model
+    # the model before the fine-tune: the SABR checkpoint pruned again at the fixed factor; every zero it has is
+    # still zero in the fine-tuned checkpoint, whose weights did train
+    assert s["budget"]["prune_teta1"] == 1.0 and "prune_teta1_before_finetune" not in p
+    before, _ = load_run(out, "sabr")
+    prune(before, teta1=1.0, gamma=s["config"]["gamma"])
+    tuned = model.state_dict()
+    zeros = {name: w == 0 for name, w in before.state_dict().items() if name.endswith("weight") and w.dim() > 1}
+    assert sum(int(z.sum()) for z in zeros.values()) > 1000  # a pruned model, not a dense one
+    assert all(not torch.equal(before.state_dict()[name], tuned[name]) for name in zeros)  # a trained epoch kept
+    assert all(bool((tuned[name][z] == 0).all()) for name, z in zeros.items())
     assert sparsity_report(model).nonzero == p["nonzero"] == sum(l["nonzero"] for l in s["layers"])
     assert "masked fine-tune epochs" in (out / "summary.md").read_text()
