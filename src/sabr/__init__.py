@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from ._lazy import attach
 
-__version__ = "0.1.0"
+from .version import __version__
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "calibration": ("Calibration", "calibrate_model"),
@@ -41,8 +41,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "pruning": ("apply_masks", "prune", "prune_channel_share", "prune_threshold", "revive_channels", "zero_masks"),
     "regularizer": ("SABR",),
 }
-__getattr__, __dir__, __all__ = attach(__name__, _EXPORTS, globals())
-__all__ = __all__ + ["__version__"]
+__getattr__, __dir__, __all__ = attach(__name__, _EXPORTS, globals(), extra=("__version__",))
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from .bench import bench_model, bench_run, sparsify

@@ -9,13 +9,16 @@ import importlib.util
 from typing import Any, Callable
 
 
-def attach(package: str, exports: dict[str, tuple[str, ...]], namespace: dict[str, Any]
+def attach(package: str, exports: dict[str, tuple[str, ...]], namespace: dict[str, Any], extra: tuple[str, ...] = ()
            ) -> tuple[Callable[[str], Any], Callable[[], list[str]], list[str]]:
     """``(__getattr__, __dir__, __all__)`` for ``package`` whose ``exports`` maps a submodule (relative,
     without the dot) to the names it provides; ``namespace`` is the package's ``globals()`` (each name is
-    cached there on first use)."""
+    cached there on first use); ``extra`` names public values defined in the package itself (``__version__``).
+
+    ``dir(package)`` and ``__all__`` list the public names only, not the package's own imports
+    (``annotations``, ``TYPE_CHECKING``)."""
     where = {name: module for module, names in exports.items() for name in names}
-    names = sorted(where)
+    names = sorted(set(where) | set(extra))
 
     def __getattr__(name: str) -> Any:
         module = where.get(name)
@@ -29,6 +32,6 @@ def attach(package: str, exports: dict[str, tuple[str, ...]], namespace: dict[st
         return value
 
     def __dir__() -> list[str]:
-        return sorted(set(namespace) | set(names))
+        return list(names)
 
     return __getattr__, __dir__, names

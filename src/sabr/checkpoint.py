@@ -147,15 +147,18 @@ def _finite_or_null(value: Any) -> Any:
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict) -> Path:
     """Write ``tensors`` to ``path`` (``.safetensors``) and ``metadata`` beside it (``.json``), all-or-nothing.
 
-    The metadata gains ``weights_sha256``, the hash of the weights file, which the loaders check.
+    The metadata gains ``weights_sha256``, the hash of the weights file, which the loaders check, and
+    ``versions``, the software that wrote it (:func:`sabr.version.versions`).
     """
     from safetensors.torch import save
+
+    from .version import versions
 
     path = Path(path).with_suffix(".safetensors")
     # one metadata key only: safetensors writes that map in random order, and a second key would make
     # identical weights give different bytes (and hashes, and gzip sizes) from one save to the next
     data = save({k: v.detach().contiguous().cpu().clone() for k, v in tensors.items()}, metadata={"format": "pt"})
-    metadata = {**metadata, "weights_sha256": hashlib.sha256(data).hexdigest()}
+    metadata = {**metadata, "versions": versions(), "weights_sha256": hashlib.sha256(data).hexdigest()}
     meta = (json.dumps(metadata, indent=2, default=_jsonable) + "\n").encode()
     atomic_write({path: data, path.with_suffix(".json"): meta})
     return path

@@ -11,8 +11,12 @@ from ..checkpoint import make_folder, save_tensors
 
 
 def plain_meta(meta: dict) -> dict:
-    """The source checkpoint's metadata, less what belongs to it alone (its loaded transform, its hash)."""
-    return {k: v for k, v in meta.items() if k not in ("transform", "weights_sha256")}
+    """The source checkpoint's metadata, less what belongs to it alone (its loaded transform, its hash); the
+    versions that wrote the source stay as ``source_versions`` (the export records its own ``versions``)."""
+    plain = {k: v for k, v in meta.items() if k not in ("transform", "weights_sha256", "versions")}
+    if "versions" in meta:
+        plain["source_versions"] = meta["versions"]
+    return plain
 
 
 def save_export(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict) -> Path:

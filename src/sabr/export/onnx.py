@@ -19,6 +19,7 @@ from torch import nn
 from ..calibration import Calibration
 from ..checkpoint import _jsonable, atomic_write, make_folder
 from ..errors import SabrError
+from ..version import versions
 from ._files import plain_meta
 
 
@@ -61,7 +62,7 @@ def export_onnx(model: nn.Module, path: str | Path, metadata: dict, example_inpu
                         "the model that fails.")
     meta = plain_meta(metadata) | {"export": {
         "format": "onnx", "max_abs_diff": diff, "probs_max_abs_diff": probs_diff, "outputs": ["logits", "probs"],
-        "temperature_in_graph": cal.temperature}}
+        "temperature_in_graph": cal.temperature}, "versions": versions()}
     atomic_write({path: buf.getvalue(), path.with_suffix(".json"): (json.dumps(meta, indent=2, default=_jsonable)
                                                                     + "\n").encode()})
     return path, diff
