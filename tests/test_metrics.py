@@ -191,3 +191,29 @@ def test_vit_pruned_macs_scale_only_weight_layers():
     for layer in report.layers:
         if layer.weight == "":
             assert layer.macs_pruned == layer.macs_dense
+
+
+def test_sparsity_report_prints_as_a_table():
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    with torch.no_grad():
+        model[0].weight[0].zero_()
+    lines = str(sparsity_report(model)).splitlines()
+    assert lines[0].split() == ["tensor", "weights", "non-zero", "sparsity"]
+    assert lines[1].split() == ["0.weight", "12", "8", "33.33%"]
+    assert lines[-3].split() == ["regularised", "weights", "18", "14", "22.22%"]
+    assert lines[-1] == "(exact zeros)"
+
+
+def test_pruned_macs_leave_out_removed_channels():
+    """A channel whose weights are all zero is removed with the next layer's inputs: one MACs figure for the
+    pruned model, whatever was zeroed (sabr.metrics.count_pruned_macs)."""
+    from sabr.metrics import count_pruned_macs
+
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    with torch.no_grad():
+        model[0].weight[0].zero_()
+        model[0].bias[0] = 0.0
+    macs = count_pruned_macs(model, torch.zeros(1, 4))
+    assert macs.macs_dense == 12 + 6
+    assert macs.macs_pruned == 8 + 4  # the zeroed neuron's row and the next layer's column both go
+    assert count_macs(model, torch.zeros(1, 4)).macs_pruned == 8 + 6  # counted at full shape

@@ -29,7 +29,7 @@ from torch import nn
 from .config import MAX_BATCH_SIZE
 from .errors import ConfigError
 from .export import OnnxModel, check_outputs, example_input, export_onnx, load_model, save_sparse, save_shrunk, shrink
-from .metrics import count_macs
+from .metrics import count_pruned_macs
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,9 @@ def measure_latency(models: dict[str, nn.Module], sample: torch.Tensor, batch_si
 
     Args:
         models: name -> network (run on the CPU in eval mode). The first is the reference: every
-            ``speedup`` is its eager latency divided by the path's.
+            ``speedup`` is a ratio within one runtime, the reference's latency divided by the path's (eager
+            paths against the eager reference, ``ort_`` paths against ``ort_<reference>``; against the eager
+            reference when the reference itself is not timed in ONNX Runtime).
         sample: one input ``(1, C, H, W)``; each batch size gets a batch of that shape drawn from a
             normal distribution (seed 0).
         batch_sizes, runs, warmup: as in :func:`bench_model`.
@@ -224,11 +226,18 @@ def measure_latency(models: dict[str, nn.Module], sample: torch.Tensor, batch_si
                 x = torch.randn((b, *sample.shape[1:]), generator=g)
                 _update_diffs(result["max_abs_diff"], paths, reference, x)
                 t = latencies(paths, x, runs, warmup)
-                result["latency"][str(b)] = {k: {"seconds": v, "speedup": t[reference] / v} for k, v in t.items()}
+                result["latency"][str(b)] = {k: {"seconds": v, "speedup": t[_same_runtime(k, reference, t)] / v}
+                                             for k, v in t.items()}
                 log.info("batch %d: %s", b, ", ".join(f"{k} {1e3 * v:.2f} ms" for k, v in t.items()))
     finally:
         torch.set_num_threads(old_threads)
     return result
+
+
+def _same_runtime(path: str, reference: str, times: dict[str, float]) -> str:
+    """The path ``path``'s speedup is measured against: the reference in the same runtime."""
+    ort_reference = f"ort_{reference}"
+    return ort_reference if path.startswith("ort_") and ort_reference in times else reference
 
 
 def _ort_version() -> str:
@@ -255,8 +264,9 @@ def bench_model(model: nn.Module, metadata: dict, batch_sizes: tuple[int, ...] =
     Paths: ``dense`` (the pruned model as it is), ``shrunk`` (:func:`~sabr.export.shrink`), ``sparse``
     (:func:`sparsify` of the pruned model) and ``shrunk+sparse``, all eager PyTorch; with ``onnx``, also
     ``ort_dense`` and ``ort_shrunk`` (the dense and shrunk models in ONNX Runtime, see
-    :func:`measure_latency`). Each latency comes with its speedup over eager ``dense``; ``ideal_speedup``
-    is ``1 / (1 - macs_reduction)``, what the MAC count promises.
+    :func:`measure_latency`). Each latency comes with its speedup over ``dense`` in the same runtime (ONNX
+    Runtime shrunk against ONNX Runtime dense); ``ideal_speedup`` is ``macs_dense / macs_pruned``, what the MAC
+    count promises (:func:`~sabr.metrics.count_pruned_macs`, the MACs of the run's headline and summary).
 
     Args:
         model: the model as returned by :func:`~sabr.load_run`.
@@ -272,14 +282,14 @@ def bench_model(model: nn.Module, metadata: dict, batch_sizes: tuple[int, ...] =
     check_options(batch_sizes, runs, warmup, max_density, threads)
     model = model.cpu().eval()
     x1 = example_input(metadata, 1)
-    macs = count_macs(model, x1)
+    macs = count_pruned_macs(model, x1)
     small, rep = shrink(model, example_input(metadata, 2))
     sparse, switched = sparsify(model, max_density)
     small_sparse, _ = sparsify(small, max_density)
     paths = {"dense": model, "shrunk": small, "sparse": sparse, "shrunk+sparse": small_sparse}
     timing = measure_latency(paths, x1, batch_sizes, runs, warmup, threads, ("dense", "shrunk") if onnx else ())
     result = {"threads": timing["threads"], "runs": runs, "warmup": warmup,
-              "macs_dense": macs.macs_dense, "macs_pruned": macs.macs_pruned,
+              "macs_dense": macs.macs_dense, "macs_pruned": int(round(macs.macs_pruned)),
               "macs_reduction": macs.reduction, "ideal_speedup": 1.0 / max(1.0 - macs.reduction, 1e-12),
               "params_dense": rep.params_before, "params_shrunk": rep.params_after, "sparse_layers": switched,
               "onnxruntime": timing["onnxruntime"], "latency": timing["latency"],
@@ -290,12 +300,13 @@ def bench_model(model: nn.Module, metadata: dict, batch_sizes: tuple[int, ...] =
 
 def format_table(result: dict) -> str:
     """:func:`bench_model`'s (or :func:`bench_run`'s) figures as a text table: per batch size and model form,
-    eager and ONNX Runtime latency side by side, each with its speedup over eager ``dense``, next to the
-    ideal speedup and the largest output differences."""
+    eager and ONNX Runtime latency side by side, each with its speedup over ``dense`` in the same runtime, next
+    to the ideal speedup and the largest output differences."""
     r = result
     lines = [f"{r.get('model', {}).get('name', '?')}: MACs {r['macs_dense']:,} -> {int(r['macs_pruned']):,} "
              f"({100 * r['macs_reduction']:.2f}% fewer), ideal speedup {r['ideal_speedup']:.2f}x, "
-             f"{r['threads']} thread(s), median of {r['runs']} runs, onnxruntime {r.get('onnxruntime') or 'not used'}",
+             f"{r['threads']} thread(s), median of {r['runs']} runs, onnxruntime {r.get('onnxruntime') or 'not used'}; "
+             "each speedup is over dense in the same runtime",
              f"{'batch':>5}  {'path':<14} {'eager ms':>9} {'speedup':>8} {'ORT ms':>9} {'speedup':>8} {'ideal':>6}"
              f"  {'max |diff|':>10} {'ORT |diff|':>10}"]
     for b, paths in r["latency"].items():

@@ -116,9 +116,14 @@ def make_folder(path: str | Path) -> Path:
     return path
 
 
+def json_text(data: Any) -> str:
+    """``data`` as the indented JSON text every sabr file and ``--json`` output uses (tensors and arrays as lists)."""
+    return json.dumps(data, indent=2, default=_jsonable) + "\n"
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Write JSON atomically (temporary file, then rename): a crash never leaves half a file."""
-    atomic_write({Path(path): (json.dumps(data, indent=2, default=_jsonable) + "\n").encode()})
+    atomic_write({Path(path): json_text(data).encode()})
 
 
 def _jsonable(obj: Any) -> Any:

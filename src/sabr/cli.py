@@ -104,6 +104,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         summary = run(config_from_args(args), progress=not args.quiet, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return 0
+    if args.json:
+        from .checkpoint import json_text
+
+        sys.stdout.write(json_text(summary))
+        return 0
     print(format_table(summary))
     print(f"\nrun folder: {summary['config']['out']} (summary.md, summary.json, plots, checkpoints)")
     return 0
@@ -114,6 +119,8 @@ def _setup_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last finished epoch "
                    "(its saved settings are used)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (summary.json's content) on stdout "
+                   "instead of the table")
     _add_trust_flag(p)
     add_config_arguments(p)
 
@@ -268,14 +275,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .rundir import guard_outputs
 
     # a --json that would replace a file of the run is refused before measuring; written under the run's lock
-    writing = guard_outputs(args.run, [args.json], "--json") if args.json else None
+    writing = guard_outputs(args.run, [args.json], "--json") if args.json not in (None, "-") else None
     r = bench_run(args.run, phase=args.phase, trust_model_code=args.trust_model_code,
                   batch_sizes=tuple(args.batch_sizes), runs=args.runs, warmup=args.warmup,
                   max_density=args.max_density, threads=args.threads, onnx=not args.no_onnx)
+    if args.json == "-":
+        from .checkpoint import json_text
+
+        sys.stdout.write(json_text(r))
+        return 0
     print(format_table(r))
     if writing is not None:
         from .checkpoint import write_json
 
+        log.warning("sabr bench --json FILE is deprecated and goes in sabr 0.3.0: write `sabr bench --json > FILE`.")
         with writing:
             write_json(args.json, r)
         print(f"wrote {args.json}")
@@ -295,7 +308,9 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
                    help="torch (and onnxruntime) threads during timing (default: torch's choice)")
     p.add_argument("--no-onnx", action="store_true", help="leave out the ONNX Runtime paths (default: the dense and "
                    "shrunk models are also timed in onnxruntime, when it is installed)")
-    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                   help="print the figures as JSON on stdout instead of the table (--json FILE, which also writes "
+                        "them to FILE, is deprecated)")
     _add_trust_flag(p)
 
 

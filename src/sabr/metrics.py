@@ -43,6 +43,18 @@ class SparsityReport:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def __str__(self) -> str:
+        """A table: one row per tensor, then the regularised tensors together and every parameter."""
+        zero = "exact zeros" if self.eps == 0 else f"|w| <= {self.eps:g} counts as zero"
+        rows = [(l.name, l.total, l.nonzero, l.sparsity) for l in self.layers]
+        rows += [("regularised weights", self.total, self.nonzero, self.sparsity),
+                 ("all parameters", self.all_total, self.all_nonzero, self.all_sparsity)]
+        width = max(len(r[0]) for r in rows)
+        lines = [f"{'tensor':<{width}}  {'weights':>12}  {'non-zero':>12}  {'sparsity':>8}"]
+        lines += [f"{n:<{width}}  {t:>12,}  {nz:>12,}  {100 * sp:>7.2f}%" for n, t, nz, sp in rows]
+        lines.insert(len(lines) - 2, "-" * len(lines[0]))
+        return "\n".join(lines + [f"({zero})"])
+
 
 @torch.no_grad()
 def sparsity_report(model: nn.Module, params: Iterable[str] | None = None, eps: float = 0.0) -> SparsityReport:
@@ -207,3 +219,34 @@ def _report(model: nn.Module, macs: dict[tuple[str, str], int], batch: int,
     dense = sum(layer.macs_dense for layer in layers)
     pruned = sum(layer.macs_pruned for layer in layers)
     return MacsReport(layers, dense, pruned, 1.0 - pruned / dense if dense else 0.0)
+
+
+def count_pruned_macs(model: nn.Module, example_input: torch.Tensor) -> MacsReport:
+    """MACs per image as sabr reports them everywhere (the run's headline, ``summary.json``, ``sabr bench``).
+
+    ``macs_dense`` counts every convolution and matrix product of ``model`` at its full shape
+    (:func:`count_macs`). ``macs_pruned`` counts the products that remain to be done: those of the
+    :func:`~sabr.export.shrink` copy (the channels pruning emptied removed, with the next layers' matching
+    inputs; the same outputs), less those by a zero weight. Per layer the same, by weight name. A model
+    that torch.fx cannot trace is counted as it is (its zero weights left out).
+
+    Args:
+        model: the (pruned) network; it is not changed.
+        example_input: a batch shaped like real inputs, e.g. ``torch.zeros(1, 3, 64, 64)``.
+    """
+    from .errors import SabrError
+    from .export import shrink
+
+    full = count_macs(model, example_input)
+    x = example_input[:1].detach().cpu()
+    try:
+        small, _ = shrink(model, torch.cat([x, x]))
+    except SabrError as exc:
+        log.debug("count_pruned_macs: counted at full shape (%s)", exc)
+        return full
+    kept = {(l.name, l.weight): l for l in count_macs(small, x).layers}
+    layers = [LayerMacs(l.name, l.kind, l.weight, l.macs_dense, l.sparsity,
+                        kept[(l.name, l.weight)].macs_pruned if (l.name, l.weight) in kept else 0.0)
+              for l in full.layers]
+    pruned = sum(l.macs_pruned for l in layers)
+    return MacsReport(layers, full.macs_dense, pruned, 1.0 - pruned / full.macs_dense if full.macs_dense else 0.0)

@@ -36,6 +36,7 @@ from .prune_phase import prune_chosen, run_floor, search_budget
 from .regularizer import SABR
 from .resume import FinishedPhase, PhaseState, RunState
 from .rundir import RunDir
+from .version import versions
 
 __all__ = ["Experiment", "prepare", "evaluate_split", "train_base", "train_sabr", "finetune_masked",
            "prune_and_evaluate", "sweep", "PhaseResult", "run", "resume", "reprune"]
@@ -120,6 +121,7 @@ def _run(config: RunConfig, progress: bool, overwrite: bool, resume: bool, dist:
     if reg.groups is not None:
         summary["structured"] = report.structured_figures(pruned.model, list(reg.groups.values()),
                                                           exp.example_input())
+    summary.update(report.status_entry(summary), versions=versions())
     if dist.is_main:
         report.write_run_report(folder, summary, base.rows, sabr.rows, reg.history)
         folder.drop_resume()  # the run is complete: nothing left to resume
@@ -130,7 +132,7 @@ def _run(config: RunConfig, progress: bool, overwrite: bool, resume: bool, dist:
 def _check_base(exp: Experiment, base: PhaseResult) -> list[str]:
     """Warnings about the base model that make the run's figures meaningless (logged and kept in the summary)."""
     chance = 1 / len(exp.classes)
-    if base.val_accuracy >= 2 * chance:
+    if not report.near_chance(base.val_accuracy, len(exp.classes)):
         return []
     text = (f"the base model is near chance accuracy ({100 * base.val_accuracy:.1f}% on validation, chance "
             f"{100 * chance:.1f}%): what SABR keeps or removes from it means nothing; train it longer "

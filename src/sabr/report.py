@@ -1,7 +1,9 @@
-"""Everything a run writes for people: ``summary.json`` (the contract), ``summary.md``, plots, the table.
+"""Everything a run writes for people: ``summary.json`` (the contract), ``summary.md``, the terminal table.
 
-All of it is rendered from one summary dict (see :func:`build_summary`), so the JSON,
-the Markdown, the terminal table and the charts can never disagree.
+All of it is rendered from one summary dict (see :func:`build_summary`), so the JSON, the Markdown, the
+terminal table and the charts (:mod:`sabr.plots`) can never disagree. The first line of the table and of
+``summary.md`` is the run's status (:func:`run_status`): a run near chance, with nothing removed or outside
+its budget says so before any figure, with the next step to try.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from . import plots
 from .checkpoint import atomic_write, write_json
-from .metrics import count_macs, sparsity_report
+from .metrics import count_pruned_macs, sparsity_report
+from .plots import PLOTS, plot_accuracy_vs_sparsity  # noqa: F401 - re-exported: sabr prune draws its chart
 from .rundir import RunDir
 
 if TYPE_CHECKING:
@@ -26,18 +30,81 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PLOTS = RunDir.PLOTS
+STATUSES = ("ok", "outside_budget", "near_chance", "nothing_removed")
+"""The values of ``summary.json["status"]``; when several apply, the first of near_chance, nothing_removed,
+outside_budget is reported."""
 
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
 
-def _count(n: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= div:
-            return f"{n / div:.2f}{unit}"
-    return f"{int(n)}"
+_count = plots.count_text
+
+
+def near_chance(accuracy: float, num_classes: int) -> bool:
+    """Whether ``accuracy`` (a fraction) is no more than a tenth of the way from chance (``1 / num_classes``)
+    to perfect: 19% on 10 classes, 55% on 2."""
+    chance = 1 / max(num_classes, 1)
+    return accuracy < chance + (1 - chance) / 10
+
+
+def run_status(summary: dict) -> tuple[str, str]:
+    """``(status, what it means and the next step to try)`` of a finished run's summary (pure).
+
+    ``near_chance``: the base model (on validation) or the pruned model (on test) is near chance
+    (:func:`near_chance`), so the run's figures mean nothing. ``nothing_removed``: pruning zeroed no weight.
+    ``outside_budget``: no pruning factor kept the validation accuracy at the budget's floor (the least-pruned
+    model is kept). Otherwise ``ok``.
+    """
+    d, b, p = summary["dataset"], summary["base"], summary["pruned"]
+    budget, n = summary.get("budget") or {}, d["num_classes"]
+    chance = f"chance {_pct(1 / n)} on {n} classes"
+    cfg = summary.get("config", {})
+    structured = summary.get("structured") is not None or cfg.get("structured")
+    if near_chance(b["val_accuracy"], n):
+        return "near_chance", (f"the base model is near chance ({_pct(b['val_accuracy'])} validation accuracy, "
+                               f"{chance}), so what pruning keeps or removes from it means nothing; next: train it "
+                               "longer (--epochs-base), lower --lr, or check that the classes' images differ")
+    if near_chance(p["test_accuracy"], n):
+        return "near_chance", (f"the pruned model is near chance ({_pct(p['test_accuracy'])} test accuracy, "
+                               f"{chance}); next: set a budget (--max-drop) or prune less (--prune-teta1)")
+    if p["nonzero"] >= p["total"]:
+        what = "no channel" if structured else "no weight"
+        return "nothing_removed", (
+            f"pruning removed {what}: the kept model is as large and as slow as the base; next: allow a larger "
+            "drop (--max-drop), train phase 2 longer (--epochs-sabr)"
+            + (", or fine-tune longer (--finetune-epochs) so that the cut channels can recover" if structured
+               else ", or prune after a masked fine-tune (--finetune-epochs)"))
+    fixed = [f"--{k.replace('_', '-')} {cfg[k]:g}" for k in ("prune_teta1", "epsilon") if cfg.get(k) is not None]
+    if budget.get("max_drop") is not None and not budget.get("within_budget", True) and fixed:
+        return "outside_budget", (
+            f"the fixed pruning ({fixed[0]}) leaves validation below the budget's floor "
+            f"({_pct(budget['val_accuracy'])} against {_pct(budget.get('floor'))}); next: prune less, or leave "
+            f"{fixed[0].split()[0]} out so that the budget chooses the factor")
+    if budget.get("max_drop") is not None and not budget.get("within_budget", True):
+        return "outside_budget", (
+            f"no pruning factor kept validation within the budget ({_pct(budget['val_accuracy'])} against the floor "
+            f"{_pct(budget.get('floor'))}), so the least-pruned model is kept; next: raise --max-drop, train phase 2 "
+            "with a smaller --teta1, or fine-tune (--finetune-epochs)")
+    limit = (f"within the {100 * budget['max_drop']:g}-point budget on validation ({_pct(budget['val_accuracy'])}, "
+             f"floor {_pct(budget.get('floor'))})" if budget.get("max_drop") is not None
+             else "no budget (the factor was fixed)")
+    return "ok", limit
+
+
+def headline(summary: dict) -> list[str]:
+    """The run's first two result lines: its status (and the next step), then what it kept."""
+    status, message = summary.get("status") or run_status(summary)[0], summary.get("status_message")
+    if message is None:
+        message = run_status(summary)[1]
+    d, m, b, p = summary["dataset"], summary["model"], summary["base"], summary["pruned"]
+    drop = b["test_accuracy"] - p["test_accuracy"]
+    return [f"{status.upper()}: {message}",
+            f"{m['name']} on {d['name']} ({d['num_classes']} classes, {d['train']}/{d['val']}/{d['test']} "
+            f"train/val/test): {_pct(p['sparsity'])} of the weights zero, test accuracy {_pct(b['test_accuracy'])} "
+            f"-> {_pct(p['test_accuracy'])} (drop {100 * drop:.2f} points), MACs {_count(p['macs_dense'])} -> "
+            f"{_count(p['macs_pruned'])} per image"]
 
 
 def summary_rows(summary: dict) -> list[tuple[str, str, str, str]]:
@@ -90,40 +157,120 @@ def _budget_note(budget: dict | None, pruned: dict) -> str:
 
 
 def format_table(summary: dict) -> str:
-    """A plain-text table of the run for the terminal."""
+    """The run's result for the terminal: the status line, what it kept, then the phase table."""
     rows = [("phase", "accuracy", "sparsity", "")] + summary_rows(summary)
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3] for r in rows]
     lines.insert(1, "-" * len(lines[0]))
-    d, m, p = summary["dataset"], summary["model"], summary["pruned"]
-    drop = summary["base"]["test_accuracy"] - p["test_accuracy"]
-    lines += ["", f"{m['name']} on {d['name']} ({d['num_classes']} classes, {d['train']}/{d['val']}/{d['test']} "
-              f"train/val/test): accuracy drop {100 * drop:.2f} points, MACs {_count(p['macs_dense'])} -> "
-              f"{_count(p['macs_pruned'])} per image"]
-    return "\n".join(lines)
+    return "\n".join([*headline(summary), "", *lines])
 
 
-def render_markdown(summary: dict) -> str:
-    """``summary.md``: the headline table, per-layer figures and the plots."""
+def _floor_sentence(summary: dict) -> str:
+    budget, base = summary.get("budget") or {}, summary["base"]
+    if budget.get("max_drop") is None:
+        return "No budget (`--max-drop` unset): every factor is admitted."
+    plateau = base.get("val_plateau", base["val_accuracy"])
+    return (f"The floor is {_pct(budget['floor'])} validation accuracy: the base model's validation plateau "
+            f"({_pct(plateau)}, the median of its last ten epochs, at most its best epoch's "
+            f"{_pct(base['val_accuracy'])}) "
+            f"less the {100 * budget['max_drop']:g}-point budget (`--max-drop`).")
+
+
+def choice_rule(curve: list[dict], floor: float | None, kept: float, key: str = "val_accuracy") -> str:
+    """One sentence: why the search kept the factor ``kept`` among the ``curve``'s factors (``key`` is the
+    validation figure compared with ``floor``). It states :func:`sabr.budget.choose`'s rule on this run's numbers."""
+    ordered = sorted(curve, key=lambda c: c["teta1"])
+    if floor is None:
+        return f"Without a budget every factor is admitted, so the strongest ({kept:g}) was kept."
+    fail = next((c for c in ordered if c[key] < floor), None)
+    fits = [c for c in ordered if fail is None or c["teta1"] < fail["teta1"]]
+    if not fits:
+        return (f"No factor reached the floor (the weakest, {ordered[0]['teta1']:g}, scored {_pct(ordered[0][key])}), "
+                f"so the least-pruned ({kept:g}) was kept and the run is outside its budget.")
+    if fail is None:
+        return f"Every factor reached the floor, so the strongest ({kept:g}) was kept."
+    if len(fits) == 1:
+        return (f"Only the weakest factor ({kept:g}) reached the floor before {fail['teta1']:g} fell below it "
+                f"({_pct(fail[key])}), so it was kept.")
+    later = [c["teta1"] for c in ordered if c["teta1"] > fail["teta1"] and c[key] >= floor]
+    return (f"Factors up to {fits[-1]['teta1']:g} reached the floor and {fail['teta1']:g} was the first below it "
+            f"({_pct(fail[key])}); the rule keeps one factor of margin before the first failure, so {kept:g} was "
+            f"kept, not {fits[-1]['teta1']:g}: next to the cliff the validation split cannot tell a model that keeps "
+            "its test accuracy from one that loses several test images"
+            + (f" (a factor that reaches the floor again after the first failure, {', '.join(f'{t:g}' for t in later)}"
+               " here, counts as noise)" if later else "") + ".")
+
+
+def _edge(curve: list[dict], floor: float | None, key: str = "base_val_accuracy") -> str:
+    """`` (its last factor before the first below the floor, 0.65, and that one, 0.8)`` for the base's row."""
+    ordered = sorted(curve, key=lambda c: c["teta1"])
+    fail = next((i for i, c in enumerate(ordered) if floor is not None and c[key] < floor), None)
+    if not fail:  # no floor, every factor fits, or none does: the rule's sentence above says it all
+        return ""
+    return (f" (its last factor before the first below the floor is {ordered[fail - 1]['teta1']:g}, the first "
+            f"below it {ordered[fail]['teta1']:g})")
+
+
+def _choice_section(summary: dict) -> list[str]:
+    """``summary.md``'s explanation of the kept factor: the floor, the rule in one sentence, every factor tried."""
+    curve, budget, p, cfg = summary["curve"], summary.get("budget") or {}, summary["pruned"], summary.get("config", {})
+    floor = budget.get("floor") if budget.get("max_drop") is not None else None
+    kept = p.get("prune_teta1_before_finetune", budget.get("prune_teta1"))
+    if cfg.get("epsilon") is not None:
+        rule = f"`--epsilon {cfg['epsilon']:g}` set the pruning threshold; the factors were tried for the chart only."
+    elif cfg.get("prune_teta1") is not None:
+        rule = f"`--prune-teta1` fixed the factor at {kept:g}; the other factors were tried for the chart only."
+    else:
+        rule = choice_rule(curve, floor, kept)
+    if "channel_share" in p:
+        rule += (f" The masked fine-tune then cut every channel group to its top share and gave channels back while "
+                 f"validation stayed below the floor, keeping {100 * p['channel_share']:g}% of each group removed "
+                 f"({_pct(budget['val_accuracy'])} validation).")
+    elif "prune_teta1_before_finetune" in p:
+        rule += (f" The masked fine-tune then pruned further while validation held the floor, up to factor "
+                 f"{budget['prune_teta1']:g} ({_pct(budget['val_accuracy'])} validation).")
+    bp = summary.get("base_pruned") or {}
+    if bp and cfg.get("prune_teta1") is None and cfg.get("epsilon") is None:
+        rule += (f" The base model's weights went through the same rule: factor {bp['prune_teta1']:g}"
+                 f"{_edge(curve, floor)}.")
+    mark = lambda ok: "-" if floor is None else "yes" if ok else "no"  # noqa: E731
+    out = ["## How the pruning factor was chosen", "", _floor_sentence(summary), "", rule, "",
+           "Every factor tried on validation (SABR's weights and, pruned the same way, the base model's):", "",
+           "| factor | SABR zeros | SABR val | within the floor | base zeros | base val | within the floor |",
+           "|---|---|---|---|---|---|---|"]
+    for c in curve:
+        f = f"**{c['teta1']:g} (kept)**" if c["teta1"] == kept else f"{c['teta1']:g}"
+        base_kept = " (kept)" if bp.get("prune_teta1") == c["teta1"] else ""
+        out.append(f"| {f} | {_pct(c['sparsity'])} | {_pct(c['val_accuracy'])} | "
+                   f"{mark(floor is not None and c['val_accuracy'] >= floor)} | {_pct(c['base_sparsity'])} | "
+                   f"{_pct(c['base_val_accuracy'])} | {mark(floor is not None and c['base_val_accuracy'] >= floor)}"
+                   f"{base_kept} |")
+    return out
+
+
+def render_markdown(summary: dict, charts: list[str] | None = None) -> str:
+    """``summary.md``: the status first, the headline table, how the factor was chosen, per-layer figures and
+    the ``charts`` (default: :func:`sabr.plots.plots_for`)."""
     d, m, p = summary["dataset"], summary["model"], summary["pruned"]
-    out = [f"# SABR run: {m['name']} on {d['name']}", "",
+    status, facts = headline(summary)
+    name, _, message = status.partition(": ")
+    out = [f"# SABR run: {m['name']} on {d['name']} (status: {summary.get('status') or name.lower()})", "",
+           f"**{name}:** {message}.", "", facts + ".", "",
            f"{d['num_classes']} classes; {d['train']} train / {d['val']} val / {d['test']} test images "
            f"({d['image_size']}x{d['image_size']}, {d['channels']} channel(s)). {m['params']:,} parameters, "
            f"{m['regularised_weights']:,} of them in regularised Conv/Linear weights.", "",
            "| phase | accuracy | sparsity | note |", "|---|---|---|---|"]
     out += [f"| {a} | {b} | {c} | {n} |" for a, b, c, n in summary_rows(summary)]
+    if summary.get("curve"):
+        out += [""] + _choice_section(summary)
     out += ["", f"Sparsity is over the regularised weights; over all parameters the pruned model is "
-            f"{_pct(p['sparsity_all_params'])} zeros. MACs per image: {p['macs_dense']:,} dense, "
+            f"{_pct(p['sparsity_all_params'])} zeros. MACs per image (every convolution and matrix product, "
+            f"those by a zero weight or into a removed channel left out): {p['macs_dense']:,} dense, "
             f"{p['macs_pruned']:,} after pruning ({_pct(p['macs_reduction'])} fewer).", "",
             "| layer | weights | non-zero | sparsity | threshold | MACs dense | MACs pruned |",
             "|---|---|---|---|---|---|---|"]
     out += [f"| {l['name']} | {l['total']:,} | {l['nonzero']:,} | {_pct(l['sparsity'])} | {l['threshold']:.3g} | "
             f"{l['macs_dense']:,} | {l['macs_pruned']:,} |" for l in summary["layers"]]
-    if summary.get("curve"):
-        out += ["", "The budget search: SABR's and the base model's weights pruned at each factor, on validation:", "",
-                "| factor | SABR sparsity | SABR val | base sparsity | base val |", "|---|---|---|---|---|"]
-        out += [f"| {c['teta1']:g} | {_pct(c['sparsity'])} | {_pct(c['val_accuracy'])} | {_pct(c['base_sparsity'])} "
-                f"| {_pct(c['base_val_accuracy'])} |" for c in summary["curve"]]
     out += _calibration_lines(summary.get("calibration"))
     frozen = summary["sabr"].get("frozen_tensors")
     if frozen is not None:
@@ -131,7 +278,8 @@ def render_markdown(summary: dict) -> str:
                                             or "none") + "."]
     for w in summary.get("warnings", []):
         out += ["", f"**Warning:** {w}."]
-    out += [""] + [f"![{name[:-4]}]({name})" for name in PLOTS] + [""]
+    charts = plots.plots_for(summary) if charts is None else charts
+    out += [""] + [f"![{name[:-4]}]({name})" for name in charts] + [""]
     return "\n".join(out)
 
 
@@ -151,6 +299,15 @@ def _calibration_lines(c: dict | None) -> list[str]:
             "never used to choose)."]
 
 
+def status_entry(summary: dict) -> dict:
+    """``summary.json``'s ``status`` (one of :data:`STATUSES`) and ``status_message`` (its sentence with the next
+    step), from :func:`run_status`."""
+    status, message = run_status(summary)
+    if status != "ok":
+        log.warning("%s: %s", status, message)
+    return {"status": status, "status_message": message}
+
+
 def build_summary(exp: "Experiment", sabr_model: nn.Module, pruned: nn.Module, reg: "SABR", layer_stats: list,
                   figures: dict, curve: list[dict], config: dict) -> dict:
     """The ``summary.json`` contract (fractions in [0, 1], counts as integers)."""
@@ -158,7 +315,7 @@ def build_summary(exp: "Experiment", sabr_model: nn.Module, pruned: nn.Module, r
     sabr_exact = sparsity_report(sabr_model, params)
     sabr_near = sparsity_report(sabr_model, params, eps=reg.zero_eps)
     pruned_rep = sparsity_report(pruned, params)
-    macs = count_macs(pruned, exp.example_input())
+    macs = count_pruned_macs(pruned, exp.example_input())
     macs_by_weight = {m.weight: m for m in macs.layers}
     layers = []
     for s in layer_stats:
@@ -189,8 +346,9 @@ def build_summary(exp: "Experiment", sabr_model: nn.Module, pruned: nn.Module, r
 
 def structured_figures(pruned: nn.Module, groups: list, example_input: torch.Tensor, runs: int = 30) -> dict:
     """``summary.json``'s ``structured`` entry: the channels structured pruning removed, and the size, MACs
-    and measured batch-1 eager latency (medians, interleaved, this process's thread count) of the
-    :func:`~sabr.export.shrink` copy against the full-shape pruned model."""
+    (:func:`~sabr.metrics.count_pruned_macs`, the figures of the run's headline) and measured batch-1 eager
+    latency (medians, interleaved, this process's thread count) of the :func:`~sabr.export.shrink` copy against
+    the full-shape pruned model."""
     from .bench import latencies
     from .export import shrink
 
@@ -199,20 +357,23 @@ def structured_figures(pruned: nn.Module, groups: list, example_input: torch.Ten
     small, rep = shrink(model, torch.cat([x, x]))
     t = latencies({"dense": model, "shrunk": small}, x, runs=runs, warmup=3)
     kept = {g.name: rep.layers.get(g.name, (g.channels, g.channels))[1] for g in groups}
-    before, after = count_macs(model, x).macs_dense, count_macs(small, x).macs_dense
+    macs = count_pruned_macs(model, x)
     return {"groups": len(groups), "channels_before": sum(g.channels for g in groups),
             "channels_after": sum(kept.values()), "channels_kept": kept, "params_before": rep.params_before,
             "params_after": rep.params_after, "params_removed": 1 - rep.params_after / rep.params_before,
-            "macs_before": int(before), "macs_after": int(after), "threads": torch.get_num_threads(),
+            "macs_before": int(macs.macs_dense), "macs_after": int(round(macs.macs_pruned)),
+            "threads": torch.get_num_threads(),
             "latency_ms_batch1": {"dense": 1e3 * t["dense"], "shrunk": 1e3 * t["shrunk"]},
             "speedup_batch1": t["dense"] / t["shrunk"]}
 
 
 def write_run_report(run: RunDir | str | Path, summary: dict, base_rows: list[dict], sabr_rows: list[dict],
                      lambda_history: dict[str, list[float]]) -> None:
-    """Write ``summary.json``, ``summary.md``, ``lambdas.csv`` and every plot into the run folder ``run``."""
+    """Write ``summary.json``, ``summary.md``, ``lambdas.csv`` and the charts that fit the run
+    (:func:`sabr.plots.plots_for`) into the run folder ``run``."""
     run = run if isinstance(run, RunDir) else RunDir(run)
-    atomic_write({run.summary_md: render_markdown(summary).encode()})
+    charts = plots.plots_for(summary)
+    atomic_write({run.summary_md: render_markdown(summary, charts).encode()})
     names = list(lambda_history)
     buf = io.StringIO(newline="")
     w = csv.writer(buf)
@@ -220,163 +381,5 @@ def write_run_report(run: RunDir | str | Path, summary: dict, base_rows: list[di
     for i in range(len(lambda_history[names[0]]) if names else 0):
         w.writerow([i, *(lambda_history[n][i] for n in names)])
     atomic_write({run.lambdas_csv: buf.getvalue().encode()})
-    plots = [run.file(name) for name in PLOTS]
-    plot_training_curves(plots[0], base_rows, sabr_rows)
-    plot_lambda_history(plots[1], lambda_history)
-    plot_layer_sparsity(plots[2], summary["layers"])
-    plot_budget_search(plots[3], summary)
-    plot_savings(plots[4], plots[5], summary)
+    plots.draw(run.path, charts, summary, base_rows, sabr_rows, lambda_history)
     write_json(run.summary_json, summary)  # last: a folder without it is visibly unfinished
-
-
-# --------------------------------------------------------------------------- plots
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    """Render ``fig`` to PNG bytes, then write them atomically (a full disk leaves no half-written plot)."""
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    _plt().close(fig)
-    atomic_write({Path(path): buf.getvalue()})
-
-
-def plot_training_curves(path: Path, base_rows: list[dict], sabr_rows: list[dict]) -> None:
-    """Loss and accuracy per epoch, phase 1 then phase 2, with the phase boundary marked."""
-    plt = _plt()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    rows = [("base", r) for r in base_rows] + [("sabr", r) for r in sabr_rows]
-    x = list(range(1, len(rows) + 1))
-    ax1.plot(x, [r["train_loss"] for _, r in rows], label="train loss (+ L1 in phase 2)")
-    ax1.plot(x, [r["val_loss"] for _, r in rows], label="val loss")
-    ax2.plot(x, [100 * r["train_accuracy"] for _, r in rows], label="train accuracy")
-    ax2.plot(x, [100 * r["val_accuracy"] for _, r in rows], label="val accuracy")
-    for ax, label in ((ax1, "loss"), (ax2, "accuracy (%)")):
-        if base_rows and sabr_rows:
-            ax.axvline(len(base_rows) + 0.5, color="grey", ls="--", lw=1)
-            ax.text(len(base_rows) + 0.7, ax.get_ylim()[1], "SABR", va="top", color="grey")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.legend()
-        ax.grid(alpha=0.3)
-    ax1.set_yscale("log")
-    fig.suptitle("Training curves: base (phase 1) and SABR (phase 2)")
-    _save(fig, path)
-
-
-def plot_lambda_history(path: Path, history: dict[str, list[float]]) -> None:
-    """Every tensor's lambda per epoch (log scale), and their average."""
-    plt = _plt()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, values in history.items():
-        ax1.plot(range(len(values)), values, lw=1, label=name if len(history) <= 12 else None)
-    n = max((len(v) for v in history.values()), default=0)
-    mean = [sum(v[i] for v in history.values()) / len(history) for i in range(n)]
-    ax2.plot(range(n), mean, color="C3", marker="o", ms=3)
-    ax1.set_title("lambda per regularised tensor")
-    ax2.set_title("average lambda")
-    for ax in (ax1, ax2):
-        ax.set_xlabel("epoch of phase 2 (0 = initial)")
-        ax.set_ylabel("lambda")
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-    if len(history) <= 12:
-        ax1.legend(fontsize=6)
-    _save(fig, path)
-
-
-def _short(name: str) -> str:
-    return name[:-len(".weight")] if name.endswith(".weight") else name
-
-
-def plot_layer_sparsity(path: Path, layers: list[dict]) -> None:
-    """Per-layer sparsity after pruning (bars) with each layer's size."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(layers) + 2), 4.5))
-    x = range(len(layers))
-    ax.bar(x, [100 * l["sparsity"] for l in layers], color="C2")
-    ax.set_xticks(list(x), [f"{_short(l['name'])}\n({_count(l['total'])})" for l in layers], rotation=90, fontsize=7)
-    ax.set_ylabel("sparsity after pruning (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title("Per-layer sparsity (weights per layer in brackets)")
-    ax.grid(axis="y", alpha=0.3)
-    _save(fig, path)
-
-
-def plot_accuracy_vs_sparsity(path: Path, curve: list[dict], base_accuracy: float | None,
-                              points: dict[str, tuple[float, float]] | None = None, title: str = "") -> None:
-    """Test accuracy against sparsity for several pruning thresholds (the project description's chart)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    if curve:
-        ax.plot([100 * c["sparsity"] for c in curve], [100 * c["test_accuracy"] for c in curve], marker="o",
-                label="SABR + pruning at teta1 in " + ", ".join(f"{c['teta1']:g}" for c in curve))
-    if base_accuracy is not None:
-        ax.axhline(100 * base_accuracy, color="grey", ls="--", label=f"base model ({100 * base_accuracy:.2f}%)")
-    for i, (label, (s, a)) in enumerate((points or {}).items()):
-        ax.scatter([100 * s], [100 * a], s=60, zorder=3, color=f"C{i + 1}", label=label)
-    ax.set_xlabel("sparsity of regularised weights (%)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title or "Accuracy vs sparsity")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, path)
-
-
-def plot_budget_search(path: Path, summary: dict) -> None:
-    """Validation accuracy against sparsity at every pruning factor, SABR's weights and the base model's, with the
-    budget's floor and the chosen model: the picture of what SABR contributed."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    curve, budget = summary.get("curve", []), summary.get("budget") or {}
-    ax.plot([100 * c["sparsity"] for c in curve], [100 * c["val_accuracy"] for c in curve], marker="o",
-            label="SABR weights, pruned at each factor")
-    ax.plot([100 * c["base_sparsity"] for c in curve], [100 * c["base_val_accuracy"] for c in curve], marker="s",
-            color="grey", label="base weights, pruned the same way (no SABR)")
-    base_val = summary["base"]["val_accuracy"]
-    ax.axhline(100 * base_val, color="grey", ls="--", lw=1, label=f"base model ({100 * base_val:.2f}% val)")
-    if budget.get("max_drop") is not None:
-        floor = budget.get("floor", base_val - budget["max_drop"])  # summaries before the plateau had no floor
-        ax.axhline(100 * floor, color="C3", ls=":", label="budget floor (base's plateau less the budget)")
-    if budget:
-        ax.scatter([100 * summary["pruned"]["sparsity"]], [100 * budget["val_accuracy"]], s=90, zorder=3, color="C2",
-                   label=f"chosen (factor {budget['prune_teta1']:g}): {100 * summary['pruned']['test_accuracy']:.2f}% test")
-    ax.set_xlabel("sparsity of regularised weights (%)")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_ylim(max(0, 100 * base_val - 25), 100.5)
-    ax.set_title(f"{summary['model']['name']} on {summary['dataset']['name']}: the budget search")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
-    _save(fig, path)
-
-
-def plot_savings(overall_path: Path, per_layer_path: Path, summary: dict) -> None:
-    """Dense vs pruned MACs, overall and per layer."""
-    plt = _plt()
-    p = summary["pruned"]
-    fig, ax = plt.subplots(figsize=(5, 4))
-    bars = ax.bar(["dense", "pruned"], [p["macs_dense"], p["macs_pruned"]], color=["C0", "C2"])
-    ax.bar_label(bars, [_count(p["macs_dense"]), _count(p["macs_pruned"])])
-    ax.set_ylabel("MACs per image")
-    ax.set_title(f"Computational savings: {_pct(p['macs_reduction'])} fewer MACs")
-    _save(fig, overall_path)
-
-    layers = [l for l in summary["layers"] if l["macs_dense"]]
-    fig, ax = plt.subplots(figsize=(max(6, 0.4 * len(layers) + 2), 4.5))
-    x = list(range(len(layers)))
-    ax.bar([i - 0.2 for i in x], [l["macs_dense"] for l in layers], 0.4, label="dense")
-    ax.bar([i + 0.2 for i in x], [l["macs_pruned"] for l in layers], 0.4, label="pruned")
-    ax.set_xticks(x, [_short(l["name"]) for l in layers], rotation=90, fontsize=7)
-    ax.set_yscale("log")
-    ax.set_ylabel("MACs per image (log)")
-    ax.set_title("Computational savings per layer")
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
-    _save(fig, per_layer_path)
