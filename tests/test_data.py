@@ -132,3 +132,12 @@ def test_clear_errors(tmp_path):
     shutil.copy(shared_path("hg14-samples", "gesture_0.jpg"), tmp_path / "a" / "x.jpg")
     with pytest.raises(DataError, match="b in .* hold no"):
         load_dataset(tmp_path, Preprocess(8, 1), progress=False)
+
+
+def test_a_split_too_small_is_explained_in_sabrs_words():
+    ds = load_dataset("digits", Preprocess(8, 1), max_per_class=3)
+    with pytest.raises(DataError) as err:
+        split_dataset(ds)
+    text = str(err.value)
+    assert "30 images are too few to split 10 classes" in text and "test split would hold 3" in text
+    assert "test_size" not in text and "should be" not in text  # no scikit-learn text inside sabr's sentence

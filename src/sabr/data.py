@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import re
 import struct
 from dataclasses import asdict, dataclass, field
@@ -380,10 +381,12 @@ def split_dataset(ds: ImageDataset, seed: int = 0, test_fraction: float = 0.1, v
         train, val = train_test_split(rest, test_size=val_fraction, stratify=y[rest], random_state=seed)
         if train_per_class:
             train = per_class(train, y, train_per_class, seed)
-    except ValueError as exc:  # a split too small to hold one image of every class
+    except ValueError as exc:  # a split too small to hold one image of every class (said in sabr's words)
+        n_test = len(ds.test_index) if ds.test_index is not None else math.ceil(test_fraction * len(y))
+        n_val = math.ceil(val_fraction * (len(y) - n_test))
         raise DataError(f"{len(y)} images are too few to split {len(ds.classes)} classes into training, validation "
-                        f"and test sets with every class in each ({exc}); add images, or raise --max-per-class."
-                        ) from exc
+                        f"and test sets with every class in each: the test split would hold {n_test} and the "
+                        f"validation split {n_val} images; add images, or raise --max-per-class.") from exc
     return Splits(np.sort(train), np.sort(val), np.sort(test))
 
 
