@@ -199,10 +199,13 @@ def plot_budget_search(path: Path, summary: dict) -> None:
     curve, budget, p = summary.get("curve", []), summary.get("budget") or {}, summary["pruned"]
     sabr_x = [_density(c["sparsity"]) for c in curve]
     base_x = [_density(c["base_sparsity"]) for c in curve]
+    with_sabr = bool(summary["sabr"].get("epochs"))  # without phase-2 epochs both series are the base's weights
     ax.plot(base_x, [100 * c["base_val_accuracy"] for c in curve], marker="s", color="grey", ms=4,
-            label="base weights, pruned the same way (no SABR)")
-    ax.plot(sabr_x, [100 * c["val_accuracy"] for c in curve], marker="o", color="C0", ms=5, zorder=4,
-            label="SABR weights, pruned at each factor")
+            label="base weights, pruned the same way (no SABR)" if with_sabr else
+            "base weights, pruned at each factor (no SABR epochs)")
+    if with_sabr:
+        ax.plot(sabr_x, [100 * c["val_accuracy"] for c in curve], marker="o", color="C0", ms=5, zorder=4,
+                label="SABR weights, pruned at each factor")
     base_val = summary["base"]["val_accuracy"]
     ax.axhline(100 * base_val, color="grey", ls="--", lw=1, label=f"base model ({100 * base_val:.2f}% val)")
     if budget.get("max_drop") is not None:
@@ -245,8 +248,12 @@ def plot_savings(overall_path: Path, per_layer_path: Path | None, summary: dict)
     ax.bar([i + 0.2 for i in x], [l["macs_pruned"] for l in layers], 0.4, label="pruned")
     ax.set_xticks(x, [_short(l["name"]) for l in layers], rotation=90, fontsize=7)
     ax.set_yscale("log")
+    top = max((l["macs_dense"] for l in layers), default=1)
+    ax.set_ylim(top=8 * top)  # room above the bars for the legend
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: count_text(v)))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     ax.set_ylabel("MACs per image (log)")
     ax.set_title("Computational savings per layer")
-    ax.legend()
+    ax.legend(loc="upper right", ncol=2)
     ax.grid(axis="y", alpha=0.3)
     _save(fig, per_layer_path)
