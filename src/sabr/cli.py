@@ -89,7 +89,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import os
 
     from .pipeline import resume, run
-    from .report import format_table
+    from .report import format_result
     from .rundir import RunDir
 
     if args.resume:
@@ -104,13 +104,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         summary = run(config_from_args(args), progress=not args.quiet, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return 0
-    if args.json:
-        from .checkpoint import json_text
-
-        sys.stdout.write(json_text(summary))
-        return 0
-    print(format_table(summary))
-    print(f"\nrun folder: {summary['config']['out']} (summary.md, summary.json, plots, checkpoints)")
+    print(format_result(summary, as_json=args.json), end="")
     return 0
 
 
@@ -279,10 +273,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     r = bench_run(args.run, phase=args.phase, trust_model_code=args.trust_model_code,
                   batch_sizes=tuple(args.batch_sizes), runs=args.runs, warmup=args.warmup,
                   max_density=args.max_density, threads=args.threads, onnx=not args.no_onnx)
-    if args.json == "-":
+    if args.json == "-":  # the figures as JSON on stdout instead of the table
         from .checkpoint import json_text
 
-        sys.stdout.write(json_text(r))
+        print(json_text(r), end="")
         return 0
     print(format_table(r))
     if writing is not None:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import plots
-from .checkpoint import atomic_write, write_json
+from .checkpoint import atomic_write, json_text, write_json
 from .metrics import count_pruned_macs, sparsity_report
 from .plots import PLOTS, plot_accuracy_vs_sparsity  # noqa: F401 - re-exported: sabr prune draws its chart
 from .rundir import RunDir
@@ -163,6 +163,14 @@ def format_table(summary: dict) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3] for r in rows]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join([*headline(summary), "", *lines])
+
+
+def format_result(summary: dict, as_json: bool = False) -> str:
+    """What ``sabr run`` prints on stdout: ``summary.json``'s content as JSON, or the table and the run folder."""
+    if as_json:
+        return json_text(summary)
+    return (f"{format_table(summary)}\n\nrun folder: {summary['config']['out']} "
+            "(summary.md, summary.json, plots, checkpoints)\n")
 
 
 def _floor_sentence(summary: dict) -> str:
