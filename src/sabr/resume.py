@@ -74,6 +74,10 @@ class _Damaged(ValueError):
     """A value of a resume state that is not what :class:`RunState` defines (said as a phrase)."""
 
 
+_KINDS = {int: "an integer", str: "a string", dict: "a mapping", list: "a list", torch.Tensor: "a tensor",
+          (numbers.Real,): "a number", (numbers.Real, str): "a number or a string"}
+
+
 def _need(state: Any, key: str, kind: type | tuple[type, ...], what: str) -> Any:
     """``state[key]``, refused unless ``state`` is a dict holding a ``kind`` there (``bool`` is no number)."""
     if not isinstance(state, dict):
@@ -82,7 +86,7 @@ def _need(state: Any, key: str, kind: type | tuple[type, ...], what: str) -> Any
         raise _Damaged(f"{what} has no {key!r}")
     value = state[key]
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise _Damaged(f"{what}'s {key!r} is {value!r:.40}, not a {getattr(kind, '__name__', 'value of its type')}")
+        raise _Damaged(f"{what}'s {key!r} is {value!r:.40}, not {_KINDS.get(kind, 'a value of its type')}")
     return value
 
 
@@ -159,7 +163,7 @@ class FinishedPhase:
 
     @classmethod
     def from_dict(cls, state: Any, name: str) -> "FinishedPhase":
-        what = f"the finished phase {name!r}"
+        what = f"the finished phase {name}"
         return cls(_need(state, "val_accuracy", _NUMBER, what), _need(state, "test_accuracy", _NUMBER, what),
                    _need(state, "rows", list, what), _need(state, "extra", dict, what) if "extra" in state else {})
 
