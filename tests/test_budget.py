@@ -4,13 +4,13 @@ the reference preset, validation-only search, resume inside the search."""
 import copy
 import json
 import random
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 import torch
 from torch import nn
 
-from sabr import RunConfig, prune, sparsity_report
+from sabr import SABR, RunConfig, prune, sparsity_report
 from sabr import pipeline, prune_phase
 from sabr.budget import (MIN_GAIN, PLATEAU_EPOCHS, BudgetTracker, Trial, budget_floor, choose,
                          search_prune_factor, val_plateau)
@@ -160,6 +160,14 @@ def test_reference_preset_is_the_seeds_pipeline_and_flags_still_win():
     default = RunConfig()
     assert (default.max_drop, default.accuracy_threshold, default.prune_teta1, default.scale_teta1) == (
         0.01, "auto", None, True)
+    # the fast start is a default; the reference preset keeps the seed's x1.15 from the first epoch
+    assert default.fast_start == 2.0 and ref.fast_start is None
+    torch.manual_seed(0)
+    model = nn.Linear(6, 3)
+    reg = SABR(model, **asdict(ref.sabr_settings()))
+    start = reg.lambdas["weight"]
+    reg.step(0.9), reg.step(0.9)
+    assert reg.lambdas["weight"] == pytest.approx(start * 1.15 ** 2)
 
 
 TINY = dict(max_per_class=12, epochs_base=2, epochs_sabr=3, patience=2, sweep=[0.1, 0.3, 1.0], device="cpu",

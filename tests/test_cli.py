@@ -52,10 +52,12 @@ def test_run_config_command_reads_back_into_the_same_config():
     from sabr.config import RunConfig
 
     cfg = RunConfig(data="/data/my folder", model="lenet5", train_per_class=100, scale_teta1=False, bn_recalibrate=False,
-                    sweep=[0.1, 0.5], lr_sabr=3e-4, max_drop=0.02, seed=2, base_checkpoint="b.safetensors")
+                    sweep=[0.1, 0.5], lr_sabr=3e-4, max_drop=0.02, seed=2, base_checkpoint="b.safetensors",
+                    fast_start=1.5)
     line = cfg.command()
     assert line.startswith("sabr run --data '/data/my folder' --model lenet5 --train-per-class 100")
     assert "--no-scale-teta1" in line and "--epochs-base" not in line  # defaults are left out
+    assert "--fast-start 1.5" in line
     args = cli.build_parser().parse_args(shlex.split(line)[1:])
     assert RunConfig(**cli._given(args, RunConfig)) == cfg
     assert RunConfig().command() == "sabr run"

@@ -63,7 +63,7 @@ def test_auto_threshold_is_one_standard_error_with_a_floor():
 
 
 def test_growth_when_no_significant_drop():
-    reg = SABR(tiny(), growth_rate=1.1, accuracy_threshold=0.25)
+    reg = SABR(tiny(), growth_rate=1.1, accuracy_threshold=0.25, fast_start=None)  # the seed's rule
     before = dict(reg.lambdas)
     r = reg.step(1.0)  # first epoch sets best; drop 0
     assert r.action == "grow"
@@ -71,6 +71,59 @@ def test_growth_when_no_significant_drop():
     r = reg.step(0.75)  # drop 0.25 (exact in binary) is not > threshold: still growth
     assert r.action == "grow" and reg.best == 1.0
     assert all(reg.lambdas[n] == pytest.approx(before[n] * 1.1 ** 2) for n in NAMES)
+
+
+def test_fast_start_grows_by_its_factor_until_the_first_shrink_then_by_growth_rate():
+    reg = SABR(tiny(), growth_rate=1.15, decrease_rate=1.2, accuracy_threshold=0.01)  # fast_start 2 by default
+    assert reg.fast_start == 2.0 and not reg.shrunk
+    start = dict(reg.lambdas)
+    reg.step(0.90)
+    reg.step(0.895)  # a drop within the threshold still grows fast
+    assert reg.growth == 2.0
+    assert all(reg.lambdas[n] == pytest.approx(start[n] * 4) for n in NAMES)
+    assert reg.step(0.85).action == "shrink" and reg.shrunk
+    assert all(reg.lambdas[n] == pytest.approx(start[n] * 4 / 1.2) for n in NAMES)
+    reg.step(0.92)  # after the first shrink: the seed's rate, for good
+    assert reg.growth == 1.15
+    assert all(reg.lambdas[n] == pytest.approx(start[n] * 4 / 1.2 * 1.15) for n in NAMES)
+
+
+@pytest.mark.parametrize("off", [None, 1.0, 1.15])
+def test_fast_start_off_is_the_seeds_rule(off):
+    reg, seed = SABR(tiny(), fast_start=off), SABR(tiny(), fast_start=None)
+    for acc in (0.9, 0.91, 0.85, 0.9):
+        reg.step(acc), seed.step(acc)
+    assert reg.lambdas == seed.lambdas and reg.history == seed.history
+
+
+def test_fast_start_below_one_is_refused():
+    with pytest.raises(ConfigError, match="fast_start"):
+        SABR(tiny(), fast_start=0.5)
+
+
+def test_fast_start_state_round_trip_and_older_states():
+    reg = SABR(tiny(), fast_start=3.0, accuracy_threshold=0.01)
+    reg.step(0.9)
+    state = reg.state_dict()
+    assert state["fast_start"] == 3.0 and state["shrunk"] is False
+    again = SABR(tiny(), fast_start=None)
+    again.load_state_dict(state)
+    assert again.fast_start == 3.0 and not again.shrunk
+    for r in (reg, again):
+        r.step(0.91)
+    assert again.lambdas == reg.lambdas  # continues fast, identically
+    reg.step(0.5)
+    again.load_state_dict(reg.state_dict())
+    assert again.shrunk and again.growth == reg.growth_rate
+    # a state saved before the fast start existed: the rule that made it (none), shrunk read from the history
+    old = {k: v for k, v in reg.state_dict().items() if k not in ("fast_start", "shrunk")}
+    again.load_state_dict(old)
+    assert again.fast_start is None and again.shrunk
+    grown_only = SABR(tiny(), fast_start=None)
+    grown_only.step(0.9)
+    old = {k: v for k, v in grown_only.state_dict().items() if k not in ("fast_start", "shrunk")}
+    again.load_state_dict(old)
+    assert not again.shrunk
 
 
 def test_shrink_and_counter_on_drop_then_reset_on_growth():

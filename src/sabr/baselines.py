@@ -240,12 +240,12 @@ NEVER_FREEZE = 10**9  # a k_epoch no run reaches
 
 
 def fixed_l1_settings(settings: SabrSettings) -> SabrSettings:
-    """``settings`` with SABR's adaptation off: lambdas never grow or shrink, no tensor ever freezes.
+    """``settings`` with SABR's adaptation off: lambdas never grow or shrink (no fast start), no tensor ever freezes.
 
     Phase 2 with it is plain L1 regularisation with SABR's initial per-tensor lambdas
     (``teta1 * std(w)``); ``teta1`` and ``zero_eps`` are kept.
     """
-    return dataclasses.replace(settings, growth_rate=1.0, decrease_rate=1.0, k_epoch=NEVER_FREEZE)
+    return dataclasses.replace(settings, growth_rate=1.0, decrease_rate=1.0, k_epoch=NEVER_FREEZE, fast_start=None)
 
 
 def ramp_l1_settings(settings: SabrSettings) -> SabrSettings:

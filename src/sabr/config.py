@@ -27,6 +27,9 @@ class SabrSettings:
         accuracy_threshold: tolerated drop from the best validation accuracy, as a fraction.
         k_epoch: consecutive no-growth epochs after which one tensor freezes.
         zero_eps: a weight counts as near zero when ``|w| < zero_eps``.
+        fast_start: growth factor used instead of ``growth_rate`` until the first epoch that shrinks the
+            lambdas (SABR finds its strength in a few epochs on any dataset, docs/spec.md, phase 2); ``None``
+            or any value at most ``growth_rate`` (e.g. 1) turns it off.
     """
 
     teta1: float = 5e-4
@@ -35,6 +38,7 @@ class SabrSettings:
     accuracy_threshold: float = 0.007
     k_epoch: int = 2
     zero_eps: float = 1e-5
+    fast_start: float | None = 2.0
 
 
 SABR_DEFAULTS = SabrSettings()
@@ -63,11 +67,12 @@ BUDGET_FACTORS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.65, 0.8, 1.0, 1.25, 1.5
 
 PRESETS: dict[str, dict] = {
     "reference": dict(teta1=5e-4, scale_teta1=False, accuracy_threshold=0.007, growth_rate=1.15, decrease_rate=1.2,
-                      k_epoch=2, prune_teta1=0.2, gamma=0.1, max_drop=None, bn_recalibrate=False, epochs_sabr=40),
+                      k_epoch=2, fast_start=None, prune_teta1=0.2, gamma=0.1, max_drop=None, bn_recalibrate=False,
+                      epochs_sabr=40),
 }
 """``--preset NAME``: values that replace the defaults (flags and YAML keys given with it still win).
-``reference`` is the seed's pipeline: per-step lambdas, the fixed 0.7-point threshold, 40 epochs kept
-to the last, a fixed prune factor 0.2, no budget search and no BatchNorm recalibration."""
+``reference`` is the seed's pipeline: per-step lambdas, the fixed 0.7-point threshold, no fast start, 40 epochs
+kept to the last, a fixed prune factor 0.2, no budget search and no BatchNorm recalibration."""
 
 
 @dataclass
@@ -136,6 +141,9 @@ class RunConfig:
                                                  f"{SABR_DEFAULTS.accuracy_threshold:g}")
     k_epoch: int = _f(SABR_DEFAULTS.k_epoch, "epochs without growth before one tensor freezes", min=1)
     zero_eps: float = _f(SABR_DEFAULTS.zero_eps, "|w| below this counts as near zero during phase 2", gt=0)
+    fast_start: float | None = _f(SABR_DEFAULTS.fast_start, "lambda growth factor instead of --growth-rate until "
+                                                             "the first epoch that shrinks them (1: off, the seed's "
+                                                             "rule)", min=1)
     structured: bool = _f(False, "structured SABR on channel groups: whole channels pruned, a faster shrunk model")
     params: list[str] | None = _f(None, "names of the tensors to regularise (default: every Conv/Linear weight)",
                                   nargs="+")
