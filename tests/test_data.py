@@ -91,6 +91,14 @@ def test_train_per_class_subsamples_the_training_split_only():
     assert np.array_equal(split_dataset(ds, seed=3, train_per_class=10**6).train, whole.train)
 
 
+def test_val_per_class_subsamples_the_validation_split_only():
+    ds = load_dataset("digits", Preprocess(8, 1))
+    whole, small = split_dataset(ds, seed=3), split_dataset(ds, seed=3, val_per_class=5)
+    assert len(small.val) == 50 and np.isin(small.val, whole.val).all()
+    assert np.array_equal(small.train, whole.train) and np.array_equal(small.test, whole.test)
+    assert np.bincount(ds.labels.numpy()[small.val]).tolist() == [5] * 10
+
+
 def write_idx(path, array):
     dims = array.shape
     with gzip.open(path, "wb") as f:

@@ -91,6 +91,8 @@ class RunConfig:
     train_per_class: int | None = _f(None, "keep at most this many TRAINING images per class, after the split; "
                                            "validation and test stay whole (a small training set, exact figures)",
                                      min=1)
+    val_per_class: int | None = _f(None, "keep at most this many VALIDATION images per class, after the split (a "
+                                         "cheaper validation pass, less precise; the test split stays whole)", min=1)
     on_bad_image: str = _f("skip", "unreadable image files: 'skip' (listed in the run folder) or 'error'",
                            choices=["skip", "error"])
     pretrained: bool = _f(False, "start from torchvision's ImageNet weights (downloads them)")

@@ -357,12 +357,14 @@ class Splits:
 
 
 def split_dataset(ds: ImageDataset, seed: int = 0, test_fraction: float = 0.1, val_fraction: float = 0.2,
-                  train_per_class: int | None = None) -> Splits:
+                  train_per_class: int | None = None, val_per_class: int | None = None) -> Splits:
     """Stratified split: ``test_fraction`` for test, then ``val_fraction`` of the rest for validation.
 
     With the defaults that is 72/18/10. A dataset that ships its own test split (IDX ``t10k``) keeps it.
     ``train_per_class`` then keeps at most that many training images per class (:func:`per_class`,
     seeded): validation and test stay whole, so their figures keep their full precision.
+    ``val_per_class`` likewise keeps at most that many validation images per class (a cheaper validation
+    pass, at the price of precision: 2,000 images at 88% have a standard error of 0.73 points).
     """
     from sklearn.model_selection import train_test_split
 
@@ -381,6 +383,8 @@ def split_dataset(ds: ImageDataset, seed: int = 0, test_fraction: float = 0.1, v
         train, val = train_test_split(rest, test_size=val_fraction, stratify=y[rest], random_state=seed)
         if train_per_class:
             train = per_class(train, y, train_per_class, seed)
+        if val_per_class:
+            val = per_class(val, y, val_per_class, seed)
     except ValueError as exc:  # a split too small to hold one image of every class (said in sabr's words)
         n_test = len(ds.test_index) if ds.test_index is not None else math.ceil(test_fraction * len(y))
         n_val = math.ceil(val_fraction * (len(y) - n_test))

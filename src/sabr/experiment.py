@@ -84,7 +84,8 @@ def prepare(config: RunConfig, progress: bool = True, dist: DistContext | None =
     probe = Preprocess(size, channels)
     main = dist is None or dist.is_main
     ds = _read(config, probe, progress and main)
-    splits = split_dataset(ds, seed=config.seed, train_per_class=config.train_per_class)
+    splits = split_dataset(ds, seed=config.seed, train_per_class=config.train_per_class,
+                           val_per_class=config.val_per_class)
     if config.pretrained and channels == 3:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     elif config.stream:
