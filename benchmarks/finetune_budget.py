@@ -19,9 +19,8 @@ import torch
 
 from sabr import load_checkpoint, load_experiment, sparsity_report
 from sabr.budget import budget_floor, prune_copy
-from sabr.channels import group_parameters
 from sabr.checkpoint import write_json
-from sabr.phases import bn_recalibrator, channel_groups_of
+from sabr.phases import bn_recalibrator, units_of
 from sabr.pipeline import evaluate_split, finetune_masked
 
 
@@ -33,13 +32,13 @@ def probe(run: Path, factors: list[float], epochs: int) -> dict:
     model = load_checkpoint(run / "sabr.safetensors", exp.device)[0]
     # pruned and fine-tuned as the run's budget search and phase 3 do: whole channels in structured mode,
     # BatchNorm recalibrated after pruning when the run does it
-    groups = channel_groups_of(exp, model)
+    units = units_of(exp, model)
     recal = bn_recalibrator(exp) if exp.config.recalibrates else None
-    kept_zero = exp.config.params if groups is None else group_parameters(groups)
+    kept_zero = units.parameters
     rows = []
     for factor in factors:
         torch.manual_seed(exp.config.seed)
-        pruned, _ = prune_copy(model, factor, exp.config.gamma, exp.config.params, recal, groups)
+        pruned, _ = prune_copy(model, factor, exp.config.gamma, units, recal)
         before = evaluate_split(exp, pruned, exp.val)[1]
         tuned, _ = finetune_masked(exp, pruned, epochs, params=kept_zero, progress=False)
         rows.append({"factor": factor, "sparsity": sparsity_report(tuned, exp.config.params).sparsity,

@@ -38,8 +38,9 @@ from .metrics import sparsity_report
 from .models import set_dropout
 from .phases import bn_recalibrator, finetune_masked, sabr_scheduler, train_sabr
 from .pruning import apply_masks, prunable_sparsity, prune, zero_masks
-from .regularizer import SABR, SabrSettings, resolve_params
+from .regularizer import SABR, SabrSettings
 from .train import EpochStats, FitHooks, evaluate, fit, phase_generator, train_epoch
+from .weights import resolve_params
 
 __all__ = ["global_magnitude_prune", "layer_magnitude_prune", "threshold_prune_to", "magnitude_prune", "ALLOCATIONS",
            "oneshot_finetune", "gmp_sparsity", "GMPSchedule", "train_gmp", "fixed_l1_settings", "ramp_l1_settings",

@@ -31,7 +31,7 @@ import copy
 import itertools
 import logging
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import InitVar, dataclass, field, fields
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -39,7 +39,8 @@ from torch import nn
 
 from .channels import STRUCTURED_FACTOR
 from .config import BUDGET_FACTORS
-from .pruning import prunable_sparsity, prune, prune_channel_share
+from .pruning import prunable_sparsity, prune
+from .units import Units, legacy_units, takes_units
 
 log = logging.getLogger(__name__)
 
@@ -102,16 +103,16 @@ class BudgetTracker:
             lambdas to bring the accuracy back, and phase 2 runs on to its epoch limit if it never does.
         prune_teta1: the pruning factor the prunable sparsity is measured with (the rule's 0.2).
         gamma: the pruning rule's ``gamma``.
-        params: the regularised tensors (``None``: every Conv/Linear weight).
-        groups: structured mode: the channel groups the pruning rule removes channels of.
+        units: what the pruning rule acts on (:mod:`sabr.units`; ``None``: every Conv/Linear weight).
+        params: deprecated (a :class:`DeprecationWarning`): tensor names, in place of ``units``.
+        groups: deprecated (a :class:`DeprecationWarning`): channel groups, in place of ``units``.
     """
 
     floor: float
     patience: int
     prune_teta1: float = 0.2
     gamma: float = 0.1
-    params: list[str] | None = None
-    groups: list | None = field(default=None, repr=False)
+    units: Units | None = field(default=None, repr=False)
     best_epoch: int = 0
     best_sparsity: float = -1.0
     best_model: dict[str, torch.Tensor] | None = None
@@ -119,10 +120,15 @@ class BudgetTracker:
     fallback_epoch: int = 0
     fallback_accuracy: float = -1.0
     fallback_model: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    params: InitVar[list[str] | None] = None
+    groups: InitVar[list | None] = None
+
+    def __post_init__(self, params: list[str] | None, groups: list | None) -> None:
+        self.units = legacy_units("BudgetTracker", self.units, params, groups, stacklevel=4)
 
     def update(self, model: nn.Module, epoch: int, val_accuracy: float) -> float:
         """Score one finished epoch; returns its prunable sparsity. Keeps a copy of the weights on a gain."""
-        sparsity = prunable_sparsity(model, self.prune_teta1, self.gamma, self.params, self.groups)
+        sparsity = prunable_sparsity(model, self.prune_teta1, self.gamma, units=self.units)
         if val_accuracy >= self.floor and (1 - sparsity) <= (1 - self.best_sparsity) * (1 - MIN_GAIN):
             self.best_epoch, self.best_sparsity, self.since_gain = epoch, sparsity, 0
             self.best_model = _copy(model)
@@ -145,14 +151,14 @@ class BudgetTracker:
         return self.fallback_epoch, self.fallback_model, False
 
     def state_dict(self) -> dict:
-        """Everything the tracker holds (tensors and JSON values), for the resume state (not the groups,
+        """Everything the tracker holds (tensors and JSON values), for the resume state (not the units,
         which the run derives from its model)."""
-        return {k: v for k, v in asdict(self).items() if k != "groups"}
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "units"}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a :meth:`state_dict`."""
+        """Restore a :meth:`state_dict` (one saved with ``params``/``groups`` entries too)."""
         for key, value in state.items():
-            if key != "groups":
+            if key not in ("units", "params", "groups"):
                 setattr(self, key, value)
 
 
@@ -197,31 +203,33 @@ def choose(trials: Iterable[Trial], floor: float) -> tuple[Trial, bool]:
     return fitting[-2], True
 
 
-def prune_at(model: nn.Module, factor: float, gamma: float, params=None,
-             recalibrate: Callable[[nn.Module], None] | None = None, groups=None, share: bool = False) -> list:
+@takes_units
+def prune_at(model: nn.Module, factor: float, gamma: float, units: Units | None = None,
+             recalibrate: Callable[[nn.Module], None] | None = None, share: bool = False) -> list:
     """Prune ``model`` in place at ``factor`` (BatchNorm recalibrated when ``recalibrate`` is given) and
-    return :func:`sabr.pruning.prune`'s per-layer figures (``groups``: whole channels, structured mode).
-    With ``share``, ``factor`` is a share of every group's channels instead
-    (:func:`sabr.pruning.prune_channel_share`)."""
-    layers = (prune_channel_share(model, groups, factor) if share else
-              prune(model, teta1=factor, gamma=gamma, params=params, groups=groups))
+    return :func:`sabr.pruning.prune`'s per-layer figures (``units``: what to prune, :mod:`sabr.units`; default
+    every Conv/Linear weight). With ``share``, ``factor`` is a share of every group's channels instead
+    (:meth:`sabr.units.ChannelGroupUnits.prune_share`; ``units`` are then channel groups)."""
+    layers = units.prune_share(model, factor) if share else prune(model, teta1=factor, gamma=gamma, units=units)
     if recalibrate is not None:
         recalibrate(model)
     return layers
 
 
-def prune_copy(model: nn.Module, factor: float, gamma: float, params=None,
-               recalibrate: Callable[[nn.Module], None] | None = None, groups=None) -> tuple[nn.Module, list]:
+@takes_units
+def prune_copy(model: nn.Module, factor: float, gamma: float, units: Units | None = None,
+               recalibrate: Callable[[nn.Module], None] | None = None) -> tuple[nn.Module, list]:
     """A copy of ``model`` pruned by :func:`prune_at`, and its per-layer figures."""
     pruned = copy.deepcopy(model)
-    return pruned, prune_at(pruned, factor, gamma, params, recalibrate, groups)
+    return pruned, prune_at(pruned, factor, gamma, units, recalibrate)
 
 
+@takes_units
 def search_prune_factor(model: nn.Module, validate: Callable[[nn.Module], float], floor: float,
-                        gamma: float = 0.1, params=None, recalibrate: Callable[[nn.Module], None] | None = None,
+                        gamma: float = 0.1, units: Units | None = None,
+                        recalibrate: Callable[[nn.Module], None] | None = None,
                         factors: Iterable[float] = FACTORS, done: list[Trial] | None = None,
-                        on_trial: Callable[[list[Trial]], None] | None = None,
-                        groups=None) -> tuple[Trial, bool, list[Trial]]:
+                        on_trial: Callable[[list[Trial]], None] | None = None) -> tuple[Trial, bool, list[Trial]]:
     """Try every pruning factor on copies of ``model`` and :func:`choose` among them.
 
     Args:
@@ -230,12 +238,12 @@ def search_prune_factor(model: nn.Module, validate: Callable[[nn.Module], float]
             data the search takes: pass the validation split, never the test split.
         floor: the lowest admissible validation accuracy (:func:`budget_floor`).
         gamma: the pruning rule's ``gamma``.
-        params: the pruning rule's tensors (names; default: every Conv and Linear weight).
+        units: what the rule prunes (:mod:`sabr.units`; default every Conv/Linear weight). ``params=`` and
+            ``groups=`` still work, deprecated.
         recalibrate: applied to each pruned copy before it is validated (BatchNorm statistics).
         factors: the factors to try.
         done: trials already made (a resumed search continues after them).
         on_trial: called with the trials so far after each new one (e.g. to save a resume state).
-        groups: structured mode: prune whole channels of these groups (:mod:`sabr.channels`).
 
     Returns:
         ``(chosen trial, whether it fits the budget, every trial)``.
@@ -244,7 +252,7 @@ def search_prune_factor(model: nn.Module, validate: Callable[[nn.Module], float]
     for factor in factors:
         if any(t.factor == factor for t in trials):
             continue
-        pruned, layers = prune_copy(model, factor, gamma, params, recalibrate, groups)
+        pruned, layers = prune_copy(model, factor, gamma, units, recalibrate)
         trials.append(Trial.of(factor, layers, float(validate(pruned))))
         log.debug("budget: factor %g -> sparsity %.4f, val %.4f", factor, trials[-1].sparsity, trials[-1].val_accuracy)
         if on_trial is not None:

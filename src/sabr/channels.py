@@ -22,6 +22,8 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
+from .errors import ConfigError
+
 
 STRUCTURED_FACTOR = 1.0
 """The pruning factor at which phase 2 of structured SABR counts a channel as removable: to track the prunable
@@ -160,8 +162,9 @@ def group_parameters(groups: Sequence[ChannelGroup]) -> list[str]:
 
 
 def groups_by_name(groups: Sequence[ChannelGroup]) -> dict[str, ChannelGroup]:
-    """``name -> group``; raises ``ValueError`` on a repeated name."""
+    """``name -> group``; raises :class:`~sabr.errors.ConfigError` on a repeated name."""
     out = {g.name: g for g in groups}
     if len(out) != len(groups):
-        raise ValueError("channel group names must be unique")
+        repeated = sorted({g.name for g in groups if sum(h.name == g.name for h in groups) > 1})
+        raise ConfigError(f"channel group names must be unique, but {repeated[:3]} repeat; pass each group once.")
     return out

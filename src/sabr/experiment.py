@@ -22,8 +22,8 @@ from .data import (IMAGENET_MEAN, IMAGENET_STD, Preprocess, channel_stats, defau
 from .distributed import DistContext, init_from_env
 from .models import create_model, display_name, pin
 from .errors import ConfigError
-from .regularizer import resolve_params
 from .train import Split, batches, build_optimizer, evaluate
+from .weights import resolve_params
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .regularizer import default_param_names, resolve_params
+from .weights import default_param_names, resolve_params
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ from .pruning import apply_masks, prune, recalibrate_batchnorm, zero_masks
 from .budget import BudgetTracker
 from .ramp import PruneRamp, RampAction
 from .regularizer import SABR, SabrSettings, auto_threshold
+from .units import ChannelGroupUnits, TensorUnits, Units, takes_units
 from .resume import PhaseState, as_phase_state, restore_training, training_state
 from .train import (EpochStats, FitHooks, FitState, NonFiniteLossError, batches, evaluate, fit, phase_generator,
                     plateau_scheduler, progress_bar, train_epoch)
@@ -178,6 +179,14 @@ def channel_groups_of(exp: Experiment, model: nn.Module) -> list[ChannelGroup] |
     return channel_groups(model, exp.example_input(), exp.config.params)
 
 
+def units_of(exp: Experiment, model: nn.Module) -> Units:
+    """What the run regularises and prunes (:mod:`sabr.units`): the channel groups of ``model`` with
+    ``--structured`` (:func:`channel_groups_of`), else its tensors ``exp.config.params``."""
+    if exp.config.structured:
+        return ChannelGroupUnits(channel_groups_of(exp, model))
+    return TensorUnits.of(model, exp.config.params)
+
+
 def resolve_threshold(exp: Experiment, model: nn.Module, settings: SabrSettings,
                       val_accuracy: float | None = None) -> SabrSettings:
     """``settings`` with an ``"auto"`` accuracy threshold replaced by :func:`sabr.regularizer.auto_threshold`
@@ -214,8 +223,8 @@ def train_sabr(exp: Experiment, model: nn.Module, *, epochs: int | None = None, 
     else:  # the threshold the run started with (an "auto" one was resolved from the base model)
         hyper = dataclasses.replace(hyper, accuracy_threshold=resume.sabr["accuracy_threshold"])
     set_dropout(model, 0.0)
-    groups = budget.groups if budget is not None and budget.groups is not None else channel_groups_of(exp, model)
-    reg = SABR(model, **dataclasses.asdict(hyper), params=cfg.params, groups=groups,
+    units = budget.units if budget is not None and budget.units is not None else units_of(exp, model)
+    reg = SABR(model, **dataclasses.asdict(hyper), units=units,
                steps_per_epoch=steps_per_epoch(exp) if cfg.scale_teta1 else None)
     opt = exp.optimizer(model.parameters(), lr=(cfg.lr_sabr or cfg.lr) if lr is None else lr)
     sched = sabr_scheduler(opt)
@@ -262,23 +271,26 @@ def bn_recalibrator(exp: Experiment) -> Callable[[nn.Module], None]:
     return recalibrate
 
 
+@takes_units
 def prune_and_evaluate(exp: Experiment, model: nn.Module, teta1: float, gamma: float,
-                       epsilon: float | None = None, params=None, groups=None) -> tuple[nn.Module, list, float]:
-    """Prune a copy of ``model`` (whole channels of ``groups`` in structured mode) and return
-    ``(pruned copy, per-layer stats, test accuracy)``."""
+                       epsilon: float | None = None, units: Units | None = None) -> tuple[nn.Module, list, float]:
+    """Prune a copy of ``model`` (``units``: what to prune, :mod:`sabr.units`; default every Conv/Linear weight)
+    and return ``(pruned copy, per-layer stats, test accuracy)``."""
     pruned = copy.deepcopy(model)
-    stats = prune(pruned, teta1=teta1, gamma=gamma, epsilon=epsilon, params=params, groups=groups)
+    stats = prune(pruned, teta1=teta1, gamma=gamma, epsilon=epsilon, units=units)
     _, acc = evaluate_split(exp, pruned, exp.test)
     return pruned, stats, acc
 
 
-def sweep(exp: Experiment, model: nn.Module, teta1_values, gamma: float, params=None, groups=None) -> list[dict]:
-    """Accuracy vs sparsity: prune copies of ``model`` at each factor (``groups``: structured) and evaluate on
-    the test split."""
+@takes_units
+def sweep(exp: Experiment, model: nn.Module, teta1_values, gamma: float, units: Units | None = None) -> list[dict]:
+    """Accuracy vs sparsity: prune copies of ``model`` at each factor (``units``: what to prune, as in
+    :func:`prune_and_evaluate`) and evaluate on the test split; the sparsity is that of the run's tensors
+    (``exp.config.params``)."""
     curve = []
     for t in sorted(teta1_values):
-        pruned, _, acc = prune_and_evaluate(exp, model, t, gamma, params=params, groups=groups)
-        rep = sparsity_report(pruned, params)
+        pruned, _, acc = prune_and_evaluate(exp, model, t, gamma, units=units)
+        rep = sparsity_report(pruned, exp.config.params)
         curve.append({"teta1": t, "sparsity": rep.sparsity, "test_accuracy": acc})
     return curve
 

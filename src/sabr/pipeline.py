@@ -30,12 +30,13 @@ from .experiment import Experiment, evaluate_split, load_experiment, prepare
 from .export import load_run
 from .integrations.tensorboard import logger_for
 from .models import set_dropout
-from .phases import (channel_groups_of, finetune_masked, prune_and_evaluate, resolve_threshold, sweep, train_base,
-                     train_sabr)
+from .phases import (finetune_masked, prune_and_evaluate, resolve_threshold, sweep, train_base, train_sabr,
+                     units_of)
 from .prune_phase import prune_chosen, run_floor, search_budget
 from .regularizer import SABR
 from .resume import FinishedPhase, PhaseState, RunState
 from .rundir import RunDir
+from .units import ChannelGroupUnits
 from .version import versions
 
 __all__ = ["Experiment", "prepare", "evaluate_split", "train_base", "train_sabr", "finetune_masked",
@@ -118,8 +119,8 @@ def _run(config: RunConfig, progress: bool, overwrite: bool, resume: bool, dist:
     summary.update(budget=pruned.budget_summary(choice, base, sabr), base_pruned=pruned.base_figures,
                    calibration=calibration,
                    threads=torch.get_num_threads(), warnings=warnings, seconds=round(time.perf_counter() - started, 1))
-    if reg.groups is not None:
-        summary["structured"] = report.structured_figures(pruned.model, list(reg.groups.values()),
+    if isinstance(reg.units, ChannelGroupUnits):
+        summary["structured"] = report.structured_figures(pruned.model, list(reg.units.groups.values()),
                                                           exp.example_input())
     summary.update(report.status_entry(summary), versions=versions())
     if dist.is_main:
@@ -231,8 +232,7 @@ def _sabr_phase(exp: Experiment, folder: RunDir, base: PhaseResult, state: RunSt
     budget = None
     if cfg.max_drop is not None:
         track = cfg.prune_teta1 or (TRACK_FACTOR_STRUCTURED if cfg.structured else TRACK_FACTOR)
-        budget = BudgetTracker(run_floor(cfg, base), cfg.patience, track, cfg.gamma,
-                               cfg.params, channel_groups_of(exp, base.model))
+        budget = BudgetTracker(run_floor(cfg, base), cfg.patience, track, cfg.gamma, units_of(exp, base.model))
     settings = resolve_threshold(exp, base.model, cfg.sabr_settings(), base.val_accuracy)  # measured in phase 1
     model, reg, rows = train_sabr(exp, base.model, settings=settings, progress=progress, budget=budget, resume=resume,
                                   on_epoch=_saver(exp, folder, "sabr", done, board))
@@ -268,7 +268,7 @@ def _saved_sabr(exp: Experiment, folder: RunDir, base: PhaseResult,
     model = base.model
     set_dropout(model, 0.0)
     load_weights_into(model, state.sabr_model, source="the resume state")
-    reg = SABR(model, params=exp.config.params, groups=channel_groups_of(exp, model))
+    reg = SABR(model, units=units_of(exp, model))
     reg.load_state_dict(state.sabr_state)
     return PhaseResult.restored(model, state.done["sabr"]), reg, _read_base_weights(exp, folder)
 
@@ -325,7 +325,7 @@ def reprune(run_dir: str | Path, teta1_values, gamma: float = 0.1, progress: boo
     model.to(exp.device)
     base_meta = folder.checkpoint("base").with_suffix(".json")
     base_acc = read_metadata(base_meta).get("test_accuracy") if base_meta.is_file() else None
-    curve = sweep(exp, model, teta1_values, gamma, cfg.params, channel_groups_of(exp, model))
+    curve = sweep(exp, model, teta1_values, gamma, units_of(exp, model))
     with folder.writing():  # the run's lock held; the files listed in its manifest
         write_json(folder.tradeoff_json, {"gamma": gamma, "base_test_accuracy": base_acc, "curve": curve})
         report.plot_accuracy_vs_sparsity(folder.tradeoff_png, curve, base_acc, title=f"{meta['model']['name']} "

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from .budget import CHANNEL_SHARES, Trial, budget_floor, prune_at, prune_copy, search_prune_factor
-from .channels import group_parameters
 from .checkpoint import load_weights_into, save_checkpoint
 from .config import RunConfig
 from .experiment import Experiment, evaluate_split
@@ -24,6 +23,7 @@ from .ramp import GrowingRamp, PruneRamp, ShrinkingRamp
 from .regularizer import SABR
 from .resume import RunState
 from .rundir import RunDir
+from .units import ChannelGroupUnits, Units
 
 if TYPE_CHECKING:
     from .pipeline import PhaseResult
@@ -57,7 +57,7 @@ class BudgetChoice:
     base_chosen: Trial
     base_fits: bool
     base_model: nn.Module
-    groups: list | None = None  # structured mode: the regulariser's channel groups, pruned in phase 3
+    units: Units | None = None  # what the regulariser acted on, pruned in phase 3 (None: every Conv/Linear weight)
 
     def curve(self) -> list[dict]:
         """The run's accuracy-vs-sparsity chart: every factor tried, on validation, SABR and base side by side."""
@@ -107,15 +107,14 @@ def search_budget(exp: Experiment, folder: RunDir, base: "PhaseResult", sabr: "P
     trials = {k: list(v) for k, v in state.trials.items()} if state is not None and state.phase == "budget" else {}
     done = {"base": base.saved(), "sabr": sabr.saved()}
     results = {}
-    groups = None if reg.groups is None else list(reg.groups.values())
     for name, model in (("sabr", sabr.model), ("base", base_model)):
         def on_trial(ts: list[Trial], name: str = name) -> None:
             trials[name] = ts
             if exp.dist.is_main:
                 folder.save_resume(RunState("budget", done, epoch=len(sabr.rows), trials=trials,
                                             sabr_model=sabr.model.state_dict(), sabr_state=reg.state_dict()))
-        results[name] = search_prune_factor(model, validate, floor, cfg.gamma, cfg.params, recal, factors,
-                                            done=trials.get(name), on_trial=on_trial, groups=groups)
+        results[name] = search_prune_factor(model, validate, floor, cfg.gamma, reg.units, recal, factors,
+                                            done=trials.get(name), on_trial=on_trial)
     (chosen, fits, ts), (b_chosen, b_fits, b_ts) = results["sabr"], results["base"]
     if cfg.prune_teta1 is not None:
         chosen = next(t for t in ts if t.factor == cfg.prune_teta1)
@@ -128,7 +127,7 @@ def search_budget(exp: Experiment, folder: RunDir, base: "PhaseResult", sabr: "P
     log.info("budget: pruning factor %g -> sparsity %.2f%%, validation %.2f%% (base %.2f%%, plateau %.2f%%, floor "
              "%.2f%%)", chosen.factor, 100 * chosen.sparsity, 100 * chosen.val_accuracy, 100 * base.val_accuracy,
              100 * budget_reference(base), 100 * floor)
-    return BudgetChoice(cfg.max_drop, floor, ts, chosen, fits, b_ts, b_chosen, b_fits, base_model, groups=groups)
+    return BudgetChoice(cfg.max_drop, floor, ts, chosen, fits, b_ts, b_chosen, b_fits, base_model, units=reg.units)
 
 
 def _ramp(exp: Experiment, choice: BudgetChoice, pruned: nn.Module, layers: list, recal) -> PruneRamp | None:
@@ -141,26 +140,27 @@ def _ramp(exp: Experiment, choice: BudgetChoice, pruned: nn.Module, layers: list
     cfg = exp.config
     if cfg.max_drop is None or cfg.prune_teta1 is not None or cfg.epsilon is not None:
         return None
-    if choice.groups is not None:
+    if isinstance(choice.units, ChannelGroupUnits):
         return ShrinkingRamp.start(pruned, choice.floor, CHANNEL_SHARES, choice.chosen.val_accuracy,
-                                   groups=choice.groups, recalibrate=recal, layers=layers, patience=cfg.k_epoch)
+                                   groups=list(choice.units.groups.values()), recalibrate=recal, layers=layers,
+                                   patience=cfg.k_epoch)
     factors = [f for f in sorted(set(cfg.sweep)) if f >= choice.chosen.factor]
     return GrowingRamp.start(pruned, choice.floor, factors, choice.chosen.val_accuracy, layers=layers,
-                             prune=lambda model, to: prune_at(model, to, cfg.gamma, cfg.params, recal))
+                             prune=lambda model, to: prune_at(model, to, cfg.gamma, choice.units, recal))
 
 
 def _prune_models(exp: Experiment, model: nn.Module, choice: BudgetChoice, recal) -> tuple[nn.Module, list, nn.Module]:
     """Copies of the SABR ``model`` pruned at the chosen factor (or ``--epsilon``) and of the base model at its
     own: ``(pruned, its per-layer figures, pruned base)``."""
-    cfg, groups = exp.config, choice.groups
+    cfg, units = exp.config, choice.units
     if cfg.epsilon is not None:
         pruned = copy.deepcopy(model)
-        layers = prune(pruned, epsilon=cfg.epsilon, params=cfg.params, groups=groups)
+        layers = prune(pruned, epsilon=cfg.epsilon, units=units)
         if recal is not None:
             recal(pruned)
     else:
-        pruned, layers = prune_copy(model, choice.chosen.factor, cfg.gamma, cfg.params, recal, groups)
-    base_pruned, _ = prune_copy(choice.base_model, choice.base_chosen.factor, cfg.gamma, cfg.params, recal, groups)
+        pruned, layers = prune_copy(model, choice.chosen.factor, cfg.gamma, units, recal)
+    base_pruned, _ = prune_copy(choice.base_model, choice.base_chosen.factor, cfg.gamma, units, recal)
     return pruned, layers, base_pruned
 
 
@@ -189,8 +189,8 @@ def _finetune(exp: Experiment, folder: RunDir, start: PrunedResult, choice: Budg
               board=None) -> PrunedResult:
     """The masked fine-tune of the pruned model (with the budget's ramp when it chose the factor); rank 0 writes
     its history. Returns the fine-tuned result, its figures completed."""
-    cfg, groups = exp.config, choice.groups
-    kept_zero = cfg.params if groups is None else group_parameters(groups)  # pruned channels stay exactly zero
+    cfg = exp.config
+    kept_zero = choice.units.parameters  # pruned weights (and channels' biases and BatchNorms) stay exactly zero
     on_row = None if board is None else lambda r: board.log_epoch("finetune", {"rows": [r]})  # noqa: E731
     ramp = _ramp(exp, choice, start.model, start.layers, recal)
     pruned, rows = finetune_masked(exp, start.model, cfg.finetune_epochs, params=kept_zero, on_row=on_row,
@@ -206,7 +206,7 @@ def _finetune(exp: Experiment, folder: RunDir, start: PrunedResult, choice: Budg
         figures.update(prune_teta1_before_finetune=choice.chosen.factor,
                        val_accuracy_before_finetune=choice.chosen.val_accuracy,
                        within_budget_before_finetune=choice.fits)
-        if groups is None:  # the ramp grew the factor itself
+        if isinstance(ramp, GrowingRamp):  # the ramp grew the factor itself
             factor = ramp.kept_factor
         else:  # the factor stays the search's; the ramp's share of channels goes on top of it
             factor, figures["channel_share"] = choice.chosen.factor, ramp.kept_factor

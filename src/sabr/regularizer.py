@@ -18,9 +18,9 @@ The rules follow ``docs/spec.md`` (phase 2) exactly:
   few epochs instead of the ~24 the seed's x1.15 needs to grow x30; after the first shrink, the seed's rule.
   ``fast_start=None`` (or at most ``growth_rate``) is the seed's rule throughout.
 
-Structured SABR (``groups=``, :mod:`sabr.channels`) applies the same rules to channel groups instead of
-tensors: one lambda per group of coupled output channels, a group-lasso term, and a frozen group is one
-whose weight tensors stop training.
+The units are tensors by default; structured SABR (``groups=``, :mod:`sabr.channels`) applies the same rules
+to channel groups instead: one lambda per group of coupled output channels, a group-lasso term, and a frozen
+group is one whose weight tensors stop training. Each kind's term and freeze choice live in :mod:`sabr.units`.
 
 Counters are not reset by a freeze: while the accuracy stays below ``best - accuracy_threshold`` the
 remaining tensors keep a counter ``>= k_epoch``, so one more tensor freezes each such epoch.
@@ -48,20 +48,27 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
 
+from .channels import ChannelGroup
 from .config import SABR_DEFAULTS as DEFAULTS
 from .config import SabrSettings
-from .channels import STRUCTURED_FACTOR, ChannelGroup, group_lasso, groups_by_name
 from .errors import ConfigError
 from .fields import check_number
+from .units import Units, make_units
+from .weights import default_param_names, population_std, resolve_params
+
+__all__ = ["AUTO_THRESHOLD_FLOOR", "AUTO_THRESHOLD_Z", "DEFAULTS", "REFERENCE_STEPS", "SABR", "SabrSettings",
+           "StepResult", "auto_threshold", "check_settings",
+           # their home is sabr.weights; imported from here before it existed
+           "default_param_names", "population_std", "resolve_params"]
 
 log = logging.getLogger(__name__)
-
 
 
 REFERENCE_STEPS = 100
@@ -85,53 +92,6 @@ def auto_threshold(val_accuracy: float, val_size: int, z: float = AUTO_THRESHOLD
         raise ConfigError(f"the validation split is empty; the auto accuracy threshold needs images, got {val_size}.")
     p = min(max(float(val_accuracy), 0.0), 1.0)
     return max(float(floor), z * math.sqrt(p * (1.0 - p) / val_size))
-
-
-def population_std(t: torch.Tensor) -> float:
-    """numpy's ``np.std`` of a tensor (population std, no Bessel correction), as the seed's code takes it."""
-    return float(t.detach().double().std(correction=0)) if t.numel() > 1 else 0.0
-
-
-_ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
-
-
-def default_param_names(model: nn.Module) -> list[str]:
-    """Names of every weight matrix, in ``named_parameters()`` order: the ``weight`` of every ``Conv*d`` and
-    ``Linear`` module (attention output projections included) and the input projections of every
-    ``nn.MultiheadAttention`` (``in_proj_weight``, or ``q/k/v_proj_weight``)."""
-    wanted = set()
-    for mod_name, module in model.named_modules():
-        prefix = f"{mod_name}." if mod_name else ""
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and module.weight is not None:
-            wanted.add(prefix + "weight")
-        elif isinstance(module, nn.MultiheadAttention):
-            wanted.update(prefix + n for n in _ATTENTION_WEIGHTS if getattr(module, n, None) is not None)
-    return [name for name, _ in model.named_parameters() if name in wanted]
-
-
-def resolve_params(model: nn.Module, params: Iterable[str] | None = None) -> dict[str, nn.Parameter]:
-    """Map the regularised tensor names to the model's parameters.
-
-    Args:
-        model: the network.
-        params: parameter names (as in ``model.named_parameters()``); ``None`` selects the weights of
-            every Conv and Linear module.
-
-    Raises:
-        ConfigError: a name is not a parameter of the model, or nothing is selected.
-    """
-    named = dict(model.named_parameters())
-    names = default_param_names(model) if params is None else list(params)
-    missing = [n for n in names if n not in named]
-    if missing:
-        raise ConfigError(
-            f"these names are not parameters of the model: {missing[:5]}. "
-            "Use names from model.named_parameters(), e.g. 'features.0.weight'."
-        )
-    if not names:
-        raise ConfigError("no tensor to regularise: the model has no Conv or Linear weight; pass params=[...].")
-    order = {n: i for i, n in enumerate(named)}
-    return {n: named[n] for n in sorted(names, key=order.__getitem__)}
 
 
 def check_settings(**settings: Any) -> None:
@@ -185,9 +145,11 @@ class SABR:
             counting live channels would tie every group and freeze the smallest ones before any of their
             channels could go). Freezing a group freezes its weight tensors (each belongs to one group).
             ``params`` is ignored.
+        units: the units to regularise (:mod:`sabr.units`), in place of ``params`` / ``groups``.
 
     Attributes:
-        units: unit name -> its tensor names: one tensor per unit, or a channel group's tensors.
+        units: the :class:`~sabr.units.Units`, a mapping unit name -> its tensor names: one tensor per unit, or
+            a channel group's tensors.
         params: tensor name -> parameter, every regularised tensor.
         lambdas: unit name -> current lambda (float).
         frozen: the names of frozen units (they no longer train; their lambda is kept).
@@ -210,6 +172,8 @@ class SABR:
         steps_per_epoch: int | None = None,
         groups: Sequence[ChannelGroup] | None = None,
         fast_start: float | None = DEFAULTS.fast_start,
+        *,
+        units: Units | None = None,
     ) -> None:
         check_settings(teta1=teta1, growth_rate=growth_rate, decrease_rate=decrease_rate,
                        accuracy_threshold=accuracy_threshold, k_epoch=k_epoch, zero_eps=zero_eps,
@@ -223,15 +187,11 @@ class SABR:
         self.k_epoch = int(k_epoch)
         self.zero_eps = float(zero_eps)
         self.fast_start = None if fast_start is None else float(fast_start)
-        self.groups = None if groups is None else groups_by_name(groups)
-        if self.groups is None:
-            self.params = resolve_params(model, params)
-            self.units: dict[str, tuple[str, ...]] = {n: (n,) for n in self.params}
-        else:
-            if not self.groups:
-                raise ConfigError("structured SABR found no channel group to regularise in this model.")
-            self.params = resolve_params(model, [w for g in self.groups.values() for w in g.weights])
-            self.units = {name: g.weights for name, g in self.groups.items()}
+        self.units = make_units(model, params, groups, units)
+        if not self.units:
+            raise ConfigError(f"SABR found no {self.units.kind} to regularise in this model; pass units that "
+                              "name some.")
+        self.params = resolve_params(model, [n for names in self.units.values() for n in names])
         self.lambdas: dict[str, float] = {u: self.teta1 * population_std(self._flat(u)) for u in self.units}
         self.counters: dict[str, int] = {u: 0 for u in self.units}
         self.frozen: set[str] = set()
@@ -260,9 +220,14 @@ class SABR:
         return torch.stack(terms).sum()
 
     def _norm(self, unit: str) -> torch.Tensor:
-        if self.groups is None:
-            return self.params[unit].abs().sum()
-        return group_lasso(self.params, self.groups[unit])
+        return self.units.norm(self.params, unit)
+
+    @property
+    def groups(self) -> dict | None:
+        """Deprecated: structured mode's channel groups by name (``None`` otherwise); use :attr:`units`."""
+        warnings.warn("SABR.groups is deprecated: use SABR.units (ChannelGroupUnits.groups in structured mode).",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(self.units, "groups", None)
 
     def _flat(self, unit: str) -> torch.Tensor:
         return torch.cat([self.params[n].detach().flatten() for n in self.units[unit]])
@@ -305,18 +270,11 @@ class SABR:
         return fast if fast is not None and not self.shrunk and fast > self.growth_rate else self.growth_rate
 
     def _freeze_sparsest(self, unfrozen: list[str]) -> str | None:
-        if self.groups is None:
-            counts = {n: int((self.params[n].detach().abs() >= self.zero_eps).sum()) for n in unfrozen}
-            name = min(unfrozen, key=lambda n: counts[n])  # min() keeps the first of equal counts
-        else:
-            from .pruning import removed_channels  # pruning builds on this module
-
-            shares = {u: float(removed_channels(self.params, self.groups[u], STRUCTURED_FACTOR).float().mean())
-                      for u in unfrozen}
-            ready = [u for u in unfrozen if shares[u] > 0]
-            if not ready:  # no group has a removable channel yet: freezing one would keep all of its channels
-                return None
-            name = max(ready, key=lambda u: shares[u])  # max() keeps the first of equal shares
+        scores = {u: self.units.freeze_score(self.params, u, self.zero_eps) for u in unfrozen}
+        ready = [u for u in unfrozen if scores[u] is not None]
+        if not ready:  # no unit is ready (no channel group has a removable channel yet)
+            return None
+        name = max(ready, key=scores.__getitem__)  # max() keeps the first of equal scores
         self.freeze(name)
         return name
 
@@ -355,7 +313,7 @@ class SABR:
             "fast_start": self.fast_start,
             "steps_per_epoch": self.steps_per_epoch,
             "params": list(self.units),
-            "groups": None if self.groups is None else [g.to_dict() for g in self.groups.values()],
+            "groups": self.units.to_json(),
             "lambdas": dict(self.lambdas),
             "counters": dict(self.counters),
             "frozen": [u for u in self.units if u in self.frozen],

@@ -24,6 +24,7 @@ from ..channels import ChannelGroup
 from ..config import SABR_DEFAULTS as DEFAULTS
 from ..errors import ConfigError
 from ..regularizer import SABR, check_settings
+from ..units import Units
 from .tensorboard import epoch_scalars
 
 
@@ -34,8 +35,8 @@ class SABRCallback(pl.Callback):
         monitor: the metric (a validation accuracy, as a fraction) that :meth:`SABR.step` reads once per
             epoch, after validation; the module logs it with ``self.log(monitor, ...)``.
         teta1: as in :class:`sabr.SABR`, with the same default; so are ``growth_rate``, ``decrease_rate``,
-            ``accuracy_threshold``, ``k_epoch``, ``zero_eps``, ``fast_start``, ``params``, ``groups`` and
-            ``steps_per_epoch``.
+            ``accuracy_threshold``, ``k_epoch``, ``zero_eps``, ``fast_start``, ``params``, ``groups``,
+            ``steps_per_epoch`` and ``units``.
         scale_teta1: when ``steps_per_epoch`` is None, give SABR the trainer's number of training batches
             per epoch (``sabr run``'s ``--scale-teta1``: an epoch pulls as 100 steps would, whatever the
             dataset size); False keeps the spec's per-step lambdas.
@@ -50,7 +51,7 @@ class SABRCallback(pl.Callback):
                  zero_eps: float = DEFAULTS.zero_eps, params: Iterable[str] | None = None,
                  groups: Sequence[ChannelGroup] | None = None,
                  steps_per_epoch: int | None = None, scale_teta1: bool = True,
-                 fast_start: float | None = DEFAULTS.fast_start) -> None:
+                 fast_start: float | None = DEFAULTS.fast_start, *, units: Units | None = None) -> None:
         check_settings(teta1=teta1, growth_rate=growth_rate, decrease_rate=decrease_rate,
                        accuracy_threshold=accuracy_threshold, k_epoch=k_epoch, zero_eps=zero_eps,
                        steps_per_epoch=steps_per_epoch, fast_start=fast_start)  # refused now, not when training starts
@@ -58,7 +59,7 @@ class SABRCallback(pl.Callback):
         self.settings = dict(teta1=teta1, growth_rate=growth_rate, decrease_rate=decrease_rate,
                              accuracy_threshold=accuracy_threshold, k_epoch=k_epoch, zero_eps=zero_eps,
                              params=None if params is None else list(params), groups=groups,
-                             steps_per_epoch=steps_per_epoch, fast_start=fast_start)
+                             steps_per_epoch=steps_per_epoch, fast_start=fast_start, units=units)
         self.sabr: SABR | None = None
         self._pending: dict | None = None  # a checkpoint's state, loaded before training starts
         self._stepped_epoch = -1
