@@ -17,27 +17,14 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from . import builtin  # noqa: F401  (registers the built-in models)
 from .external import (TIMM, TORCHVISION, build_timm, build_torchvision, build_user_model, display_name,
                        is_user_code, parse_user_code, pin, timm_names, torchvision_names)
+from .registry import _MIN_SIZE, _REGISTRY, register_model
 
 log = logging.getLogger(__name__)
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-_MIN_SIZE: dict[str, int] = {}
-
 __all__ = ["register_model", "list_models", "create_model", "set_dropout", "pin", "display_name", "is_user_code"]
-
-
-def register_model(name: str | None = None, min_image_size: int = 1):
-    """Decorator: register a model factory under ``name`` (default: the function's name)."""
-
-    def wrap(fn):
-        key = name or fn.__name__
-        _REGISTRY[key] = fn
-        _MIN_SIZE[key] = min_image_size
-        return fn
-
-    return wrap
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -164,6 +151,3 @@ def set_dropout(model: nn.Module, p: float) -> int:
             m.p = p
             n += 1
     return n
-
-
-from . import builtin  # noqa: E402,F401  (registers the built-in models)

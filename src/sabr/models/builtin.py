@@ -1,6 +1,6 @@
 """The built-in models: small CNNs for the embedded digits and photos, a CIFAR-style ResNet-20, and two
 torchvision models with the heads of the project description. Each is registered by name with
-:func:`sabr.models.register_model`.
+:func:`sabr.models.registry.register_model`.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from . import register_model
 from .external import adapt_first_conv
+from .registry import register_model
 
 
 def _flat_features(body: nn.Module, in_chans: int, image_size: int) -> int:
