@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from sabr.apps import Smoothed, StableGesture, TemporalSmoother
-from sabr.errors import ConfigError
+from sabr.errors import ConfigError, DataError
 
 
 def test_mean_over_window_and_threshold():
@@ -26,7 +26,7 @@ def test_reset_and_bad_arguments():
     s.update([1.0, 0.0])
     s.reset()
     assert s.update([0.0, 1.0]).label == 1
-    with pytest.raises(ValueError):
+    with pytest.raises(DataError, match="class probabilities"):
         s.update([0.2, 0.3, 0.5])
     with pytest.raises(ConfigError):
         TemporalSmoother(window=0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from sabr import SABR, RunConfig, SabrSettings, sparsity_report
+from sabr import SABR, ConfigError, RunConfig, SabrSettings, sparsity_report
 from sabr.baselines import (GMPSchedule, accuracy_at, fixed_l1_settings, global_magnitude_prune, gmp_sparsity,
                             layer_magnitude_prune, magnitude_curve, magnitude_prune, oneshot_finetune,
                             ramp_l1_settings, sparsity_within, threshold_prune_to, train_fixed_l1, train_gmp)
@@ -172,7 +172,7 @@ def test_magnitude_prune_dispatches_and_refuses_an_unknown_allocation():
     magnitude_prune(a, 0.7, "layer")
     layer_magnitude_prune(b, 0.7)
     assert torch.equal(a[0].weight, b[0].weight)
-    with pytest.raises(ValueError, match="allocation must be one of global, layer, threshold"):
+    with pytest.raises(ConfigError, match="allocation must be one of global, layer, threshold"):
         magnitude_prune(a, 0.7, "uniform")
 
 

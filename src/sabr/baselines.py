@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as tprune
 
+from .errors import ConfigError
 from .experiment import Experiment
 from .metrics import sparsity_report
 from .models import set_dropout
@@ -125,11 +126,15 @@ ALLOCATIONS: dict[str, PruneFn] = {"global": global_magnitude_prune, "layer": la
 every tensor (uniform), or SABR's per-tensor std thresholds with one factor."""
 
 
+def _allocation_error(allocation: str) -> ConfigError:
+    return ConfigError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}; pass one of those.")
+
+
 def magnitude_prune(model: nn.Module, sparsity: float, allocation: str = "global",
                     params: Iterable[str] | None = None) -> None:
     """Prune ``model`` in place to ``sparsity`` with the ``allocation`` of :data:`ALLOCATIONS`."""
     if allocation not in ALLOCATIONS:
-        raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}.")
+        raise _allocation_error(allocation)
     ALLOCATIONS[allocation](model, sparsity, params=params)
 
 
@@ -178,7 +183,7 @@ class GMPSchedule:
     def __init__(self, model: nn.Module, target: float, ramp: int, every: int = 10, allocation: str = "layer",
                  params: Iterable[str] | None = None) -> None:
         if allocation not in ALLOCATIONS:
-            raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}.")
+            raise _allocation_error(allocation)
         self.model, self.target, self.ramp, self.every = model, target, max(1, ramp), every
         self.allocation, self.params = allocation, params
         self.step = 0

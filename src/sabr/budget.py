@@ -39,6 +39,7 @@ from torch import nn
 
 from .channels import STRUCTURED_FACTOR
 from .config import BUDGET_FACTORS
+from .errors import ConfigError
 from .pruning import prunable_sparsity, prune
 from .units import Units, legacy_units, takes_units
 
@@ -194,7 +195,7 @@ def choose(trials: Iterable[Trial], floor: float) -> tuple[Trial, bool]:
     """
     ordered = sorted(trials, key=lambda t: t.factor)
     if not ordered:
-        raise ValueError("choose() needs at least one trial")
+        raise ConfigError("choose() needs at least one trial: pass the trials of one pruning factor or more.")
     fitting = list(itertools.takewhile(lambda t: t.val_accuracy >= floor, ordered))
     if not fitting:
         return ordered[0], False

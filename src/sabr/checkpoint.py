@@ -25,7 +25,7 @@ from torch import nn
 from .calibration import OOD_SCORES
 from .config import MAX_CLASSES, MAX_MODEL_IMAGE_SIZE
 from .data import Preprocess
-from .errors import CheckpointError, StorageError
+from .errors import CheckpointError, ConfigError, StorageError
 from .manifest import note_written
 from .models import create_model, display_name, is_user_code, pin
 
@@ -131,7 +131,7 @@ def _jsonable(obj: Any) -> Any:
         return obj.tolist()
     if isinstance(obj, (set, tuple)):
         return list(obj)
-    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+    raise ConfigError(f"cannot write a {type(obj).__name__} to JSON; pass numbers, strings, lists or dicts instead.")
 
 
 def json_line(row: Any) -> str:

@@ -232,7 +232,7 @@ def _read_idx(path: Path) -> np.ndarray:
             data = f.read()
         zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
         if zero != 0 or dtype_code != 0x08:
-            raise ValueError("not an unsigned-byte IDX file")
+            raise DataError(f"cannot read IDX file {path}: not an unsigned-byte IDX file")
         shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
         return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
     except (OSError, ValueError, struct.error, EOFError) as exc:

@@ -106,7 +106,7 @@ class Elevator:
     def step(self, dt: float) -> list[Event]:
         """Advance the simulation by ``dt`` seconds; returns the events of that interval in time order."""
         if dt < 0:
-            raise ValueError(f"dt must be >= 0, got {dt}.")
+            raise ConfigError(f"dt must be >= 0 seconds, got {dt}; pass the time elapsed since the last step.")
         start = len(self.log)
         end = self.t + dt
         while self.t < end - _EPS:

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,8 @@ class TemporalSmoother:
         to claim) and return the smoothed result."""
         p = np.asarray(probs, dtype=np.float64).reshape(-1)
         if self._history and len(self._history[0]) != len(p):
-            raise ValueError(f"expected {len(self._history[0])} class probabilities, got {len(p)}.")
+            raise DataError(f"expected {len(self._history[0])} class probabilities, got {len(p)}; give every frame "
+                            "the same model's probabilities, or start a new smoother for another model.")
         self._history.append(p)
         mean = np.mean(self._history, axis=0)
         k = int(mean.argmax())
