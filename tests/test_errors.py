@@ -16,7 +16,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "sabr"
 PROTOCOL = {("_lazy.py", "AttributeError"),  # a module's __getattr__ must raise it
             ("units.py", "KeyError"),  # a Mapping's __getitem__ must raise it
             ("sources.py", "NotImplementedError"),  # an abstract method
-            ("baselines.py", "ImportError")}  # a missing optional package, which callers catch as such
+            ("baselines.py", "ImportError"),  # a missing optional package, which callers catch as such
+            ("fields.py", "TypeError")}  # a settings class declares an unsupported field type: the code's error
 
 
 def _builtin_raises() -> list[tuple[str, int, str]]:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import TrainingError
+from .errors import ConfigError, DataError, TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, low: float = 1e-
     The NLL is convex in 1/T, hence unimodal in log T, so the search finds the minimum to ~1e-6 relative.
     """
     if len(labels) == 0:
-        raise ValueError("fitting a temperature needs at least one labelled example.")
+        raise DataError("fitting a temperature needs at least one labelled example; pass a non-empty validation split.")
     z, y = torch.as_tensor(logits).double(), torch.as_tensor(labels)
     f: Callable[[float], float] = lambda log_t: nll(z, y, math.exp(log_t))  # noqa: E731
     a, b = math.log(low), math.log(high)
@@ -157,7 +157,7 @@ def ood_score(logits: torch.Tensor, score: str) -> torch.Tensor:
         return z.max(dim=-1).values
     if score == "energy":
         return torch.logsumexp(z, dim=-1)
-    raise ValueError(f"unknown OOD score {score!r}; choose one of {', '.join(OOD_SCORES)}.")
+    raise ConfigError(f"unknown OOD score {score!r}; choose one of {', '.join(OOD_SCORES)}.")
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ def choose_threshold(probs: torch.Tensor, labels: torch.Tensor, precision: float
     conf, right = conf[order], right[order]
     n = len(conf)
     if n == 0:
-        raise ValueError("choosing a threshold needs at least one labelled example.")
+        raise DataError("choosing a threshold needs at least one labelled example; pass a non-empty validation split.")
     cum = torch.cumsum(right, 0) / torch.arange(1, n + 1, dtype=torch.float64)
     last_of_tie = torch.ones(n, dtype=torch.bool)  # a cut must take every example with the same confidence
     last_of_tie[:-1] = conf[:-1] != conf[1:]
