@@ -128,7 +128,7 @@ class Units(Mapping, ABC):
 
     @abstractmethod
     def _prune(self, model: nn.Module, teta1: float, gamma: float, epsilon: float | None) -> list[LayerPruning]:
-        ...
+        """:meth:`prune`'s work once its factors are checked (under ``torch.no_grad``): what a kind implements."""
 
     @abstractmethod
     def prunable_sparsity(self, model: nn.Module, teta1: float = 0.2, gamma: float = 0.1) -> float:
