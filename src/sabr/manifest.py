@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .errors import SabrError, StorageError
+from .errors import ConfigError, SabrError, StorageError
 
 MANIFEST = ".sabr-manifest.json"
 """The manifest's file name inside the folder it describes."""
@@ -56,7 +56,7 @@ class Manifest:
 
     def __init__(self, folder: str | Path, kind: str, entries: Iterable[str] = ()) -> None:
         if kind not in KINDS:
-            raise ValueError(f"unknown folder kind {kind!r}; one of {', '.join(KINDS)}")
+            raise ConfigError(f"unknown folder kind {kind!r}; pass one of {', '.join(KINDS)}.")
         self.folder, self.kind = Path(folder), kind
         self.entries: list[str] = list(dict.fromkeys(e for e in entries if _safe_entry(e)))
 
