@@ -6,7 +6,7 @@ import pytest
 from sabr.apps import Elevator, ElevatorSettings, ScriptStep, read_script, render_elevator, run_elevator
 from sabr.errors import ConfigError
 
-from ._apps_fixtures import sign_photos, tiny_checkpoint  # noqa: F401 (fixture)
+from ._apps_fixtures import sign_photos, sign_preprocess, tiny_checkpoint, trained_checkpoint  # noqa: F401 (fixture)
 
 
 def _stops(car):
@@ -132,23 +132,9 @@ def _two_gesture_checkpoint(images, labels, folder):
     import torch
     from PIL import Image
 
-    from sabr import Preprocess, create_model, save_checkpoint
-
-    pre = Preprocess(16, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    pre = sign_preprocess()
     x = torch.stack([pre(Image.fromarray(im)) for im in images])
-    y = torch.tensor(labels)
-    torch.manual_seed(0)
-    model = create_model("compact_cnn", num_classes=10, in_chans=3, image_size=16)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(40):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.eval()
-    meta = {"phase": "pruned", "model": {"name": "compact_cnn", "num_classes": 10, "in_chans": 3, "image_size": 16},
-            "classes": [str(i) for i in range(10)], "dataset": "sign", "preprocess": pre.to_dict()}
-    return save_checkpoint(model, folder / "pruned", meta)
+    return trained_checkpoint(x, torch.tensor(labels), 40, folder / "pruned")
 
 
 def test_video_source_with_model_requests_the_floors_shown_and_the_car_serves_them(tmp_path):

@@ -22,6 +22,7 @@ from sabr.data import Preprocess, load_dataset
 from sabr.models import create_model
 from sabr.rundir import RunDir
 
+from ._apps_fixtures import checkpoint_and_frames
 from .test_robustness import _cli, _one_sentence
 
 LATIN1 = "caf\udce9"  # the folder name b"caf\xe9" (Latin-1 'café') as Python holds it on a UTF-8 system
@@ -93,15 +94,7 @@ def test_non_utf8_class_and_file_names_are_listed_and_drawn(tmp_path):
 @pytest.fixture
 def model_dir(tmp_path) -> Path:
     """A checkpoint and a folder of frames."""
-    model = create_model("compact_cnn", num_classes=3, in_chans=1, image_size=8)
-    (tmp_path / "ck").mkdir()
-    save_checkpoint(model, tmp_path / "ck" / "m", {
-        "model": {"name": "compact_cnn", "num_classes": 3, "in_chans": 1, "image_size": 8},
-        "classes": ["a", "b", "c"], "preprocess": Preprocess(8, 1, (0.5,), (0.5,)).to_dict()})
-    (tmp_path / "frames").mkdir()
-    for i in range(3):
-        _png(tmp_path / "frames" / f"{i}.png", 32, 60 * i)
-    return tmp_path
+    return checkpoint_and_frames(tmp_path)
 
 
 def _recognize(d: Path, *extra: str) -> list[str]:

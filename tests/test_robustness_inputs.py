@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from sabr import SABR, prune
 from sabr.checkpoint import save_checkpoint
@@ -26,6 +25,7 @@ from sabr.models import create_model
 from sabr.pruning import prunable_sparsity
 
 from .conftest import TINY
+from ._apps_fixtures import checkpoint_and_frames
 from .test_robustness import _cli, _one_sentence
 
 NAN, INF = float("nan"), float("inf")
@@ -183,15 +183,7 @@ def test_idx_images_of_the_wrong_dimension_are_refused(tmp_path, capsys):
 @pytest.fixture
 def model_dir(tmp_path) -> Path:
     """A checkpoint of a 3-class compact_cnn and a folder of three frames."""
-    model = create_model("compact_cnn", num_classes=3, in_chans=1, image_size=8)
-    (tmp_path / "ck").mkdir()
-    save_checkpoint(model, tmp_path / "ck" / "m", {
-        "model": {"name": "compact_cnn", "num_classes": 3, "in_chans": 1, "image_size": 8},
-        "classes": ["a", "b", "c"], "preprocess": Preprocess(8, 1, (0.5,), (0.5,)).to_dict()})
-    (tmp_path / "frames").mkdir()
-    for i in range(3):
-        Image.fromarray(np.full((32, 32, 3), 60 * i, np.uint8)).save(tmp_path / "frames" / f"{i}.png")
-    return tmp_path
+    return checkpoint_and_frames(tmp_path)
 
 
 def _edit(path: Path, change) -> None:
@@ -273,3 +265,11 @@ def test_an_roi_outside_the_frame_is_said_not_silently_clamped(model_dir, caplog
     assert said and "500,500,10,10 does not lie inside the 32x32 frame; using 22,22,10,10" in said[0]
     rows = [json.loads(line) for line in (model_dir / "out" / "predictions.jsonl").open()]
     assert rows[0]["roi"] == [22, 22, 10, 10] and all(math.isfinite(r["confidence"]) for r in rows)
+
+
+def test_idx_class_names_that_are_not_utf8_are_refused(tmp_path, capsys):
+    root = _idx_folder(tmp_path / "idx", np.random.default_rng(0).integers(0, 255, (60, 8, 8)))
+    (root / "classes.txt").write_bytes(b"\xff\xfe\x00a\n")
+    code, err = _cli(["run", *TINY, "--data", str(root), "--out", str(tmp_path / "o")], capsys)
+    _one_sentence(code, err, "classes.txt", "UTF-8")
+    assert not (tmp_path / "o").exists()

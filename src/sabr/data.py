@@ -16,11 +16,9 @@ arrays are decoded to 8 bits by :mod:`sabr.images`.
 
 from __future__ import annotations
 
-import gzip
 import logging
 import math
 import re
-import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -31,6 +29,7 @@ from PIL import Image
 
 from .errors import ConfigError, DataError
 from .fields import check_number
+from .idx import FASHION_MNIST_CLASSES, class_names, find_idx, read_idx_pair  # noqa: F401 (re-exported)
 from .images import as_uint8, open_image, printable, to_8bit, to_mode
 
 log = logging.getLogger(__name__)
@@ -38,8 +37,6 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                         "Sneaker", "Bag", "Ankle boot"]
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -143,14 +140,14 @@ def default_image_size(source: str | Path) -> int:
     """The native size of the built-in sources; 64 for image folders."""
     if str(source) == "digits":
         return 8
-    if _find_idx(Path(source)):
+    if find_idx(Path(source)):
         return 28
     return 64
 
 
 def default_channels(source: str | Path) -> int:
     """1 for the grayscale sources (digits, IDX), 3 for image folders."""
-    return 1 if str(source) == "digits" or _find_idx(Path(source)) else 3
+    return 1 if str(source) == "digits" or find_idx(Path(source)) else 3
 
 
 def load_dataset(
@@ -182,7 +179,7 @@ def load_dataset(
         if not path.is_dir():
             raise DataError(f"data path {path} is not a folder; --data expects a folder with one sub-folder per class "
                             "(or IDX files).")
-        idx = _find_idx(path)
+        idx = find_idx(path)
         ds = (_load_idx(path, idx, preprocess) if idx
               else _load_folder(path, preprocess, on_bad_image, progress, max_per_class, seed))
     if max_per_class and len(ds) > max_per_class * len(ds.classes):
@@ -212,61 +209,18 @@ def _convert_arrays(raw: np.ndarray, pre: Preprocess) -> torch.Tensor:
     return torch.stack([pre.to_uint8(a) for a in raw])
 
 
-def _find_idx(path: Path) -> dict[str, tuple[Path, Path]]:
-    """``{"train": (images, labels), "t10k": ...}`` for the IDX files in a folder."""
-    if not path.is_dir():
-        return {}
-    found = {}
-    for images in sorted(path.glob("*-images-idx3-ubyte*")):
-        prefix = images.name.split("-images-")[0]
-        labels = sorted(path.glob(f"{prefix}-labels-idx1-ubyte*"))
-        if labels:
-            found[prefix] = (images, labels[0])
-    return found
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            data = f.read()
-        zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-        if zero != 0 or dtype_code != 0x08:
-            raise DataError(f"cannot read IDX file {path}: not an unsigned-byte IDX file")
-        shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
-        return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-    except (OSError, ValueError, struct.error, EOFError) as exc:
-        raise DataError(f"cannot read IDX file {path}: {exc}") from exc
-
-
 def _load_idx(path: Path, idx: dict[str, tuple[Path, Path]], pre: Preprocess) -> ImageDataset:
     parts = sorted(idx, key=lambda k: k != "train")  # train first, then t10k/test
     images, labels, test_index, start = [], [], None, 0
     for part in parts:
-        x, y = _read_idx(idx[part][0]), _read_idx(idx[part][1])
-        if x.ndim != 3 or y.ndim != 1:
-            raise DataError(f"{idx[part][0]} holds {x.ndim}-dimensional data and {idx[part][1]} {y.ndim}-dimensional; "
-                            "IDX images are (count, height, width) and labels (count,).")
-        if len(x) != len(y):
-            raise DataError(f"{idx[part][0]} has {len(x)} images but {idx[part][1]} has {len(y)} labels.")
+        x, y = read_idx_pair(*idx[part])
         if part in ("t10k", "test"):
             test_index = np.arange(start, start + len(x))
         images.append(_convert_arrays(x, pre))
         labels.append(torch.as_tensor(y.astype(np.int64)))
         start += len(x)
     y = torch.cat(labels)
-    n = int(y.max()) + 1
-    names_file = path / "classes.txt"
-    if names_file.exists():
-        classes = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
-        if len(classes) != n:
-            raise DataError(f"{names_file} names {len(classes)} classes but the labels are 0 .. {n - 1}; give one "
-                            f"name per line for each of the {n} labels, or delete it to number them.")
-    elif "fashion" in path.name.lower() and n == 10:
-        classes = list(FASHION_MNIST_CLASSES)
-    else:
-        classes = [str(i) for i in range(n)]
-    return ImageDataset(_folder_name(path), torch.cat(images), y, classes, test_index)
+    return ImageDataset(_folder_name(path), torch.cat(images), y, class_names(path, int(y.max()) + 1), test_index)
 
 
 def list_image_folder(path: Path) -> tuple[list[str], list[list[Path]]]:

@@ -139,10 +139,10 @@ def _read(config: RunConfig, probe: Preprocess, progress: bool):
     (:func:`sabr.streaming.scan_folder`)."""
     if not config.stream:
         return load_dataset(config.data, probe, config.max_per_class, config.on_bad_image, config.seed, progress)
-    from .data import _find_idx
+    from .idx import find_idx
     from .streaming import scan_folder
 
-    if config.data == "digits" or _find_idx(Path(config.data).expanduser()) or not Path(config.data).is_dir():
+    if config.data == "digits" or find_idx(Path(config.data).expanduser()) or not Path(config.data).is_dir():
         raise ConfigError(f"--stream reads an image folder from disk; {config.data} is not one (the digits and IDX "
                           "files are read into memory: leave out --stream).")
     return scan_folder(config.data, probe, config.max_per_class, config.seed, config.workers, config.on_bad_image,
