@@ -16,10 +16,8 @@ import pytest
 from PIL import Image
 
 from sabr.apps.render import ascii_text, put_text, reference_panel
-from sabr.checkpoint import save_checkpoint
 from sabr.cli import main
 from sabr.data import Preprocess, load_dataset
-from sabr.models import create_model
 from sabr.rundir import RunDir
 
 from ._apps_fixtures import checkpoint_and_frames
