@@ -64,6 +64,14 @@ def test_ood_threshold_rejects_every_background_frame_while_keeping_validation()
     assert choose_ood(val, torch.empty(0, 2)) == (None, None, {})
 
 
+def test_one_outlying_background_frame_does_not_set_the_ood_threshold():
+    val = torch.tensor([[5.0, 0.0]] * 30 + [[3.0, 0.0]] * 30)
+    bg = torch.cat([torch.tensor([[1.0, 0.0]] * 99), torch.tensor([[4.0, 0.0]])])  # one frame scores like a digit
+    score, threshold, figures = choose_ood(val, bg)
+    assert bool((ood_score(val, score) >= threshold).all())  # every validation image kept, not only the top half
+    assert figures == {"background_rejected": pytest.approx(0.99), "val_coverage": 1.0}
+
+
 def test_background_images_are_deterministic_and_hold_black_and_white():
     a, b = background_images(21, 16), background_images(21, 16)
     assert len(a) == 21 and all(x.shape == (16, 16, 3) and x.dtype == np.uint8 for x in a)
