@@ -56,10 +56,11 @@ def test_run_with_finetune_epochs_fine_tunes_the_pruned_model_and_keeps_its_zero
     from sabr.cli import main
 
     out = tmp_path / "run"
-    # a fixed, strong factor: pruning costs accuracy that the fine-tune buys back, so a trained epoch is kept
-    # (at the budget's own choice here the starting model stays the best and the check below would be empty)
+    # a fixed, strong factor and a 100-point budget: every fine-tune epoch is within it, so a trained epoch is
+    # kept (when the starting model stays the most accurate, the check below would be empty)
     code = main(["run", "--max-per-class", "30", "--epochs-base", "2", "--epochs-sabr", "2", "--teta1", "0.01",
-                 "--finetune-epochs", "2", "--sweep", "1.0", "--prune-teta1", "1.0", "--out", str(out), "--quiet"])
+                 "--finetune-epochs", "2", "--sweep", "1.0", "--prune-teta1", "1.0", "--max-drop", "1",
+                 "--out", str(out), "--quiet"])
     assert code == 0
     s = json.loads((out / "summary.json").read_text())
     p = s["pruned"]
