@@ -1,441 +1,429 @@
-"""SABR against the pruning methods a user would pick instead: one protocol for all, 3 seeds (issue #13).
+"""SABR with every default against tuned peers at SABR's own sparsity: issue 33's protocol (docs/benchmarks.md,
+"Protocol"), run from scratch by one command in at most 2.5 hours on a 2-core machine.
 
-Protocol (``PROTOCOL``), per configuration and seed:
+Per configuration and seed (``PROTOCOL``, fixed before the run):
 
-* One base model (phase 1 of ``sabr run``, dropout on) trained once and cached as a sabr checkpoint in
-  ``--work``; every method starts from it. After it, every method runs with dropout off, Adam, phase 2's
-  ReduceLROnPlateau (val loss, factor 0.51, patience 3, min 1e-5) and ``epochs`` epochs in all; each keeps
-  its best-validation epoch among those at its final sparsity.
-* Peers (:mod:`sabr.baselines`), trained to every target of ``TARGETS`` (no curves, no interpolation):
-  ``gmp_layer`` / ``gmp_global`` (cubic ramp over 75% of the steps, uniform or global allocation),
-  ``oneshot_layer`` (layer-wise magnitude, then a masked fine-tune), ``l1_fixed`` / ``l1_ramp`` (L1 with
-  SABR's initial lambdas, constant or x growth_rate every epoch, for ``epochs - ft_epochs`` epochs, then
-  pruned to the target with SABR's rule and fine-tuned, masked, for ``ft_epochs``).
-* SABR family: ``sabr run --base-checkpoint <base> --max-drop 0.01`` with ``--epochs-sabr epochs``
-  (``sabr``), ``--epochs-sabr epochs-ft_epochs --finetune-epochs ft_epochs`` (``sabr_ft``) or half the
-  epochs each (``sabr_ft_half``: the fine-tune's budget ramp gets the epochs it can use); no target.
-* Hyper-parameters: 4 trials per method, chosen on validation only: Adam's rate ``LRS`` for GMP and
-  one-shot, ``teta1 x L1_SCALES`` for the L1 peers and the SABR family (``--teta1``; the learning rate
-  is the L1 peers' and ``sabr run``'s default). A peer is tuned at the middle target (``TUNE_TARGET``)
-  and keeps the trial with the best validation accuracy; its other targets are trained once with that
-  value. The SABR family (no target) keeps the sparsest trial within its budget on validation. Test
-  accuracy is measured once per trained model and never chooses anything.
+* **base**: phase 1 of ``sabr run`` (``epochs_base`` epochs), trained once, cached in ``--work``; every
+  method starts from it and gets ``EPOCHS`` epochs after it, Adam and phase 2's LR schedule.
+* **sabr**: ``sabr run`` with the protocol's flags only (data, model, image size, split sizes, the base,
+  ``--epochs-sabr``, seed, threads, device, out): every SABR setting at its default, no trials.
+* **ablation_l1_fixed / ablation_l1_ramp**: the same ``sabr run`` with SABR's adaptation off
+  (:func:`sabr.baselines.fixed_l1_settings` / ``ramp_l1_settings`` of the defaults: L1 at SABR's default
+  starting strength, constant or x1.15 every epoch), so through the same budget tracker and search.
+* **peers** (``gmp_layer``, ``gmp_global``, ``oneshot_layer``, ``l1_fixed``, ``l1_ramp``): trained to SABR's
+  pruned sparsity on the same seed; on the first seed each tries ``GRIDS`` (3 values) and keeps the best
+  validation accuracy, later seeds train the chosen value once. A configuration with ``peers_from`` runs
+  only the ``TOP_PEERS`` peers of that configuration with the best mean validation accuracy.
+* The test split is read once per final model, after every choice: by ``sabr run`` for its result, and here
+  for a peer's chosen trial only (:func:`choose_trial` and :func:`strongest_peers` read validation figures).
 
-Results accumulate per (method, target, seed) in ``--out/<config>.json`` (written after every trial),
-so a run cut off midway continues where it stopped; ``--report`` prints the tables and draws the plots.
-The results of protocol 0.7.0 (``fashion-lenet5-3seeds``) and of 0.1.0 are archived in
-``benchmarks/results/archive/`` (docs/archive/): ``--out benchmarks/results/archive`` reports or continues them.
+Each task writes its own JSON in ``--work`` (atomically), so a cut-off run continues where it stopped;
+``--jobs 2`` runs two tasks at a time, one torch thread each. ``<out>/<config>.json`` holds the entries of
+issue 33's "Done when" and the paired statistics; ``--report`` prints the tables and draws the plots.
+Results of earlier protocols are in ``benchmarks/results/archive/`` (made by this file at commit 7f9d54c).
 
-    python benchmarks/compare.py --quick                 # smoke run, about a minute
-    python benchmarks/compare.py --estimate              # CPU-hours of the full run, measured
-    python benchmarks/compare.py --threads 1             # the full run (both configurations), resumable
-    python benchmarks/compare.py --report                # tables and plots of what is there
-    python benchmarks/compare.py --merge a/X.json b/X.json  # seeds run side by side, joined into --out
-    python benchmarks/compare.py --seeds 2 --methods sabr sabr_ft --out b  # a share of one seed, for a free core
+    python benchmarks/compare.py                 # both configurations, seeds 0-2, two jobs (~2.2 h here)
+    python benchmarks/compare.py --quick         # tiny digits runs: a check of the code, seconds
+    python benchmarks/compare.py --report        # tables and plots of what is there
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import logging
+import multiprocessing
+import os
+import platform
 import statistics
+import subprocess
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Callable, Collection
 
 import torch
-from torch import nn
 
 from sabr import RunConfig, load_checkpoint, save_checkpoint, sparsity_report
-from sabr.baselines import oneshot_finetune, train_fixed_l1, train_gmp
+from sabr.baselines import fixed_l1_settings, oneshot_finetune, ramp_l1_settings, train_fixed_l1, train_gmp
 from sabr.budget import val_plateau
 from sabr.checkpoint import write_json
-from sabr.pipeline import Experiment, evaluate_split, prepare, run, train_base
-from sabr.train import Split, train_epoch, phase_generator
+from sabr.config import SABR_DEFAULTS
+from sabr.pipeline import evaluate_split, prepare, run, train_base
 
 log = logging.getLogger("compare")
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = "/usr/share/datasets/fashion-mnist"
-PROTOCOL = "0.7.0"
-"""0.7.0: ``sabr_ft_half`` joins the SABR family, and a fine-tune whose search found no factor within the budget
-starts its ramp at the weakest factor (before, it did not ramp: ``sabr_ft``'s x 100 trials). 0.6.0: ``sabr_ft``
-judges the budget after its fine-tune (``sabr run --finetune-epochs`` grows the pruning factor while each
-fine-tune epoch keeps validation within the budget; before, the factor was chosen before the fine-tune).
-0.5.0: the ``teta1`` grid one step up, x 3 to x 100 (in 0.4.0 the L1 peers and the SABR family all chose x 30,
-its top). 0.4.0: the SABR family tunes ``teta1`` as the L1 peers do (0.3.0 tuned its learning rate, at a
-``teta1`` whose ramp needs about 60 epochs), and every grid has a fourth value, one step up. 0.3.0: each
-peer tuned at one target (0.2.0 tuned every target: 1.5x the CPU, 3x the trials)."""
-TARGETS = (0.90, 0.95, 0.98)
-TUNE_TARGET = 0.95
+PROTOCOL = "1.0.0"
+"""1.0.0 (issue 33): peers at SABR's own sparsity, 3 values each tuned on seed 0, the compute-matched L1
+ablation, a 2,000-image validation split, paired t intervals. 0.7.0 and earlier: ``results/archive/``."""
 SEEDS = (0, 1, 2)
-LRS = (3e-4, 1e-3, 3e-3, 1e-2)
-L1_SCALES = (3.0, 10.0, 30.0, 100.0)
-MAX_DROP = 0.01
+EPOCHS = 20
+FT_EPOCHS = 5  # the L1 peers' masked fine-tune, within EPOCHS
+TOLERANCE = 0.005  # a peer's sparsity must be within this of SABR's
+TOP_PEERS = 2
+GRIDS = {"lr": (3e-4, 1e-3, 3e-3), "teta1_scale": (10.0, 30.0, 100.0)}
+PEERS = {"gmp_layer": "lr", "gmp_global": "lr", "oneshot_layer": "lr", "l1_fixed": "teta1_scale",
+         "l1_ramp": "teta1_scale"}
+ABLATIONS = {"ablation_l1_fixed": fixed_l1_settings, "ablation_l1_ramp": ramp_l1_settings}
 
 CONFIGS: dict[str, dict] = {
-    "fashion-lenet5-3seeds": dict(run=dict(data=FASHION, model="lenet5", image_size=28, epochs_base=15),
-                                  epochs=20, ft_epochs=5),
-    "fashion-small_vgg-3seeds": dict(run=dict(data=FASHION, model="small_vgg", image_size=28, train_per_class=720,
-                                              epochs_base=15), epochs=20, ft_epochs=5),
+    "fashion-lenet5": dict(data=dict(data=FASHION, model="lenet5", image_size=28, train_per_class=1200,
+                                     val_per_class=200), epochs_base=20, peers=list(PEERS)),
+    "fashion-resnet20": dict(data=dict(data=FASHION, model="resnet20", image_size=28, train_per_class=600,
+                                       val_per_class=200), epochs_base=20, peers_from="fashion-lenet5"),
 }
-QUICK: dict[str, dict] = {  # every split cut to a few images per class: a smoke test of the code, not a figure
-    "quick-fashion-lenet5": dict(run=dict(data=FASHION, model="lenet5", image_size=28, max_per_class=25,
-                                          epochs_base=1, sweep=[0.2, 1.0]),
-                                 epochs=2, ft_epochs=1, seeds=(0,), targets=(0.9,), lrs=(1e-3,), l1_scales=(1.0,)),
+QUICK: dict[str, dict] = {  # tiny digits runs: a check of the code in seconds, not a figure
+    "quick-a": dict(data=dict(data="digits", max_per_class=12), epochs_base=1, peers=list(PEERS), epochs=2,
+                    ft_epochs=1, seeds=(0, 1)),
+    "quick-b": dict(data=dict(data="digits", max_per_class=12), epochs_base=1, peers_from="quick-a", epochs=2,
+                    ft_epochs=1, seeds=(0, 1)),
 }
 
 
-# --------------------------------------------------------------------------- the methods
-def _gmp(allocation: str) -> Callable:
-    def method(exp: Experiment, base: nn.Module, target: float, lr: float, spec: dict, work: Path) -> nn.Module:
-        return train_gmp(exp, copy.deepcopy(base), spec["epochs"], target, allocation=allocation, lr=lr)[0]
-    return method
+# --------------------------------------------------------------------------- the tasks (each returns a JSON dict)
+def _exp(spec: dict, seed: int, threads: int | None, device: str, **extra):
+    torch.manual_seed(seed)
+    return prepare(RunConfig(**spec["data"], seed=seed, threads=threads, device=device, **extra), progress=False)
 
 
-def _oneshot_layer(exp: Experiment, base: nn.Module, target: float, lr: float, spec: dict, work: Path) -> nn.Module:
-    return oneshot_finetune(exp, copy.deepcopy(base), spec["epochs"], target, "layer", lr)[0]
-
-
-def _l1(ramp: bool) -> Callable:
-    def method(exp: Experiment, base: nn.Module, target: float, scale: float, spec: dict, work: Path) -> nn.Module:
-        path = work / f"l1_{'ramp' if ramp else 'fixed'}-x{scale:g}.safetensors"  # shared by the targets
-        if path.is_file():
-            model = load_checkpoint(path, exp.device)[0]
-        else:
-            model, _, _ = train_fixed_l1(exp, copy.deepcopy(base), spec["epochs"] - spec["ft_epochs"], ramp=ramp,
-                                         teta1=exp.config.teta1 * scale)
-            save_checkpoint(model, path, exp.metadata("sabr"))
-        return oneshot_finetune(exp, model, spec["ft_epochs"], target, "threshold")[0]
-    return method
-
-
-_L1_CALL = ("oneshot_finetune(exp, train_fixed_l1(exp, base, {l1_epochs}, {ramp}teta1={value:g} * {teta1:g})[0], "
-            "{ft_epochs}, {target}, 'threshold')")
-PEERS: dict[str, tuple[Callable, str, str]] = {  # name -> (method, its trial values, the sabr.baselines call)
-    "gmp_layer": (_gmp("layer"), "lrs", "train_gmp(exp, base, {epochs}, {target}, allocation='layer', lr={value:g})"),
-    "gmp_global": (_gmp("global"), "lrs", "train_gmp(exp, base, {epochs}, {target}, allocation='global', lr={value:g})"),
-    "oneshot_layer": (_oneshot_layer, "lrs", "oneshot_finetune(exp, base, {epochs}, {target}, 'layer', lr={value:g})"),
-    "l1_fixed": (_l1(False), "l1_scales", _L1_CALL.replace("{ramp}", "")),
-    "l1_ramp": (_l1(True), "l1_scales", _L1_CALL.replace("{ramp}", "ramp=True, ")),
-}
-SABR_FAMILY: dict[str, Callable[[dict], int]] = {  # name -> its masked fine-tune's epochs, of the spec's
-    "sabr": lambda spec: 0, "sabr_ft": lambda spec: spec["ft_epochs"],
-    "sabr_ft_half": lambda spec: spec["epochs"] // 2}
-
-
-def _named(*names: str) -> Callable[[dict], bool]:
-    return lambda trial: trial["name"] in names
-
-
-UPGRADABLE: dict[str, Callable[[dict], bool]] = {
-    "0.6.0": lambda t: t["name"] != "sabr_ft" or t["within_budget"],
-    "0.5.0": _named(*PEERS, "sabr"), "0.4.0": _named(*PEERS, "sabr"), "0.3.0": _named(*PEERS)}
-"""Earlier protocols whose trials are trials of this one (same values, same training), by which trials are kept
-on upgrade: 0.6.0's ``sabr_ft`` trials outside the budget did not ramp; ``sabr_ft`` before 0.6.0 chose its
-pruning factor before the fine-tune; 0.3.0's SABR family tuned another hyper-parameter."""
-
-
-def _peer_trial(exp: Experiment, base: nn.Module, name: str, target: float, value: float, spec: dict,
-                work: Path) -> dict:
-    method, _, call = PEERS[name]
-    torch.manual_seed(exp.config.seed)
-    model = method(exp, base, target, value, spec, work)
-    return {"val_accuracy": evaluate_split(exp, model, exp.val)[1], "sparsity": sparsity_report(model).sparsity,
-            "test_accuracy": evaluate_split(exp, model, exp.test)[1],
-            "command": "sabr.baselines." + call.format(target=target, value=value, teta1=exp.config.teta1,
-                                                       l1_epochs=spec["epochs"] - spec["ft_epochs"], **spec)}
-
-
-def sabr_config(spec: dict, seed: int, base_path: Path, ft: int, scale: float, out: Path,
-                threads: int | None = None, device: str = "cpu") -> RunConfig:
-    """The ``sabr run`` configuration of a SABR-family trial with ``ft`` masked fine-tune epochs: ``teta1`` =
-    the configuration's x ``scale`` (as the L1 peers scale it), the same epoch budget as every peer."""
-    run = dict(spec["run"])
-    teta1 = run.pop("teta1", RunConfig.teta1) * scale
-    return RunConfig(**run, seed=seed, base_checkpoint=str(base_path), epochs_sabr=spec["epochs"] - ft,
-                     finetune_epochs=ft, teta1=teta1, max_drop=MAX_DROP, device=device, threads=threads, out=str(out))
-
-
-def _sabr_trial(cfg: RunConfig) -> dict:
-    """One ``sabr run`` (continued when its folder holds a started run, read back when it has finished)."""
-    out = Path(cfg.out)
-    if (out / "summary.json").is_file() and not (out / "resume.safetensors").exists():
-        summary = json.loads((out / "summary.json").read_text())
-    else:
-        summary = run(cfg, progress=False, overwrite=True, resume=(out / "config.yaml").is_file())
-    budget = summary["budget"]
-    return {"val_accuracy": budget["val_accuracy"], "within_budget": budget["within_budget"],
-            "sparsity": summary["pruned"]["sparsity"], "test_accuracy": summary["pruned"]["test_accuracy"],
-            "command": cfg.command()}
-
-
-# --------------------------------------------------------------------------- accumulation
-def choose(trials: list[dict], family: bool) -> dict:
-    """The trial a method keeps, on validation only: the sparsest within the budget for the SABR family
-    (the best validation accuracy when none fits), the best validation accuracy for a peer."""
-    if family:
-        fits = [t for t in trials if t["within_budget"]]
-        if fits:
-            return max(fits, key=lambda t: (t["sparsity"], t["val_accuracy"]))
-    return max(trials, key=lambda t: t["val_accuracy"])
-
-
-def accumulate(results: dict, save: Callable[[], None], name: str, target: float | None, seed: int,
-               values: tuple, train: Callable[[float], dict], base_test_accuracy: float) -> dict:
-    """The ``methods`` entry of (``name``, ``target``, ``seed``), training only what ``results`` lacks.
-
-    Each trial (``train(value)`` -> figures) is appended to ``results["trials"]`` and saved at once; the
-    entry, once every trial is there, goes to ``results["methods"]`` with the chosen trial's figures.
-    """
-    key = {"name": name, "target": target, "seed": seed}
-    for entry in results["methods"]:
-        if all(entry[k] == v for k, v in key.items()):
-            return entry
-    done = {t["value"]: t for t in results["trials"] if all(t[k] == v for k, v in key.items())}
-    for value in values:
-        if value not in done:
-            started = time.perf_counter()
-            done[value] = {**key, "value": value, **train(value), "seconds": round(time.perf_counter() - started, 1)}
-            results["trials"].append(done[value])
-            save()
-    best = choose([done[v] for v in values], name.startswith("sabr"))
-    entry = {**key, "sparsity": best["sparsity"], "test_accuracy": best["test_accuracy"],
-             "base_test_accuracy": base_test_accuracy, "command": best["command"], "value": best["value"],
-             "trials": len(values)}
-    results["methods"].append(entry)
-    save()
-    return entry
-
-
-def tune_then_train(results: dict, save: Callable[[], None], name: str, targets: tuple, seed: int, values: tuple,
-                    train: Callable[[float, float], dict], base_test_accuracy: float) -> list[dict]:
-    """A peer's ``methods`` entries, one per target: every value of ``values`` tried at ``TUNE_TARGET`` (the
-    first target when it is not among them), the value chosen on validation then trained once at each other
-    target (``train(target, value)`` -> figures)."""
-    tune = TUNE_TARGET if TUNE_TARGET in targets else targets[0]
-    entries: list[dict] = []
-    for target in (tune, *(t for t in targets if t != tune)):
-        tried = values if not entries else (entries[0]["value"],)
-        entries.append(accumulate(results, save, name, target, seed, tried, lambda v, t=target: train(t, v),
-                                  base_test_accuracy))
-    return entries
-
-
-# --------------------------------------------------------------------------- one configuration, one seed
-def base_model(exp: Experiment, path: Path) -> tuple[nn.Module, dict]:
-    """The seed's base model: read from ``path`` when a previous run cached it, else trained and saved there."""
-    if path.is_file():
-        model, meta = load_checkpoint(path, exp.device)
-        return model, {k: meta[k] for k in ("val_accuracy", "test_accuracy", "seconds", "epochs")}
-    torch.manual_seed(exp.config.seed)  # as `sabr run` does: this is the base it would train
-    started = time.perf_counter()
+def task_base(spec: dict, seed: int, folder: Path, threads: int | None, device: str) -> dict:
+    """Phase 1 of ``sabr run``, saved as a sabr checkpoint that ``--base-checkpoint`` reads (with its plateau)."""
+    exp = _exp(spec, seed, threads, device, epochs_base=spec["epochs_base"])
+    torch.manual_seed(seed)  # as `sabr run` does: this is the base it would train
     model, rows = train_base(exp, exp.new_model(), progress=False)
     val = evaluate_split(exp, model, exp.val)[1]
     figures = {"val_accuracy": val, "val_plateau": val_plateau([r["val_accuracy"] for r in rows], val),
-               "test_accuracy": evaluate_split(exp, model, exp.test)[1],
-               "seconds": round(time.perf_counter() - started, 1), "epochs": len(rows)}
-    save_checkpoint(model, path, exp.metadata("base", **figures))
-    return model, figures
+               "test_accuracy": evaluate_split(exp, model, exp.test)[1], "epochs": len(rows),
+               "train": len(exp.train), "val": len(exp.val), "test": len(exp.test)}
+    save_checkpoint(model, folder / "base.safetensors", exp.metadata("base", **figures))
+    return figures
 
 
-def check_base(results: dict, seed: int, figures: dict, path: Path) -> None:
-    """Refuse to add to ``results`` rows of a base other than the one its rows of ``seed`` were trained from
-    (a base trained again on another machine, device or thread count, or a --work folder of another run):
-    the base's validation and test accuracy must be the recorded ones."""
-    known = results["bases"].get(str(seed))
-    keys = ("val_accuracy", "test_accuracy")
-    if known and all(k in known for k in keys) and any(known[k] != figures[k] for k in keys):
-        raise SystemExit(
-            f"seed {seed}'s base {path} (validation {figures['val_accuracy']:.4f}, test {figures['test_accuracy']:.4f}) "
-            f"is not the base the results file's rows were trained from (validation {known['val_accuracy']:.4f}, "
-            f"test {known['test_accuracy']:.4f}); pass the --work folder that holds that base, or another --out.")
+def sabr_config(spec: dict, seed: int, folder: Path, name: str, threads: int | None, device: str) -> RunConfig:
+    """The ``sabr run`` of ``sabr`` (protocol flags only) or of an ablation (SABR's adaptation switched off)."""
+    settings = {}
+    if name in ABLATIONS:  # fast_start None is "off"; 1 says the same on the command line
+        off = dataclasses.replace(ABLATIONS[name](SABR_DEFAULTS), fast_start=1.0)
+        settings = {k: v for k, v in dataclasses.asdict(off).items() if v != getattr(SABR_DEFAULTS, k)}
+    return RunConfig(**spec["data"], base_checkpoint=str(folder / "base.safetensors"),
+                     epochs_sabr=spec.get("epochs", EPOCHS), seed=seed, threads=threads, device=device,
+                     out=str(folder / name), **settings)
 
 
-def run_seed(name: str, spec: dict, seed: int, results: dict, save: Callable[[], None], work: Path,
-             threads: int | None, methods: Collection[str] | None = None, device: str = "cpu") -> None:
-    """Every method (of ``methods``, default all), target and trial of one seed that ``results`` does not hold
-    yet, trained on ``device`` (``sabr run``'s ``--device``)."""
-    cfg = RunConfig(**spec["run"], seed=seed, device=device, threads=threads)
+def task_sabr_run(spec: dict, seed: int, folder: Path, threads: int | None, device: str, name: str) -> dict:
+    """One ``sabr run`` (continued when cut off); its result's figures and its command."""
+    cfg = sabr_config(spec, seed, folder, name, threads, device)
+    out = Path(cfg.out)
+    if (out / "summary.json").is_file() and not (out / "resume.safetensors").exists():  # finished, not recorded
+        summary = json.loads((out / "summary.json").read_text())
+    else:
+        summary = run(cfg, progress=False, overwrite=True, resume=(out / "config.yaml").is_file())
+    return {"sparsity": summary["pruned"]["sparsity"], "val_accuracy": summary["budget"]["val_accuracy"],
+            "within_budget": summary["budget"]["within_budget"], "test_accuracy": summary["pruned"]["test_accuracy"],
+            "command": cfg.command() + " --quiet"}
+
+
+def _train_peer(exp, base, peer: str, target: float, value: float, spec: dict):
+    epochs, ft = spec.get("epochs", EPOCHS), spec.get("ft_epochs", FT_EPOCHS)
+    if peer.startswith("gmp"):
+        alloc = peer.split("_")[1]
+        call = f"train_gmp(exp, base, {epochs}, {target:.6f}, allocation='{alloc}', lr={value:g})"
+        return train_gmp(exp, base, epochs, target, allocation=alloc, lr=value)[0], call
+    if peer == "oneshot_layer":
+        call = f"oneshot_finetune(exp, base, {epochs}, {target:.6f}, 'layer', lr={value:g})"
+        return oneshot_finetune(exp, base, epochs, target, "layer", value)[0], call
+    ramp, teta1 = peer == "l1_ramp", SABR_DEFAULTS.teta1 * value
+    model = train_fixed_l1(exp, base, epochs - ft, ramp=ramp, teta1=teta1)[0]
+    call = (f"oneshot_finetune(exp, train_fixed_l1(exp, base, {epochs - ft}, ramp={ramp}, teta1={teta1:g})[0], "
+            f"{ft}, {target:.6f}, 'threshold')")
+    return oneshot_finetune(exp, model, ft, target, "threshold")[0], call
+
+
+def task_trial(spec: dict, seed: int, folder: Path, threads: int | None, device: str, peer: str, value: float,
+               target: float) -> dict:
+    """A peer trained to ``target`` (SABR's sparsity) with one hyper-parameter value; validation only (its
+    weights are kept for :func:`task_final`)."""
+    exp = _exp(spec, seed, threads, device)
+    base = load_checkpoint(folder / "base.safetensors", exp.device)[0]
     torch.manual_seed(seed)
-    exp = prepare(cfg, progress=False)
-    work.mkdir(parents=True, exist_ok=True)
-    base_path = work / "base.safetensors"
-    base, figures = base_model(exp, base_path)
-    check_base(results, seed, figures, base_path)
-    results["bases"][str(seed)] = figures
-    results.update(train=len(exp.train), val=len(exp.val), test=len(exp.test))
-    log.info("%s seed %d: base test %.2f%% (%d/%d/%d images)", name, seed, 100 * figures["test_accuracy"],
-             len(exp.train), len(exp.val), len(exp.test))
-    acc = figures["test_accuracy"]
-    for method, (_, values, _) in PEERS.items():
-        if methods is not None and method not in methods:
-            continue
-        train = lambda t, v, m=method: _peer_trial(exp, base, m, t, v, spec, work)  # noqa: E731
-        for entry in tune_then_train(results, save, method, spec.get("targets", TARGETS), seed,
-                                     spec.get(values, _default(values)), train, acc):
-            _logged(entry)
-    for method, ft_epochs in SABR_FAMILY.items():
-        if methods is not None and method not in methods:
-            continue
-
-        def train(scale: float, method: str = method, ft: int = ft_epochs(spec)) -> dict:
-            folder = work / f"{method}-teta1x{scale:g}-p{PROTOCOL}"  # another protocol's run is never read back
-            return _sabr_trial(sabr_config(spec, seed, base_path, ft, scale, folder, threads, device))
-        _logged(accumulate(results, save, method, None, seed, spec.get("l1_scales", L1_SCALES), train, acc))
+    model, call = _train_peer(exp, copy.deepcopy(base), peer, target, value, spec)
+    save_checkpoint(model, folder / f"{peer}-{value:g}.safetensors", exp.metadata("pruned"))
+    return {"peer": peer, "value": value, "target": target, "val_accuracy": evaluate_split(exp, model, exp.val)[1],
+            "sparsity": sparsity_report(model).sparsity, "command": f"sabr.baselines.{call}"}
 
 
-def _default(values: str) -> tuple:
-    return {"lrs": LRS, "l1_scales": L1_SCALES}[values]
+def task_final(spec: dict, seed: int, folder: Path, threads: int | None, device: str, trial: dict) -> dict:
+    """The chosen trial's test accuracy: the one test reading of a peer's final model."""
+    exp = _exp(spec, seed, threads, device)
+    model = load_checkpoint(folder / f"{trial['peer']}-{trial['value']:g}.safetensors", exp.device)[0]
+    return {"test_accuracy": evaluate_split(exp, model, exp.test)[1]}
 
 
-def _logged(entry: dict) -> None:
-    target = "budget" if entry["target"] is None else f"{100 * entry['target']:.0f}%"
-    log.info("%-13s %-6s seed %d: sparsity %.2f%%  test %.2f%% (base %.2f%%)", entry["name"], target, entry["seed"],
-             100 * entry["sparsity"], 100 * entry["test_accuracy"], 100 * entry["base_test_accuracy"])
+TASKS = {"base": task_base, "sabr": task_sabr_run, "trial": task_trial, "final": task_final}
 
 
-def upgrade(results: dict) -> dict:
-    """``results`` under ``PROTOCOL``: a file of an :data:`UPGRADABLE` protocol keeps its bases and the trials
-    that protocol shares with this one (every method is chosen again from them, with the trials the new
-    values add; a trial of a value no longer in the grid is kept and not chosen); a file of any other
-    protocol is returned as it is."""
-    kept = UPGRADABLE.get(results.get("protocol"))
-    if kept is None:
-        return results
-    return {**results, "protocol": PROTOCOL, "upgraded_from": results["protocol"], "methods": [],
-            "trials": [t for t in results["trials"] if kept(t)]}
-
-
-def load_results(path: Path, name: str, spec: dict, command: str) -> dict:
-    """The results file of a configuration: the one a cut-off run left (upgraded, see :func:`upgrade`), or a
-    new one. A file written under another protocol is refused (the 0.1.0 files are kept as they are)."""
-    if path.is_file():
-        results = upgrade(json.loads(path.read_text()))
-        if results.get("protocol") != PROTOCOL:
-            raise SystemExit(f"{path} holds results of protocol {results.get('protocol')!r}, not {PROTOCOL}: "
-                             "leave it, and pass another --out.")
-        return results
-    return {"config": name, "protocol": PROTOCOL, "spec": spec, "max_drop": MAX_DROP, "command": command,
-            "bases": {}, "trials": [], "methods": []}  # main() records the runs' "threads"
-
-
-def merge(parts: list[dict]) -> dict:
-    """One results file from several of the same configuration and protocol, e.g. seeds run side by side
-    (``--seeds N --out DIR`` per process): bases, trials and methods joined, each (name, target, seed[, value])
-    once (the first file's copy), each file upgraded first (:func:`upgrade`). Raises ``SystemExit`` on files of
-    different configurations or protocols."""
-    parts = [upgrade(r) for r in parts]
-    kinds = {(r.get("config"), r.get("protocol")) for r in parts}
-    if len(kinds) != 1:
-        raise SystemExit(f"cannot merge results of different configurations or protocols: {sorted(map(str, kinds))}")
-    merged = {**parts[0], "bases": {}, "trials": [], "methods": []}
-    seen: set = set()
-    for r in parts:
-        merged["bases"] = {**r["bases"], **merged["bases"]}
-        for kind, key in (("trials", ("name", "target", "seed", "value")), ("methods", ("name", "target", "seed"))):
-            for entry in r[kind]:
-                k = (kind, *(entry[f] for f in key))
-                if k not in seen:
-                    seen.add(k)
-                    merged[kind].append(entry)
-    return merged
-
-
-# --------------------------------------------------------------------------- cost
-def planned(spec: dict) -> tuple[int, int]:
-    """``(training epochs, validation passes)`` of one seed at most (the SABR family may stop earlier)."""
-    e, f, targets = spec["epochs"], spec["ft_epochs"], len(spec.get("targets", TARGETS))
-    lrs, scales = len(spec.get("lrs", LRS)), len(spec.get("l1_scales", L1_SCALES))
-    train = (spec["run"]["epochs_base"] + 3 * (lrs + targets - 1) * e + 2 * (scales * (e - f) + (scales + targets - 1) * f)
-             + len(SABR_FAMILY) * scales * e)
-    factors = len(spec["run"].get("sweep", RunConfig().sweep))
-    return train, train + len(SABR_FAMILY) * scales * 2 * factors  # + the budget search: both models, every factor
-
-
-def estimate(name: str, spec: dict, threads: int | None) -> float:
-    """CPU-hours of the configuration's full run, from a training epoch and a validation pass timed on
-    20 batches of this machine (``threads`` torch threads)."""
-    exp = prepare(RunConfig(**spec["run"], device="cpu", threads=threads), progress=False)
+def _run_task(kind: str, args: tuple, kwargs: dict, path: str, threads: int | None) -> str:
     if threads:
         torch.set_num_threads(threads)
-    model, bs = exp.new_model(), exp.config.batch_size
-    sample = Split(exp.train.images[:20 * bs], exp.train.labels[:20 * bs])
-    opt = torch.optim.Adam(model.parameters())
-    train_epoch(model, opt, Split(sample.images[:bs], sample.labels[:bs]), exp.preprocess, exp.device, bs,
-                phase_generator(0, "base"))  # warm-up
-    t = time.perf_counter()
-    train_epoch(model, opt, sample, exp.preprocess, exp.device, bs, phase_generator(0, "base"))
-    epoch_s = (time.perf_counter() - t) * len(exp.train) / len(sample)
-    t = time.perf_counter()
-    evaluate_split(exp, model, Split(exp.val.images[:2000], exp.val.labels[:2000]))
-    val_s = (time.perf_counter() - t) * len(exp.val) / min(2000, len(exp.val))
-    epochs, passes = planned(spec)
-    seeds = len(spec.get("seeds", SEEDS))
-    hours = seeds * (epochs * epoch_s + passes * val_s) * torch.get_num_threads() / 3600
-    print(f"{name}: {len(exp.train)} training images, epoch {epoch_s:.1f} s + validation {val_s:.1f} s on "
-          f"{torch.get_num_threads()} thread(s); {seeds} seeds x ({epochs} epochs + {passes} validations) = "
-          f"{hours:.1f} CPU-hours at most")
-    return hours
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("sabr").setLevel(logging.WARNING)
+    started = time.perf_counter()
+    result = TASKS[kind](*args, **kwargs)
+    write_json(Path(path), {**result, "seconds": round(time.perf_counter() - started, 1)})
+    return path
+
+
+# --------------------------------------------------------------------------- choices: validation only
+def choose_trial(trials: list[dict]) -> dict:
+    """A peer's trial: the best validation accuracy among those within ``TOLERANCE`` of their target (all when
+    none is). Reads ``val_accuracy``, ``sparsity``, ``target`` and ``value`` only."""
+    near = [t for t in trials if abs(t["sparsity"] - t["target"]) <= TOLERANCE] or trials
+    return max(near, key=lambda t: (t["val_accuracy"], -t["value"]))
+
+
+def strongest_peers(chosen: dict[str, list[dict]], top: int = TOP_PEERS) -> list[str]:
+    """The ``top`` peers with the best mean validation accuracy of their chosen trials over the seeds."""
+    return sorted(chosen, key=lambda p: -statistics.mean(t["val_accuracy"] for t in chosen[p]))[:top]
+
+
+# --------------------------------------------------------------------------- the schedule
+class Plan:
+    """Every task of the protocol, its file in ``work`` and what it waits for; :meth:`ready` lists those that can
+    start now, from the files written so far."""
+
+    def __init__(self, configs: dict, work: Path, threads: int | None, device: str, seeds: tuple | None):
+        self.configs, self.work, self.threads, self.device, self.seeds = configs, work, threads, device, seeds
+
+    def seeds_of(self, name: str) -> tuple:
+        return tuple(self.seeds or self.configs[name].get("seeds", SEEDS))
+
+    def folder(self, name: str, seed: int) -> Path:
+        return self.work / name / f"seed{seed}"
+
+    def read(self, path: Path) -> dict | None:
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def peers(self, name: str) -> list[str] | None:
+        """The configuration's peers; ``None`` while the configuration they come from is not finished."""
+        spec = self.configs[name]
+        if "peers" in spec:
+            return spec["peers"]
+        source = spec["peers_from"]
+        chosen = {p: [self.chosen(source, s, p) for s in self.seeds_of(source)] for p in self.peers(source) or []}
+        if not chosen or any(t is None for ts in chosen.values() for t in ts):
+            return None
+        return strongest_peers(chosen)
+
+    def trials(self, name: str, seed: int, peer: str) -> tuple[list[float], list[dict]]:
+        """The values the peer tries on this seed (the grid on the first seed, its choice later) and the
+        trials done."""
+        first = self.seeds_of(name)[0]
+        if seed == first:
+            values = list(GRIDS[PEERS[peer]])
+        else:
+            pick = self.chosen(name, first, peer)
+            values = [] if pick is None else [pick["value"]]
+        done = [self.read(self.folder(name, seed) / f"result-trial-{peer}-{v:g}.json") for v in values]
+        return values, [t for t in done if t is not None]
+
+    def chosen(self, name: str, seed: int, peer: str) -> dict | None:
+        values, done = self.trials(name, seed, peer)
+        return choose_trial(done) if values and len(done) == len(values) else None
+
+    def tasks(self) -> list[tuple[Path, str, tuple, dict]]:
+        """The tasks whose inputs exist and whose file does not: (file, kind, args, kwargs), those others wait
+        for first (bases, then SABR, trials, finals; the ablations, which nothing waits for, last)."""
+        out = []
+        for name, spec in self.configs.items():
+            for seed in self.seeds_of(name):
+                out += self._seed_tasks(name, spec, seed)
+        rank = {"base": 0, "sabr": 1, "trial": 2, "final": 3}
+        return sorted(out, key=lambda t: 4 if t[3].get("name") in ABLATIONS else rank[t[1]])
+
+    def _seed_tasks(self, name: str, spec: dict, seed: int) -> list:
+        folder = self.folder(name, seed)
+        common = (spec, seed, folder, self.threads, self.device)
+        if not (folder / "result-base.json").is_file():
+            return [(folder / "result-base.json", "base", common, {})]
+        todo = [(folder / f"result-{m}.json", "sabr", common, {"name": m}) for m in ("sabr", *ABLATIONS)]
+        sabr, peers = self.read(folder / "result-sabr.json"), self.peers(name)
+        for peer in (peers or []) if sabr else []:
+            values, done = self.trials(name, seed, peer)
+            todo += [(folder / f"result-trial-{peer}-{v:g}.json", "trial", common,
+                      {"peer": peer, "value": v, "target": sabr["sparsity"]}) for v in values]
+            if values and len(done) == len(values):
+                todo.append((folder / f"result-final-{peer}.json", "final", common, {"trial": choose_trial(done)}))
+        return [t for t in todo if not t[0].is_file()]
+
+
+def execute(plan: Plan, jobs: int, on_done) -> None:
+    """Run every task of ``plan``, ``jobs`` at a time (1: in this process), calling ``on_done()`` after each."""
+    if jobs <= 1:
+        while todo := plan.tasks():
+            path, kind, args, kwargs = todo[0]
+            _run_task(kind, args, kwargs, str(path), plan.threads)
+            on_done()
+        return
+    running: dict = {}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        while True:
+            for path, kind, args, kwargs in plan.tasks():
+                if len(running) < jobs and str(path) not in running.values():
+                    running[pool.submit(_run_task, kind, args, kwargs, str(path), plan.threads)] = str(path)
+            if not running:
+                return
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                log.info("done: %s", running.pop(future))
+                future.result()  # a failed task stops the run (its file is not written: it runs again next time)
+            on_done()
+
+
+# --------------------------------------------------------------------------- results and statistics
+def entries(plan: Plan, name: str) -> tuple[list[dict], dict]:
+    """The ``methods`` entries of a configuration (issue 33's schema) and its bases, from the task files."""
+    methods, bases = [], {}
+    for seed in plan.seeds_of(name):
+        folder = plan.folder(name, seed)
+        base = plan.read(folder / "result-base.json")
+        if base is None:
+            continue
+        bases[str(seed)] = base
+        row = {"seed": seed, "base_test_accuracy": base["test_accuracy"]}
+        for m in ("sabr", *ABLATIONS):
+            r = plan.read(folder / f"result-{m}.json")
+            if r is not None:
+                methods.append({"name": m, "target": None if m == "sabr" else "budget", **row, **_keep(r)})
+        for peer in plan.peers(name) or []:
+            final, pick = plan.read(folder / f"result-final-{peer}.json"), plan.chosen(name, seed, peer)
+            if final is not None and pick is not None:
+                methods.append({"name": peer, "target": "sabr", **row, **_keep(pick), **final,
+                                "value": pick["value"], "hyper_parameter": PEERS[peer]})
+    return methods, bases
+
+
+def _keep(r: dict) -> dict:
+    return {k: r[k] for k in ("sparsity", "val_accuracy", "test_accuracy", "command") if k in r}
+
+
+def t_interval(diffs: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and the ``level`` t interval (n - 1 degrees of freedom) of paired differences."""
+    from scipy.stats import t
+
+    mean = statistics.mean(diffs)
+    if len(diffs) < 2:
+        return mean, float("-inf"), float("inf")
+    half = t.ppf(0.5 + level / 2, len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
+    return mean, mean - half, mean + half
+
+
+def verdict(low: float, high: float) -> str:
+    """SABR "ahead" or "behind" only where the interval excludes zero; "tied" otherwise."""
+    return "ahead" if low > 0 else "behind" if high < 0 else "tied"
+
+
+def paired(methods: list[dict], test_images: int) -> list[dict]:
+    """SABR minus each other method, same seed: test accuracy and sparsity, with 95% t intervals."""
+    sabr = {m["seed"]: m for m in methods if m["name"] == "sabr"}
+    out = []
+    for name in dict.fromkeys(m["name"] for m in methods if m["name"] != "sabr"):
+        mine = {m["seed"]: m for m in methods if m["name"] == name and m["seed"] in sabr}
+        if not mine:
+            continue
+        row = {"method": name, "seeds": sorted(mine)}
+        for key in ("test_accuracy", "sparsity"):
+            mean, low, high = t_interval([sabr[s][key] - mine[s][key] for s in sorted(mine)])
+            row[key] = {"mean": mean, "low": low, "high": high, "verdict": verdict(low, high)}
+        row["test_accuracy"]["images"] = round(row["test_accuracy"]["mean"] * test_images, 1)
+        out.append(row)
+    return out
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
+
+
+def protocol_commit() -> str | None:
+    """The last commit that changed this file or docs/benchmarks.md: the one that fixed the protocol."""
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%H", "--", "benchmarks/compare.py",
+                               "docs/benchmarks.md"], capture_output=True, text=True, check=True).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def earlier_wall(out: Path, configs: dict, command: str) -> dict[str, float]:
+    """The wall seconds earlier sessions of the same command spent on each configuration's file."""
+    walls = {}
+    for name in configs:
+        path = out / f"{name}.json"
+        before = json.loads(path.read_text()) if path.is_file() else {}
+        walls[name] = before.get("wall_seconds", 0.0) if before.get("command") == command else 0.0
+    return walls
+
+
+def write_results(plan: Plan, out: Path, command: str, earlier: dict[str, float], wall: float) -> None:
+    """``<out>/<config>.json`` for every configuration, ``wall_seconds`` summed over resumed sessions."""
+    for name in plan.configs:
+        methods, bases = entries(plan, name)
+        if not bases:
+            continue
+        path = out / f"{name}.json"
+        before = json.loads(path.read_text()) if path.is_file() else {}
+        test_images = next(iter(bases.values()))["test"]
+        write_json(path, {"config": name, "command": command, "protocol": PROTOCOL,
+                          "protocol_commit": before.get("protocol_commit") or protocol_commit(),
+                          "wall_seconds": round(earlier.get(name, 0.0) + wall, 1), "machine": machine(),
+                          "spec": plan.configs[name], "grids": GRIDS, "bases": bases, "methods": methods,
+                          "paired": paired(methods, test_images)})
 
 
 # --------------------------------------------------------------------------- report
-def _stats(xs: list[float]) -> str:
+def _pm(xs: list[float]) -> str:
     return f"{100 * statistics.mean(xs):.2f} ± {100 * statistics.stdev(xs) if len(xs) > 1 else 0:.2f}"
 
 
-def table(results: dict) -> tuple[str, dict]:
-    """Markdown rows (mean ± std over seeds, paired differences against the best SABR-family entry) and
-    the groups ``{(name, target): {seed: entry}}`` they come from."""
-    groups: dict = {}
+def table(results: dict) -> str:
+    """Markdown: mean ± std per method, then SABR minus each method with its 95% interval and verdict."""
+    groups: dict[str, list[dict]] = {}
     for m in results["methods"]:
-        groups.setdefault((m["name"], m["target"]), {})[m["seed"]] = m
-
-    def drop(g: dict) -> float:
-        return statistics.mean(m["base_test_accuracy"] - m["test_accuracy"] for m in g.values())
-
-    family = [k for k in groups if k[0].startswith("sabr")]
-    within = [k for k in family if drop(groups[k]) <= MAX_DROP]
-    best = (max(within, key=lambda k: statistics.mean(m["sparsity"] for m in groups[k].values())) if within
-            else min(family, key=lambda k: drop(groups[k])) if family else None)
-    lines = [f"| method | target | seeds | sparsity % | test % | drop (pt) | Δ test vs {best and best[0]} (pt) | "
-             "Δ sparsity (pt) |", "|---|---|---|---|---|---|---|---|"]
-    for key in sorted(groups, key=lambda k: (k[0].startswith("sabr"), k[0], k[1] or 0)):
-        g = groups[key]
-        paired = [s for s in g if best and s in groups[best]]
-        diff = lambda f: _stats([g[s][f] - groups[best][s][f] for s in paired]) if paired else "-"  # noqa: E731
-        cells = [key[0], "budget" if key[1] is None else f"{100 * key[1]:.0f}%", str(len(g)),
-                 _stats([m["sparsity"] for m in g.values()]), _stats([m["test_accuracy"] for m in g.values()]),
-                 _stats([m["base_test_accuracy"] - m["test_accuracy"] for m in g.values()]), diff("test_accuracy"),
-                 diff("sparsity")]
-        lines.append("| " + " | ".join(cells) + " |")
-    reach = {n: max([t for (m, t), g in groups.items() if m == n and t is not None and drop(g) <= MAX_DROP],
-                    default=None) for n, _ in groups if not n.startswith("sabr")}
-    lines += ["", "Reach (highest target whose mean drop is at most 1 point): " +
-              ", ".join(f"{n} {'-' if t is None else f'{100 * t:.0f}%'}" for n, t in sorted(reach.items()))]
-    return "\n".join(lines), groups
+        groups.setdefault(m["name"], []).append(m)
+    lines = ["| method | target | seeds | sparsity % | val % | test % | drop (pt) |", "|---|---|---|---|---|---|---|"]
+    for name, ms in groups.items():
+        lines.append(f"| {name} | {ms[0]['target'] or '-'} | {len(ms)} | {_pm([m['sparsity'] for m in ms])} | "
+                     f"{_pm([m['val_accuracy'] for m in ms])} | {_pm([m['test_accuracy'] for m in ms])} | "
+                     f"{_pm([m['base_test_accuracy'] - m['test_accuracy'] for m in ms])} |")
+    lines += ["", "| SABR minus | Δ test (pt) [95% CI] | images | Δ sparsity (pt) [95% CI] | verdict (test) |",
+              "|---|---|---|---|---|"]
+    for p in results["paired"]:
+        a, s = p["test_accuracy"], p["sparsity"]
+        lines.append(f"| {p['method']} | {100 * a['mean']:+.2f} [{100 * a['low']:+.2f}, {100 * a['high']:+.2f}] | "
+                     f"{a['images']:+g} | {100 * s['mean']:+.2f} [{100 * s['low']:+.2f}, {100 * s['high']:+.2f}] | "
+                     f"{a['verdict']} |")
+    return "\n".join(lines)
 
 
-def plot(results: dict, groups: dict, path: Path) -> None:
+def plot(results: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name in sorted({n for n, _ in groups}):
-        pts = sorted((statistics.mean(m["sparsity"] for m in g.values()), [m["test_accuracy"] for m in g.values()])
-                     for (n, _), g in groups.items() if n == name)
-        ax.errorbar([100 * s for s, _ in pts], [100 * statistics.mean(a) for _, a in pts],
-                    yerr=[100 * statistics.stdev(a) if len(a) > 1 else 0 for _, a in pts],
-                    marker="*" if name.startswith("sabr") else "o", ms=9 if name.startswith("sabr") else 5,
-                    capsize=3, label=name, ls="" if name.startswith("sabr") else "-")
+    for name in dict.fromkeys(m["name"] for m in results["methods"]):
+        ms = [m for m in results["methods"] if m["name"] == name]
+        x, y = (100 * statistics.mean(m[k] for m in ms) for k in ("sparsity", "test_accuracy"))
+        ax.errorbar(x, y,
+                    yerr=100 * statistics.stdev(m["test_accuracy"] for m in ms) if len(ms) > 1 else 0, capsize=3,
+                    marker="*" if name == "sabr" else "o", ms=10 if name == "sabr" else 5, ls="", label=name)
     base = 100 * statistics.mean(b["test_accuracy"] for b in results["bases"].values())
     ax.axhline(base, color="grey", ls="--", lw=1, label="base (mean)")
-    ax.axhline(base - 100 * MAX_DROP, color="grey", ls=":", lw=1, label="base - 1 pt")
+    ax.axhline(base - 1, color="grey", ls=":", lw=1, label="base - 1 pt")
     ax.set_xlabel("sparsity of Conv/Linear weights (%)")
     ax.set_ylabel("test accuracy (%), mean ± std over seeds")
     ax.set_title(f"{results['config']} (protocol {results['protocol']})", fontsize=10)
@@ -445,81 +433,43 @@ def plot(results: dict, groups: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def report(out: Path) -> None:
-    for path in sorted(out.glob("*.json")):
+def report(out: Path, names) -> None:
+    for name in names:
+        path = out / f"{name}.json"
+        if not path.is_file():
+            continue
         results = json.loads(path.read_text())
-        if results.get("protocol") != PROTOCOL or not results.get("methods"):
-            continue  # another benchmark's file, or one measured under protocol 0.1.0
-        text, groups = table(results)
-        device = results.get("device_name", results.get("device", "cpu"))
-        print(f"### {results['config']}\n\n`{results['command']}` (trained on {device}); base test accuracy "
-              + ", ".join(f"seed {s}: {100 * b['test_accuracy']:.2f}%" for s, b in sorted(results["bases"].items()))
-              + f".\n\n{text}\n\n![{results['config']}](../benchmarks/results/{path.stem}.png)\n")
-        plot(results, groups, path.with_suffix(".png"))
+        hours = results["wall_seconds"] / 3600
+        print(f"### {name}\n\n`{results['command']}`, {hours:.2f} h wall\n\n{table(results)}\n")
+        plot(results, path.with_suffix(".png"))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="the smoke configuration (about a minute)")
-    p.add_argument("--configs", nargs="+", help=f"configurations (default: all): {', '.join(CONFIGS)}")
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the configuration's, 0 1 2)")
+    p.add_argument("--quick", action="store_true", help="tiny digits configurations: a check of the code")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the protocol's, 0 1 2)")
+    p.add_argument("--jobs", type=int, default=2, help="tasks at a time, each in its own process (1: this one)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per task")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder of <config>.json/.png")
-    p.add_argument("--work", default="runs/compare", help="cached base models, L1 phases and sabr run folders")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--device", default="cpu", help="where every method trains: cpu (default) or cuda[:N]; the "
-                   "results file records it, and a file of another device is refused")
-    p.add_argument("--methods", nargs="+", choices=[*PEERS, *SABR_FAMILY], help="only these methods (default: all; "
-                   "e.g. the SABR family in a second process with its own --out, joined by --merge)")
-    p.add_argument("--estimate", action="store_true", help="train nothing: print the CPU-hours of the full run")
+    p.add_argument("--work", default="runs/compare", help="the tasks' files: bases, runs, trials")
     p.add_argument("--report", action="store_true", help="train nothing: print the tables, draw the plots")
-    p.add_argument("--merge", nargs="+", metavar="JSON", help="train nothing: join results files of one "
-                   "configuration (seeds run side by side with their own --out) into --out, then report")
-    p.add_argument("--command", help="with --merge: the command the joined file records (default: the first "
-                   "file's), e.g. the one that ran the parts")
-    p.add_argument("-v", "--verbose", action="store_true", help="log every epoch of every method")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("sabr").setLevel(logging.INFO if args.verbose else logging.WARNING)
-    table_ = QUICK if args.quick else CONFIGS
-    names = args.configs or list(table_)
-    unknown = [n for n in names if n not in {**CONFIGS, **QUICK}]
-    if unknown:
-        p.error(f"unknown configuration(s) {unknown}; choose from {', '.join([*CONFIGS, *QUICK])}")
-    if args.device != "cpu" and not torch.cuda.is_available():
-        p.error(f"--device {args.device} was asked for but no CUDA GPU is visible; use --device cpu")
-    out = Path(args.out)
-    if args.merge:
-        merged = merge([json.loads(Path(f).read_text()) for f in args.merge])
-        merged["command"] = args.command or merged["command"]
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / f"{merged['config']}.json", merged)
-        report(out)
-        return 0
+    configs, out = (QUICK if args.quick else CONFIGS), Path(args.out)
     if args.report:
-        report(out)
+        report(out, configs)
         return 0
-    if args.estimate:
-        total = sum(estimate(n, {**CONFIGS, **QUICK}[n], args.threads) for n in names)
-        print(f"total: {total:.1f} CPU-hours at most")
-        return 0
+    plan = Plan(configs, Path(args.work), args.threads, args.device, tuple(args.seeds) if args.seeds else None)
     command = "python benchmarks/compare.py " + " ".join(argv if argv is not None else sys.argv[1:])
     out.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        spec = {**CONFIGS, **QUICK}[name]
-        path = out / f"{name}.json"
-        results = load_results(path, name, spec, command)
-        if results["trials"] and results.get("device", "cpu") != args.device:  # files before --device: the CPU
-            raise SystemExit(f"{path} holds results trained on {results.get('device', 'cpu')}, not {args.device}: "
-                             "pass the same --device, or another --out.")
-        results["threads"] = args.threads or torch.get_num_threads()  # what the runs use (RunConfig.threads)
-        results["device"] = args.device
-        if args.device.startswith("cuda"):
-            results["device_name"] = torch.cuda.get_device_name(torch.device(args.device))
-        for seed in args.seeds or spec.get("seeds", SEEDS):
-            run_seed(name, spec, seed, results, lambda: write_json(path, results), Path(args.work) / name / f"seed{seed}",
-                     args.threads, args.methods, args.device)
-    report(out)
+    command, started = command.strip(), time.perf_counter()
+    earlier = earlier_wall(out, configs, command)
+    save = lambda: write_results(plan, out, command, earlier, time.perf_counter() - started)  # noqa: E731
+    execute(plan, args.jobs, save)
+    save()
+    report(out, configs)
     return 0
 
 
