@@ -167,12 +167,16 @@ TASKS = {"base": task_base, "sabr": task_sabr_run, "trial": task_trial, "final":
 
 
 def _run_task(kind: str, args: tuple, kwargs: dict, path: str, threads: int | None) -> str:
+    before = torch.get_num_threads()  # restored: with --jobs 1 the task runs in the caller's process
     if threads:
         torch.set_num_threads(threads)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     logging.getLogger("sabr").setLevel(logging.WARNING)
     started = time.perf_counter()
-    result = TASKS[kind](*args, **kwargs)
+    try:
+        result = TASKS[kind](*args, **kwargs)
+    finally:
+        torch.set_num_threads(before)
     write_json(Path(path), {**result, "seconds": round(time.perf_counter() - started, 1)})
     return path
 
