@@ -284,7 +284,8 @@ def _calibrate_phase(exp: Experiment, folder: RunDir, models: dict[str, nn.Modul
             write_json(path, read_metadata(path) | {"calibration": cal.to_dict()})
     entry = cal.to_dict() | cal.measure(*collect_logits(model, exp.batches(exp.test)), "test")  # never chosen on
     log.info("calibration: temperature %.4g, claim threshold %.3f, OOD %s >= %s; ECE on test %.3f -> %.3f",
-             cal.temperature, cal.threshold, cal.ood_score, cal.ood_threshold, entry["ece_test_before"],
+             cal.temperature, cal.threshold, cal.ood_score,
+             "-" if cal.ood_threshold is None else f"{cal.ood_threshold:.4g}", entry["ece_test_before"],
              entry["ece_test_after"])
     return entry
 
