@@ -283,10 +283,7 @@ def _calibrate_phase(exp: Experiment, folder: RunDir, models: dict[str, nn.Modul
             path = folder.checkpoint(phase).with_suffix(".json")
             write_json(path, read_metadata(path) | {"calibration": cal.to_dict()})
     entry = cal.to_dict() | cal.measure(*collect_logits(model, exp.batches(exp.test)), "test")  # never chosen on
-    log.info("calibration: temperature %.4g, claim threshold %.3f, OOD %s >= %s; ECE on test %.3f -> %.3f",
-             cal.temperature, cal.threshold, cal.ood_score,
-             "-" if cal.ood_threshold is None else f"{cal.ood_threshold:.4g}", entry["ece_test_before"],
-             entry["ece_test_after"])
+    log.info("%s; ECE on test %.3f -> %.3f", cal.describe(), entry["ece_test_before"], entry["ece_test_after"])
     return entry
 
 
@@ -321,7 +318,6 @@ def reprune(run_dir: str | Path, teta1_values, gamma: float = 0.1, progress: boo
     if not folder.config.is_file():
         raise SabrError(f"{folder.config} is missing; `sabr prune` needs a run folder written by `sabr run`.")
     exp = load_experiment(folder.path, progress=progress)
-    cfg = exp.config
     exp.preprocess = meta["transform"]
     model.to(exp.device)
     base_meta = folder.checkpoint("base").with_suffix(".json")
