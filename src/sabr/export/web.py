@@ -36,6 +36,7 @@ from ..errors import SabrError
 from ..manifest import Manifest
 from .load import load_model
 from .onnx import export_onnx
+from .run import example_input
 from .shrink import shrink
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def export_web(run_dir: str | Path, out: str | Path, phase: str = "pruned", trus
     model, used_shrunk, params = _smallest(model, meta)
     manifest = Manifest.claim(out, "site")
     with manifest:  # every file written below is listed in the site's manifest first
-        x1 = _example(meta, 1)
+        x1 = example_input(meta, 1)
         try:
             checked = check_input if check_input is not None else x1
             path, diff = export_onnx(model, out / "model.onnx", meta, x1, checked)
@@ -122,16 +123,11 @@ def export_web(run_dir: str | Path, out: str | Path, phase: str = "pruned", trus
     return result
 
 
-def _example(meta: dict, batch: int) -> torch.Tensor:
-    p = meta["preprocess"]
-    return torch.zeros(batch, int(p["channels"]), int(p["image_size"]), int(p["image_size"]))
-
-
 def _smallest(model: torch.nn.Module, meta: dict) -> tuple[torch.nn.Module, bool, int]:
     """The shrunk model when it has fewer parameters than ``model``, else ``model``; ``(model, shrunk?, params)``."""
     params = sum(p.numel() for p in model.parameters())
     try:
-        small, rep = shrink(model, _example(meta, 2))
+        small, rep = shrink(model, example_input(meta, 2))
     except SabrError as exc:
         log.info("web export: the model does not shrink (%s); the pruned model is exported", exc)
         return model, False, params
@@ -143,8 +139,9 @@ def _smallest(model: torch.nn.Module, meta: dict) -> tuple[torch.nn.Module, bool
 def _app_config(meta: dict, shrunk: bool, params: int, onnx_bytes: int, runtime: str | None) -> dict:
     """``app.json``: everything the page needs to preprocess, decide and drive the elevator."""
     defaults = {f.name: f.default for f in fields(ElevatorSettings)}
+    rule = decision_rule(meta)
     if defaults["min_confidence"] is None:  # the apps' default: the model's claim threshold
-        defaults["min_confidence"] = decision_rule(meta)["threshold"]
+        defaults["min_confidence"] = rule["threshold"]
     p = meta["preprocess"]
     return {
         "format": 1,
@@ -153,7 +150,7 @@ def _app_config(meta: dict, shrunk: bool, params: int, onnx_bytes: int, runtime:
         "classes": [str(c) for c in meta["classes"]],
         "preprocess": {"image_size": int(p["image_size"]), "channels": int(p["channels"]),
                        "mean": [float(v) for v in p["mean"]], "std": [float(v) for v in p["std"]]},
-        "decision": decision_rule(meta),
+        "decision": rule,
         "settings": {k: defaults[k] for k in _SETTINGS},
         "model_info": {"shrunk": shrunk, "params": params, "onnx_bytes": onnx_bytes,
                        "test_accuracy": meta.get("test_accuracy")},
