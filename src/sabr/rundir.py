@@ -28,7 +28,7 @@ from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 
-from .checkpoint import PHASES, atomic_write, make_folder
+from .checkpoint import PHASES, atomic_write
 from .config import load_yaml
 from .errors import CheckpointError, SabrError, StorageError
 from .manifest import MANIFEST, Manifest, release
