@@ -166,7 +166,8 @@ def task_final(spec: dict, seed: int, folder: Path, threads: int | None, device:
 TASKS = {"base": task_base, "sabr": task_sabr_run, "trial": task_trial, "final": task_final}
 
 
-def _run_task(kind: str, args: tuple, kwargs: dict, path: str, threads: int | None) -> str:
+def _run_task(kind, args: tuple, kwargs: dict, path: str, threads: int | None) -> str:
+    """Run one task (``kind``: a key of ``TASKS`` or a module-level function) and write its JSON to ``path``."""
     before = torch.get_num_threads()  # restored: with --jobs 1 the task runs in the caller's process
     if threads:
         torch.set_num_threads(threads)
@@ -174,7 +175,7 @@ def _run_task(kind: str, args: tuple, kwargs: dict, path: str, threads: int | No
     logging.getLogger("sabr").setLevel(logging.WARNING)
     started = time.perf_counter()
     try:
-        result = TASKS[kind](*args, **kwargs)
+        result = (TASKS[kind] if isinstance(kind, str) else kind)(*args, **kwargs)
     finally:
         torch.set_num_threads(before)
     write_json(Path(path), {**result, "seconds": round(time.perf_counter() - started, 1)})

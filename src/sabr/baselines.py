@@ -12,8 +12,8 @@
   every epoch: the ablations that show what SABR's adaptation and freezing buy.
 * :func:`magnitude_curve`, :func:`accuracy_at`, :func:`sparsity_within`: accuracy-vs-sparsity curves
   and the figures read from them.
-* :func:`torch_pruning_channels`: Torch-Pruning's channel pruning (group L2 magnitude), the structured peer
-  (needs the ``torch-pruning`` package, sabr's ``bench`` extra).
+* :func:`torch_pruning_channels`: Torch-Pruning's channel pruning, the structured peers (from
+  :mod:`sabr.channel_peers`, with Torch-Pruning's sparse training; needs the ``torch-pruning`` package).
 
 Every training peer runs with dropout off and phase 2's learning-rate schedule
 (:func:`sabr.phases.sabr_scheduler`), as SABR's phase 2 does, and keeps its best-validation epoch among
@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as tprune
 
+from .channel_peers import torch_pruning_channels
 from .errors import ConfigError
 from .experiment import Experiment
 from .metrics import sparsity_report
@@ -314,29 +315,3 @@ def sparsity_within(curve: list[list[float]], base_accuracy: float, points: floa
     """
     ok = [s for s, a in curve if a >= base_accuracy - points]
     return max(ok) if ok else None
-
-
-def torch_pruning_channels(model: nn.Module, example: torch.Tensor, ratio: float) -> nn.Module:
-    """A copy of ``model`` with ``ratio`` of the channels of every coupled group removed by Torch-Pruning
-    (``MagnitudePruner`` with group L2 magnitude importance; the last Linear layer kept whole): a physically
-    smaller model, on the CPU, in eval mode.
-
-    Args:
-        model: the model to prune (left as it is).
-        example: an input batch for tracing the model's channel dependencies.
-        ratio: the share of channels to remove from every group, in [0, 1).
-
-    Raises:
-        ImportError: ``torch-pruning`` is not installed.
-    """
-    try:
-        import torch_pruning as tp
-    except ImportError as exc:
-        raise ImportError("torch_pruning_channels needs the torch-pruning package: "
-                          "pip install 'torch-pruning>=1.6' (sabr's bench extra).") from exc
-    pruned = copy.deepcopy(model).cpu().eval()
-    head = [m for m in pruned.modules() if isinstance(m, nn.Linear)][-1:]
-    pruner = tp.pruner.MagnitudePruner(pruned, example.cpu(), importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                       pruning_ratio=ratio, ignored_layers=head)
-    pruner.step()
-    return pruned
