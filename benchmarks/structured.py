@@ -1,502 +1,395 @@
-"""Structured SABR against Torch-Pruning: test accuracy against real CPU latency (issue #16).
+"""Structured SABR against Torch-Pruning's counterparts on Fashion-MNIST's ResNet-20: issue 34's protocol
+(docs/benchmarks.md, "Structured protocol"), from scratch by one command in at most 2 hours on a 2-core machine.
 
-Per model (``--models``, default resnet18 vgg11) on the sign-language photos at 32 px, one thread, per seed:
+Per seed (``SEEDS``), from the base of ``compare.py``'s ``fashion-resnet20`` configuration (the same data, split
+sizes and 20-epoch phase 1, in the same ``--bases`` folder: trained here when compare.py has not):
 
-* ``sabr_structured``: ``python -m sabr run --structured --epochs-sabr 0 --finetune-epochs 30`` (skipped when
-  its ``summary.json`` exists): the fine-tune starts with 87.5% of every channel group removed and the budget's
-  adaptive rule gives 12.5% back while validation stays below 1 point under the base's without recovering, until
-  an epoch is within it (``sabr.budget.CHANNEL_SHARES``, ``sabr.ramp.ShrinkingRamp``). Phase 2's group penalty
-  is off (0 epochs): at equal epochs it did not help (docs/benchmarks.md). Its ``pruned`` checkpoint is made
-  physically smaller with :func:`sabr.export.shrink`.
-* ``dense``: the same run's ``base`` checkpoint.
-* ``sabr_unstructured``: the default (unstructured) ``python -m sabr run`` from the same base
-  (``--base-checkpoint``), its ``pruned`` checkpoint as it is: zeros in dense tensors, what a user of the
-  default gets on a CPU without sparse kernels (about the dense latency).
-* ``torch_pruning_<ratio>``: Torch-Pruning (``MagnitudePruner``, group L2 magnitude, the final classifier
-  kept whole) from the SAME base at each channel ratio, then fine-tuned on the run's own splits
-  (:func:`sabr.load_experiment`) for as many epochs as SABR's phase 2 and fine-tune took for that seed (30),
-  with the run's optimizer, phase-2 learning rate, schedule and batch size, keeping the best-validation epoch
-  (:func:`sabr.phases.finetune_masked`; a physically pruned model has no zeros to keep).
+* ``dense``: the base.
+* ``sabr_structured``: ``sabr run --structured`` with the protocol's flags only (data, model, image size, split
+  sizes, the base, seed, threads, device, out); its ``pruned`` model made physically smaller (:func:`sabr.shrink`).
+* ``torch_pruning_<importance>`` (:data:`sabr.channel_peers.IMPORTANCES`: magnitude, bn_scale, taylor): the base
+  cut in one shot to sabr_structured's shape on the same seed (every layer's output channels), then fine-tuned
+  (:func:`sabr.phases.finetune_masked`) for as many epochs as SABR's run trained after the base.
+* ``torch_pruning_groupnorm``: Torch-Pruning's ``GroupNormPruner``, its sparse training for half of those epochs,
+  the cut to the same shape, the fine-tune for the other half (:func:`sabr.channel_peers.train_groupnorm`); its
+  regulariser ``reg`` tried among ``GROUPNORM_REGS`` on the first seed and chosen by validation accuracy.
 
-Every row is timed against the dense base in the same process, eager and in ONNX Runtime, batch 1 and 32
-(:func:`sabr.bench.measure_latency`); ``speedup`` is base latency / row latency in the same runtime.
-Rows accumulate per (name, seed) in ``--out/structured-<model>.json``, written after every row, so a run
-cut off midway continues where it stopped; ``--report`` redraws the table and the Pareto plot from it.
+Every row keeps its best validation epoch, with the run's optimizer, phase-2 learning rate and schedule; the
+test split is read once per final model. After all training, each seed's models are timed together, in this
+process, interleaved, at batch 1 and 32, eager and in ONNX Runtime, one thread (:func:`sabr.bench.measure_latency`).
 
-    python benchmarks/structured.py --models resnet18 --quick     # smoke run, a few minutes
-    python benchmarks/structured.py                                # the full run (hours), resumable
-    python benchmarks/structured.py --report                       # table and plot of what is there
-    python benchmarks/structured.py --report --seeds 3 4 5         # of some seeds only (structured-<model>-seeds3-4-5.png)
-    python benchmarks/structured.py --base-from OLD_RUNS           # reuse another run's bases (no phase 1)
-    python benchmarks/structured.py --retime                       # every row of a seed timed again, together
-    python benchmarks/structured.py --methods sabr_unstructured    # add one method's rows to the results
-    python benchmarks/structured.py --merge a/structured-vgg11.json b/structured-vgg11.json   # seeds run side
-                                                                   # by side (--seeds N --out DIR), added to --out
+``--recipe`` decides, on validation only and before the comparison, what ``sabr run --structured`` does by
+default: ``RECIPES`` on the first seed, the one that removes the most MACs within the budget on validation.
 
-Once a seed's base is trained, its Torch-Pruning rows can run beside the structured run's fine-tune: a second
-process with ``--methods torch_pruning --finetune-epochs 30 --out OTHER``, joined afterwards by ``--merge``.
+    python benchmarks/structured.py --recipe    # the default recipe's decision (first seed, validation; ~15 min)
+    python benchmarks/structured.py             # the comparison, seeds 0-2, two jobs (~1 h with compare's bases)
+    python benchmarks/structured.py --quick     # tiny digits runs: a check of the code, a minute
+    python benchmarks/structured.py --report    # tables and plot of what is there
 
-Needs ``torch-pruning`` (measured with 1.6) and, for the ONNX Runtime figures, sabr's ``export`` extra.
+Sign-language results of the earlier protocol (resnet18, vgg11, mobilenet_v2 at 32 px) are in
+``benchmarks/results/archive/`` and docs/archive/benchmarks-structured-sign-language.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import statistics
-import subprocess
 import sys
 import time
-from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import torch
-from torch import nn
 
-import sabr
-from sabr.baselines import torch_pruning_channels
+import compare
+from sabr import RunConfig, count_macs, load_checkpoint, load_model, load_run, save_shrunk, shrink
 from sabr.bench import measure_latency
+from sabr.channel_peers import IMPORTANCES, out_channels, torch_pruning_channels, train_groupnorm
 from sabr.checkpoint import write_json
-from sabr.experiment import Experiment, evaluate_split
 from sabr.phases import finetune_masked
+from sabr.pipeline import evaluate_split, run
 
 log = logging.getLogger("structured")
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "sign-language-digits" / "Dataset"
-MODELS = ("resnet18", "vgg11")
+PROTOCOL = "2.0.0"
+"""2.0.0 (issue 34): Fashion-MNIST ResNet-20, three Torch-Pruning importances and GroupNormPruner at SABR's shape.
+1.x (issue 16): sign-language photos, results/archive/."""
+CONFIG = "fashion-resnet20"
 SEEDS = (0, 1, 2)
-RATIOS = (0.5, 0.625, 0.75, 0.875)
-"""Torch-Pruning's channel ratios: SABR's shares from 50% to its top (87.5%)."""
+GROUPNORM_REGS = (1e-4, 5e-4, 2e-3)
 BATCHES = (1, 32)
-METHODS = ("sabr_structured", "torch_pruning", "sabr_unstructured")
-"""The rows ``--methods`` chooses from besides ``dense`` (``torch_pruning``: one row per ``--ratios`` value)."""
-SABR_RUN = dict(epochs_sabr=0, sabr_finetune_epochs=30)
-"""The structured ``sabr run``'s epochs after phase 1: all of them in the fine-tune's channel-share ramp."""
-QUICK = dict(epochs_base=2, epochs_sabr=0, sabr_finetune_epochs=2, unstructured_epochs_sabr=2, seeds=[0],
-             ratios=[0.5], finetune_epochs=1, runs=10)
+RUNS = 50
+RECIPE_EPOCHS = 20
+RECIPES = {"ramp": dict(epochs_sabr=0, finetune_epochs=RECIPE_EPOCHS),
+           "sabr_then_ramp": dict(epochs_sabr=RECIPE_EPOCHS // 2, finetune_epochs=RECIPE_EPOCHS // 2),
+           "sabr": dict(epochs_sabr=RECIPE_EPOCHS, finetune_epochs=0)}
+"""The candidates for ``sabr run --structured``'s default, each 20 epochs after the base: the fine-tune's channel
+share ramp alone, SABR's group penalty then the ramp, the group penalty then the budget search alone."""
+QUICK = dict(data=dict(data="digits", model="resnet20", image_size=8, max_per_class=12), epochs_base=1,
+             flags=dict(epochs_sabr=1, finetune_epochs=1), seeds=(0, 1), runs=3)
 
 
-# --------------------------------------------------------------------------- the methods
-def sabr_run(model: str, seed: int, args: argparse.Namespace, structured: bool = True) -> Path:
-    """The structured ``sabr run`` of ``model`` and ``seed`` (started unless its summary exists); its folder.
-    ``structured=False``: the default ``sabr run`` from the structured run's base (``<folder>-unstructured``)."""
-    out = run_folder(model, seed, args, structured)
-    if (out / "summary.json").is_file():
-        return out
-    if (out / "config.yaml").is_file():  # cut off midway: continue it
-        cmd = [sys.executable, "-m", "sabr", "run", "--quiet", "--resume", str(out)]
+def _spec(quick: bool) -> dict:
+    return QUICK if quick else {**compare.CONFIGS[CONFIG], "flags": {}}
+
+
+def _size(model: torch.nn.Module, side: int) -> dict:
+    """Parameters and dense MACs per image of ``model`` at ``side`` pixels."""
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    x = torch.zeros(1, conv.in_channels, side, side)
+    return {"params": sum(p.numel() for p in model.parameters()), "macs": int(count_macs(model.cpu(), x).macs_dense)}
+
+
+# --------------------------------------------------------------------------- the tasks (each returns a JSON dict)
+def task_sabr(spec: dict, seed: int, folder: Path, threads: int | None, device: str, base: str,
+              name: str = "sabr_structured", flags: dict | None = None) -> dict:
+    """``sabr run --structured`` from the seed's base (protocol flags, plus ``flags`` for a recipe candidate),
+    continued when cut off; its result made physically smaller and saved as ``<name>.safetensors``."""
+    cfg = RunConfig(**spec["data"], structured=True, base_checkpoint=base, seed=seed, threads=threads,
+                    device=device, out=str(folder / name), **{**spec["flags"], **(flags or {})})
+    out = Path(cfg.out)
+    if (out / "summary.json").is_file() and not (out / "resume.safetensors").exists():
+        summary = json.loads((out / "summary.json").read_text())
     else:
-        cmd = [sys.executable, "-m", "sabr", "run", "--model", model, "--data", str(args.data), "--image-size",
-               str(args.image_size), "--threads", str(args.threads), "--seed", str(seed), "--quiet", "--out", str(out)]
-        if structured:
-            cmd += ["--structured", "--epochs-sabr", str(args.epochs_sabr), "--finetune-epochs",
-                    str(args.sabr_finetune_epochs)]
-            if args.epochs_base is not None:
-                cmd += ["--epochs-base", str(args.epochs_base)]
-            if args.base_from is not None:
-                cmd += ["--base-checkpoint", str(Path(args.base_from) / f"{model}-s{seed}" / "base.safetensors")]
-        else:
-            cmd += ["--base-checkpoint", str(base_folder(model, seed, args) / "base.safetensors")]
-            if args.unstructured_epochs_sabr is not None:
-                cmd += ["--epochs-sabr", str(args.unstructured_epochs_sabr)]
-    log.info("%s", " ".join(cmd))
-    subprocess.run(cmd, check=True)
-    return out
+        summary = run(cfg, progress=False, overwrite=True, resume=(out / "config.yaml").is_file())
+    model, meta = load_run(out, "pruned")
+    side = meta["model"]["image_size"]
+    small = shrink(model.cpu().eval(), torch.zeros(2, meta["model"]["in_chans"], side, side))[0]
+    save_shrunk(small, folder / f"{name}.safetensors", meta)
+    return {"val_accuracy": summary["budget"]["val_accuracy"], "within_budget": summary["budget"]["within_budget"],
+            "test_accuracy": summary["pruned"]["test_accuracy"], "macs_reduction": summary["pruned"]["macs_reduction"],
+            "epochs": summary["sabr"]["epochs"] + int(summary["pruned"].get("finetune_epochs") or 0),
+            "channels": out_channels(small), **_size(small, side), "command": cfg.command() + " --quiet"}
 
 
-def run_folder(model: str, seed: int, args: argparse.Namespace, structured: bool = True) -> Path:
-    """Where :func:`sabr_run` puts the run of ``model`` and ``seed``."""
-    return Path(args.runs_dir) / f"{model}-s{seed}{'' if structured else '-unstructured'}"
-
-
-def base_folder(model: str, seed: int, args: argparse.Namespace) -> Path:
-    """The structured run's folder once its base is trained, whether or not its fine-tune has finished (it may
-    be running in another process): all the dense, Torch-Pruning and unstructured rows need; else the folder
-    of the run, started (:func:`sabr_run`)."""
-    out = run_folder(model, seed, args)
-    return out if (out / "base.safetensors").is_file() else sabr_run(model, seed, args)
-
-
-def sabr_epochs(run_dir: Path) -> int:
-    """Epochs of training after phase 1 in a run: phase 2 plus the masked fine-tune."""
-    s = json.loads((run_dir / "summary.json").read_text())
-    return int(s["sabr"]["epochs"]) + int(s["pruned"].get("finetune_epochs") or 0)
-
-
-class Seed:
-    """One seed's run folder, experiment and models, each made on first use (a resumed seed may need none)."""
-
-    def __init__(self, model: str, seed: int, args: argparse.Namespace) -> None:
-        self.model, self.seed, self.args = model, seed, args
-        self._cache: dict[str, object] = {}
-
-    def _get(self, key: str, make: Callable[[], object]):
-        if key not in self._cache:
-            self._cache[key] = make()
-        return self._cache[key]
-
-    @property
-    def run(self) -> Path:
-        return self._get("run", lambda: sabr_run(self.model, self.seed, self.args))
-
-    @property
-    def base_run(self) -> Path:
-        """:func:`base_folder`: with ``--finetune-epochs``, the dense and Torch-Pruning rows can be measured in
-        another process beside the structured run's fine-tune."""
-        return self._get("base_run", lambda: base_folder(self.model, self.seed, self.args))
-
-    @property
-    def exp(self) -> Experiment:
-        return self._get("exp", lambda: sabr.load_experiment(self.base_run))
-
-    @property
-    def base(self) -> nn.Module:
-        return self._get("base", lambda: sabr.load_run(self.base_run, "base")[0].eval())
-
-    def example(self) -> torch.Tensor:
-        return self.exp.example_input().cpu()
-
-    def structured(self) -> nn.Module:
-        return sabr.export.shrink(sabr.load_run(self.run, "pruned")[0].eval(), self.example().repeat(2, 1, 1, 1))[0]
-
-    def unstructured(self) -> nn.Module:
-        return sabr.load_run(sabr_run(self.model, self.seed, self.args, structured=False), "pruned")[0].eval()
-
-    def peer(self, ratio: float) -> nn.Module:
-        model = torch_pruning_channels(self.base, self.example(), ratio)
-        epochs = self.args.finetune_epochs or sabr_epochs(self.run)
-        return finetune_masked(self.exp, model, epochs)[0].eval()
-
-
-# --------------------------------------------------------------------------- measurement and results
-def measure(s: Seed, name: str, model: nn.Module, runs: int) -> dict:
-    """One result row: accuracy, size, MACs and latency of ``model`` against the seed's dense base.
-
-    ``macs`` are what dense kernels compute for the model as it is (zeros included), ``macs_nonzero`` those
-    of its non-zero weights (:func:`sabr.count_macs`), per image.
-    """
-    x = s.example()
-    models = {"base": s.base} if model is s.base else {"base": s.base, "row": model}
-    row = "row" if "row" in models else "base"
-    t = measure_latency(models, x, BATCHES, runs=runs, warmup=max(1, runs // 10), threads=s.args.threads)
-    macs = sabr.count_macs(model, x)
-    return {"name": name, "seed": s.seed, "test_accuracy": evaluate_split(s.exp, model, s.exp.test)[1],
-            "base_test_accuracy": evaluate_split(s.exp, s.base, s.exp.test)[1],
-            "params": sum(p.numel() for p in model.parameters()), "macs": int(macs.macs_dense),
-            "macs_nonzero": int(macs.macs_pruned), **timing(t["latency"], row),
-            "max_abs_diff_onnxruntime": t["max_abs_diff"].get(f"ort_{row}")}
-
-
-def timing(lat: dict, row: str) -> dict:
-    """``latency_ms`` and ``speedup`` (over the path ``base``) of the path ``row`` in one measurement of
-    :func:`sabr.bench.measure_latency` (its ``latency``), per runtime and batch size."""
-    kinds = {k: p for k, p in {"eager": "", "onnxruntime": "ort_"}.items() if f"{p}{row}" in lat["1"]}
-    return {"latency_ms": {k: {b: 1e3 * lat[b][p + row]["seconds"] for b in lat} for k, p in kinds.items()},
-            "speedup": {k: {b: lat[b][p + "base"]["seconds"] / lat[b][p + row]["seconds"] for b in lat}
-                        for k, p in kinds.items()}}
-
-
-def retime(results: dict, save: Callable[[], None], model: str, args: argparse.Namespace) -> None:
-    """Time every row of each seed again, all in ONE interleaved measurement against the dense base: rows
-    timed in separate processes on a shared CPU differ by more than a pruning step saves. Torch-Pruning's
-    models are pruned again from the base without their fine-tune (the same shapes, so the same latency);
-    SABR's is its shrunk model. Accuracy and sizes are left as they were measured."""
-    for seed in args.seeds:
-        rows = [m for m in results["methods"] if m["seed"] == seed]
-        if not rows:
-            continue
-        s = Seed(model, seed, args)
-        models = {"base": s.base}
-        for m in rows:
-            if m["name"] == "sabr_structured":
-                models[m["name"]] = s.structured()
-            elif m["name"] == "sabr_unstructured":
-                models[m["name"]] = s.unstructured()
-            elif m["name"].startswith("torch_pruning_"):
-                models[m["name"]] = torch_pruning_channels(s.base, s.example(), _ratio(m["name"]))
-        lat = measure_latency(models, s.example(), BATCHES, runs=args.runs, warmup=max(1, args.runs // 10),
-                              threads=args.threads)["latency"]
-        for m in rows:
-            m.update(timing(lat, "base" if m["name"] == "dense" else m["name"]))
-        results["timing"] = (f"--retime {time.strftime('%Y-%m-%d')}: each seed's rows timed in one process, "
-                             f"interleaved, {args.runs} calls per path and batch size")
-        log.info("seed %d: %s", seed, ", ".join(f"{m['name']} {m['speedup']['eager']['1']:.2f}x" for m in rows))
-        save()
-
-
-def accumulate(results: dict, save: Callable[[], None], name: str, seed: int, make: Callable[[], dict]) -> dict:
-    """The row of (``name``, ``seed``): the stored one, or ``make()`` appended and saved at once."""
-    for m in results["methods"]:
-        if (m["name"], m["seed"]) == (name, seed):
-            return m
-    row = make()
-    results["methods"].append(row)
-    save()
+def task_peer(spec: dict, seed: int, folder: Path, threads: int | None, device: str, base: str, name: str,
+              epochs: int, reg: float | None = None, test: bool = True) -> dict:
+    """A Torch-Pruning row cut to sabr_structured's shape: one-shot with an importance, or GroupNormPruner with
+    ``reg`` (``test=False``: a trial, validation only). Saved as ``<name>[-<reg>].safetensors``."""
+    exp = compare._exp(spec, seed, threads, device)
+    start = load_checkpoint(base, exp.device)[0]
+    like = load_model(folder / "sabr_structured.safetensors")[0]
+    torch.manual_seed(seed)
+    importance = name.removeprefix("torch_pruning_")
+    if importance == "groupnorm":
+        model = train_groupnorm(exp, start, epochs, like=like, reg=reg)[0]
+        call = f"sabr.channel_peers.train_groupnorm(exp, base, {epochs}, like=sabr_structured, reg={reg:g})"
+    else:
+        model = torch_pruning_channels(start, exp.example_input().repeat(2, 1, 1, 1), importance=importance,
+                                       like=like, exp=exp)
+        model = finetune_masked(exp, model.to(exp.device), epochs)[0]
+        call = (f"sabr.phases.finetune_masked(exp, sabr.channel_peers.torch_pruning_channels(base, x, "
+                f"importance='{importance}', like=sabr_structured, exp=exp), {epochs})")
+    save_shrunk(model, folder / f"{name}{'' if reg is None else f'-{reg:g}'}.safetensors", exp.metadata("pruned"))
+    row = {"val_accuracy": evaluate_split(exp, model, exp.val)[1], "reg": reg, **_size(model, exp.preprocess.image_size), "command": call}
+    if test:
+        row["test_accuracy"] = evaluate_split(exp, model, exp.test)[1]
     return row
 
 
-def load_results(path: Path, model: str, args: argparse.Namespace) -> dict:
-    """The results file of ``model`` (a fresh one when missing); one measured at another image size, thread
-    count or ``sabr run`` configuration (``sabr_run``: the structured run's epochs, and the unstructured run's
-    ``--epochs-sabr`` when one was given) is refused."""
-    sabr_run = {k: getattr(args, k, None) for k in SABR_RUN}
-    if getattr(args, "unstructured_epochs_sabr", None) is not None:
-        sabr_run["unstructured_epochs_sabr"] = args.unstructured_epochs_sabr
-    fresh = {"model": model, "image_size": args.image_size, "threads": args.threads, "sabr_run": sabr_run,
-             "methods": []}
-    if not path.is_file():
-        return fresh
-    results = json.loads(path.read_text())
-    if (results.get("image_size"), results.get("threads")) != (args.image_size, args.threads):
-        raise SystemExit(f"{path} holds results at {results.get('image_size')} px and {results.get('threads')} "
-                         f"thread(s), not {args.image_size} and {args.threads}; move it away or pass those values.")
-    if not getattr(args, "report", False) and results.get("sabr_run") != sabr_run:
-        raise SystemExit(f"{path} holds results of another sabr run configuration ({results.get('sabr_run')}, "
-                         f"not {sabr_run}); move it away or pass --out.")
-    return results
+def task_final(spec: dict, seed: int, folder: Path, threads: int | None, device: str, trial: dict) -> dict:
+    """The chosen GroupNormPruner trial's one test reading."""
+    exp = compare._exp(spec, seed, threads, device)
+    model = load_model(folder / f"torch_pruning_groupnorm-{trial['reg']:g}.safetensors", exp.device)[0]
+    return {**trial, "test_accuracy": evaluate_split(exp, model, exp.test)[1]}
 
 
-def check_base(results: dict, row: dict, source: Path) -> None:
-    """Refuse ``row`` when ``results`` holds rows of its seed measured against another base (its seed's base
-    trained again on another machine: runs repeat exactly only on one machine). Bases are told apart by their
-    test accuracy, the one base figure every row records, so two bases with the same test accuracy pass."""
-    bases = {m["base_test_accuracy"] for m in results["methods"] if m["seed"] == row["seed"]}
-    if bases and row["base_test_accuracy"] not in bases:
-        raise SystemExit(f"{source}: seed {row['seed']}'s {row['name']} row was measured against a base of "
-                         f"{100 * row['base_test_accuracy']:.2f}% test accuracy, the results file's rows of that seed "
-                         f"against {', '.join(f'{100 * b:.2f}%' for b in sorted(bases))}: another base; merge it "
-                         "into another --out.")
+# --------------------------------------------------------------------------- the schedule
+class Plan:
+    """The protocol's tasks (``recipe``: the recipe candidates of the first seed instead), each with its JSON file
+    in ``work``; :meth:`tasks` lists those whose inputs exist (the interface of ``compare.execute``)."""
+
+    def __init__(self, spec: dict, work: Path, bases: Path, threads: int | None, device: str, seeds: tuple,
+                 recipe: bool = False):
+        self.spec, self.work, self.bases, self.threads, self.device = spec, work, bases, threads, device
+        self.seeds, self.recipe = seeds, recipe
+
+    def folder(self, seed: int) -> Path:
+        return self.work / f"seed{seed}"
+
+    def base(self, seed: int) -> Path:
+        return self.bases / f"seed{seed}"
+
+    def read(self, path: Path) -> dict | None:
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def trials(self, seed: int) -> tuple[list[float], list[dict]]:
+        """GroupNormPruner's ``reg`` values for this seed (the grid on the first, its choice later), trials done."""
+        if seed == self.seeds[0]:
+            regs = list(GROUPNORM_REGS)
+        else:
+            pick = self.chosen(self.seeds[0])
+            regs = [] if pick is None else [pick["reg"]]
+        done = [self.read(self.folder(seed) / f"result-trial-groupnorm-{r:g}.json") for r in regs]
+        return regs, [t for t in done if t is not None]
+
+    def chosen(self, seed: int) -> dict | None:
+        regs, done = self.trials(seed)
+        return max(done, key=lambda t: (t["val_accuracy"], -t["reg"])) if regs and len(done) == len(regs) else None
+
+    def tasks(self) -> list:
+        out = []
+        for seed in (self.seeds[:1] if self.recipe else self.seeds):
+            out += self._seed_tasks(seed)
+        return [t for t in out if not t[0].is_file()]
+
+    def _seed_tasks(self, seed: int) -> list:
+        base, folder = self.base(seed), self.folder(seed)
+        if not (base / "result-base.json").is_file():
+            return [(base / "result-base.json", compare.task_base, (self.spec, seed, base, self.threads, self.device), {})]
+        common = (self.spec, seed, folder, self.threads, self.device, str(base / "base.safetensors"))
+        if self.recipe:
+            return [(folder / f"result-recipe-{n}.json", task_sabr, common, {"name": f"recipe-{n}", "flags": f})
+                    for n, f in RECIPES.items()]
+        sabr = self.read(folder / "result-sabr_structured.json")
+        if sabr is None:
+            return [(folder / "result-sabr_structured.json", task_sabr, common, {})]
+        epochs = sabr["epochs"]
+        todo = [(folder / f"result-torch_pruning_{i}.json", task_peer, common, {"name": f"torch_pruning_{i}", "epochs": epochs})
+                for i in IMPORTANCES]
+        regs, done = self.trials(seed)
+        todo += [(folder / f"result-trial-groupnorm-{r:g}.json", task_peer, common,
+                  {"name": "torch_pruning_groupnorm", "epochs": epochs, "reg": r, "test": False}) for r in regs]
+        if regs and len(done) == len(regs):
+            todo.append((folder / "result-torch_pruning_groupnorm.json", task_final, common[:5], {"trial": self.chosen(seed)}))
+        return todo
 
 
-def merge(paths: list[Path], out: Path, args: argparse.Namespace, prefix: str = "") -> list[tuple[dict, Path]]:
-    """Add the rows of other results files (e.g. seeds run side by side, ``--seeds N --out DIR`` per process)
-    to the results file of their model in ``out``, each (name, seed) once: rows already there are kept. Every
-    file is checked as :func:`load_results` checks the results file, and each row against the base of its
-    seed's rows already there (:func:`check_base`). Returns each model's results and path."""
-    merged: dict[str, tuple[dict, Path]] = {}
-    for part in paths:
-        if not part.is_file():
-            raise SystemExit(f"{part} does not exist; --merge takes results files this script wrote (--out).")
-        model = json.loads(part.read_text()).get("model")
-        if model not in merged:
-            path = out / f"{prefix}structured-{model}.json"
-            merged[model] = (load_results(path, model, args), path)
-        results, path = merged[model]
-        for row in load_results(part, model, args)["methods"]:
-            check_base(results, row, part)
-            accumulate(results, partial(write_json, path, results), row["name"], row["seed"], partial(dict, row))
-    return list(merged.values())
+# --------------------------------------------------------------------------- timing, results, report
+def time_seed(plan: Plan, seed: int, runs: int) -> dict:
+    """Every model of ``seed`` timed in one interleaved measurement against the dense base (nothing else should
+    run): ``{name: {"latency_ms", "speedup"}}``."""
+    folder = plan.folder(seed)
+    models = {"dense": load_checkpoint(plan.base(seed) / "base.safetensors", "cpu")[0].eval()}
+    for name in ("sabr_structured", *(f"torch_pruning_{i}" for i in IMPORTANCES)):
+        models[name] = load_model(folder / f"{name}.safetensors")[0]
+    models["torch_pruning_groupnorm"] = load_model(
+        folder / f"torch_pruning_groupnorm-{plan.read(folder / 'result-torch_pruning_groupnorm.json')['reg']:g}.safetensors")[0]
+    side = plan.spec["data"]["image_size"]
+    x = torch.zeros(1, next(models["dense"].parameters()).shape[1], side, side)
+    lat = measure_latency(models, x, BATCHES, runs=runs, warmup=max(1, runs // 10), threads=1)["latency"]
+    out = {}
+    for name in models:
+        path = name  # measure_latency's eager paths are the keys, its ONNX Runtime paths ort_<key>
+        out[name] = {"latency_ms": {k: {b: 1e3 * lat[b][p + path]["seconds"] for b in lat} for k, p in
+                                    {"eager": "", "onnxruntime": "ort_"}.items() if p + path in lat["1"]},
+                     "speedup": {k: {b: lat[b][p + "dense"]["seconds"] / lat[b][p + path]["seconds"] for b in lat}
+                                 for k, p in {"eager": "", "onnxruntime": "ort_"}.items() if p + path in lat["1"]}}
+    return out
 
 
-def bench_model(model: str, args: argparse.Namespace, path: Path) -> dict:
-    """Every method row of ``model`` for every seed, resuming from ``path``."""
-    results = load_results(path, model, args)
-    save = lambda: write_json(path, results)  # noqa: E731
-    for seed in args.seeds:
-        s = Seed(model, seed, args)
-        accumulate(results, save, "dense", seed, lambda: measure(s, "dense", s.base, args.runs))
-        if "sabr_structured" in args.methods:
-            accumulate(results, save, "sabr_structured", seed,
-                       lambda: measure(s, "sabr_structured", s.structured(), args.runs))
-        for r in args.ratios if "torch_pruning" in args.methods else ():
-            name = f"torch_pruning_{r:g}"
-            accumulate(results, save, name, seed, lambda: measure(s, name, s.peer(r), args.runs))
-        if "sabr_unstructured" in args.methods:
-            accumulate(results, save, "sabr_unstructured", seed,
-                       lambda: measure(s, "sabr_unstructured", s.unstructured(), args.runs))
-    return results
+def entries(plan: Plan) -> list[dict]:
+    """The ``methods`` entries (issue 34's schema) from the task and timing files."""
+    methods = []
+    for seed in plan.seeds:
+        folder, base = plan.folder(seed), plan.read(plan.base(seed) / "result-base.json")
+        timing = plan.read(folder / "result-timing.json") or {}
+        rows = {"dense": None, "sabr_structured": plan.read(folder / "result-sabr_structured.json")}
+        rows |= {f"torch_pruning_{i}": plan.read(folder / f"result-torch_pruning_{i}.json") for i in (*IMPORTANCES, "groupnorm")}
+        if base is None or rows["sabr_structured"] is None:
+            continue
+        dense_size = _size(load_checkpoint(plan.base(seed) / "base.safetensors", "cpu")[0], plan.spec["data"]["image_size"])
+        for name, r in rows.items():
+            if name != "dense" and r is None:
+                continue
+            r = r or {"val_accuracy": base["val_accuracy"], "test_accuracy": base["test_accuracy"], **dense_size,
+                      "command": f"compare.task_base (phase 1 of sabr run, {base['epochs']} epochs)"}
+            importance = name.removeprefix("torch_pruning_") if name.startswith("torch_pruning_") else None
+            methods.append({"name": name, "seed": seed, "importance": importance, "params": r["params"],
+                            "macs": r["macs"], "val_accuracy": r["val_accuracy"], "test_accuracy": r["test_accuracy"],
+                            "base_test_accuracy": base["test_accuracy"], **timing.get(name, {}),
+                            "macs_reduction_x": dense_size["macs"] / r["macs"], "command": r["command"],
+                            **({"reg": r["reg"]} if r.get("reg") is not None else {})})
+    return methods
 
 
-# --------------------------------------------------------------------------- report
-def _family(name: str) -> str:
-    return "torch_pruning" if name.startswith("torch_pruning_") else name
+def paired(methods: list[dict], test_images: int) -> list[dict]:
+    """sabr_structured minus each Torch-Pruning row, same seed: test accuracy with a 95% t interval."""
+    ours = {m["seed"]: m for m in methods if m["name"] == "sabr_structured"}
+    out = []
+    for name in dict.fromkeys(m["name"] for m in methods if m["name"].startswith("torch_pruning_")):
+        theirs = {m["seed"]: m for m in methods if m["name"] == name and m["seed"] in ours}
+        mean, low, high = compare.t_interval([ours[s]["test_accuracy"] - theirs[s]["test_accuracy"] for s in theirs])
+        out.append({"method": name, "seeds": sorted(theirs), "test_accuracy": {
+            "mean": mean, "low": low, "high": high, "verdict": compare.verdict(low, high),
+            "images": round(mean * test_images, 1)}})
+    return out
 
 
-def _ratio(name: str) -> float:
-    """The channel ratio of a ``torch_pruning_<ratio>`` row."""
-    return float(name.rpartition("_")[2])
+def best_peer(methods: list[dict]) -> str | None:
+    """The Torch-Pruning row with the best mean validation accuracy: "best" decided on validation."""
+    vals: dict[str, list[float]] = {}
+    for m in methods:
+        if m["name"].startswith("torch_pruning_"):
+            vals.setdefault(m["name"], []).append(m["val_accuracy"])
+    return max(vals, key=lambda n: statistics.mean(vals[n])) if vals else None
 
 
-def _mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{scale * statistics.mean(values):.{digits}f} ± {scale * sd:.{digits}f}"
-
-
-def groups(results: dict) -> dict[str, list[dict]]:
-    """Rows per method name: ``dense``, Torch-Pruning's by ratio, then the others in the order first measured."""
-    out: dict[str, list[dict]] = {}
-    for m in results["methods"]:
-        out.setdefault(m["name"], []).append(m)
-    order = {"dense": (0, 0.0)} | {n: (1, _ratio(n)) for n in out if _family(n) == "torch_pruning"}
-    return dict(sorted(out.items(), key=lambda item: order.get(item[0], (2, 0.0))))
+def _pm(xs: list[float], scale: float = 100, digits: int = 2) -> str:
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{scale * statistics.mean(xs):.{digits}f} ± {scale * sd:.{digits}f}"
 
 
 def table(results: dict) -> str:
-    """A markdown table, mean ± std over seeds: accuracy, drop, size, MACs, and per runtime and batch size the
-    latency of the row's own measurement with the mean speedup over the base measured beside it."""
-    head = ["method", "seeds", "test acc (%)", "drop (pt)", "params (M)", "MMACs (dense)"]
+    """Markdown: mean ± std per row over seeds, then sabr_structured minus each Torch-Pruning row."""
+    groups: dict[str, list[dict]] = {}
+    for m in results["methods"]:
+        groups.setdefault(m["name"], []).append(m)
     cols = [(k, b) for k in ("eager", "onnxruntime") for b in map(str, BATCHES)]
-    head += [f"{k} b{b} ms (speedup)" for k, b in cols]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, rows in groups(results).items():
-        cells = [name, str(len(rows)), _mean_std([r["test_accuracy"] for r in rows], 100),
-                 _mean_std([r["base_test_accuracy"] - r["test_accuracy"] for r in rows], 100),
-                 _mean_std([r["params"] for r in rows], 1e-6), _mean_std([r["macs"] for r in rows], 1e-6, 1)]
-        for k, b in cols:
-            got = [r for r in rows if b in r["latency_ms"].get(k, {})]
-            cells.append(f"{_mean_std([r['latency_ms'][k][b] for r in got], digits=3)} "
-                         f"({statistics.mean(r['speedup'][k][b] for r in got):.2f}x)" if got else "-")
-        lines.append("| " + " | ".join(cells) + " |")
+    lines = ["| row | seeds | params (k) | MMACs | val % | test % | drop (pt) | "
+             + " | ".join(f"{k} b{b} speed-up" for k, b in cols) + " |", "|---" * (7 + len(cols)) + "|"]
+    for name, ms in groups.items():
+        speed = [_pm([m["speedup"][k][b] for m in ms], 1) + "x" if all("speedup" in m for m in ms) else "-"
+                 for k, b in cols]
+        lines.append(f"| {name} | {len(ms)} | {_pm([m['params'] for m in ms], 1e-3, 1)} | "
+                     f"{_pm([m['macs'] for m in ms], 1e-6)} | {_pm([m['val_accuracy'] for m in ms])} | "
+                     f"{_pm([m['test_accuracy'] for m in ms])} | "
+                     f"{_pm([m['base_test_accuracy'] - m['test_accuracy'] for m in ms])} | " + " | ".join(speed) + " |")
+    lines += ["", "| sabr_structured minus | Δ test (pt) [95% CI] | images | verdict (test) |", "|---|---|---|---|"]
+    for p in results["paired"]:
+        a = p["test_accuracy"]
+        lines.append(f"| {p['method']} | {100 * a['mean']:+.2f} [{100 * a['low']:+.2f}, {100 * a['high']:+.2f}] | "
+                     f"{a['images']:+g} | {a['verdict']} |")
     return "\n".join(lines)
 
 
-def pairs(results: dict) -> str:
-    """Per seed, structured SABR against the Torch-Pruning row of that seed closest to it in parameters (the
-    same share gives the same shapes): test accuracy and batch-1 speedups, and the paired difference; a
-    markdown table in seed order, empty when no seed has both."""
-    lines, diffs = [], []
-    ours = sorted((m for m in results["methods"] if m["name"] == "sabr_structured"), key=lambda m: m["seed"])
-    for sabr_row in ours:
-        peers = [m for m in results["methods"] if m["seed"] == sabr_row["seed"] and _family(m["name"]) == "torch_pruning"]
-        if not peers:
-            continue
-        peer = min(peers, key=lambda m: abs(m["params"] - sabr_row["params"]))
-        cells = [str(sabr_row["seed"]), f"{100 * sabr_row['base_test_accuracy']:.2f}"]
-        for m in (sabr_row, peer):
-            cells.append(f"{m['params'] / 1e6:.2f}M, {100 * m['test_accuracy']:.2f}%, {m['speedup']['eager']['1']:.2f}x"
-                         + (f" / {m['speedup']['onnxruntime']['1']:.2f}x" if "onnxruntime" in m["speedup"] else ""))
-        diffs.append(sabr_row["test_accuracy"] - peer["test_accuracy"])
-        lines.append(f"| {' | '.join(cells)} | {peer['name']} | {100 * diffs[-1]:+.2f} |")
-    if not lines:
-        return ""
-    lines.append(f"| mean of {len(diffs)} | | | | | {_mean_std(diffs, 100)} |")
-    head = ("| seed | base test (%) | sabr_structured: params, test, b1 speedup eager / onnxruntime | "
-            "nearest Torch-Pruning row: the same | which | sabr - peer (pt) |")
-    return "\n".join([head, "|---|---|---|---|---|---|", *lines])
-
-
-def paired_ms(results: dict, row: dict, kind: str = "eager", batch: str = "1") -> float:
-    """``row``'s latency on the scale of its seed's dense row: the dense latency divided by the speedup measured
-    in the row's own measurement (latencies of separate measurements on a shared CPU differ by more than the
-    speedups of small prunings); the row's own latency when its seed has no dense row."""
-    dense = [m for m in results["methods"] if (m["name"], m["seed"]) == ("dense", row["seed"])]
-    if not dense:
-        return row["latency_ms"][kind][batch]
-    return dense[0]["latency_ms"][kind][batch] / row["speedup"][kind][batch]
-
-
-def plot(results: dict, path: Path, label: str = "") -> None:
-    """Pareto plot: test accuracy against batch-1 eager latency (:func:`paired_ms`), means over seeds, one
-    series per method family."""
+def plot(results: dict, path: Path) -> None:
+    """Test accuracy against batch-1 eager speed-up, mean ± std over seeds, one point per row."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    families: dict[str, list[tuple[float, float, str]]] = {}
-    for name, rows in groups(results).items():
-        point = (statistics.mean(paired_ms(results, r) for r in rows),
-                 100 * statistics.mean(r["test_accuracy"] for r in rows), name)
-        families.setdefault(_family(name), []).append(point)
-    for (family, points), marker in zip(families.items(), "osD^v<>"):
-        points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, label=family)
-        for x, y, name in points:
-            if name.startswith("torch_pruning_"):
-                ax.annotate(f"{_ratio(name):g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set(xlabel=f"batch-1 latency, eager PyTorch, {results['threads']} thread(s) (ms; dense / paired speedup)",
-           ylabel="test accuracy (%)")
-    ax.set_title(f"{results['model']} at {results['image_size']} px{label}: accuracy against measured latency",
-                 fontsize=10)
+    for name in dict.fromkeys(m["name"] for m in results["methods"]):
+        ms = [m for m in results["methods"] if m["name"] == name and "speedup" in m]
+        if not ms:
+            continue
+        acc = [100 * m["test_accuracy"] for m in ms]
+        ax.errorbar(statistics.mean(m["speedup"]["eager"]["1"] for m in ms), statistics.mean(acc),
+                    yerr=statistics.stdev(acc) if len(acc) > 1 else 0, capsize=3, ls="", label=name,
+                    marker="*" if name == "sabr_structured" else "o", ms=10 if name == "sabr_structured" else 5)
+    ax.set_xlabel("batch-1 speed-up over the dense base, eager PyTorch, 1 thread (x)")
+    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+    ax.set_title(f"{results['config']} (protocol {results['protocol']})", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
-def report(results: dict, json_path: Path, seeds: list[int] | None = None) -> None:
-    """Print the table and draw the plot beside the JSON file, of every seed's rows or of ``seeds``' only (the
-    plot's name then ends in ``-seeds<N>-<M>...``)."""
-    label = ""
-    if seeds is not None:
-        results = {**results, "methods": [m for m in results["methods"] if m["seed"] in seeds]}
-        label = f", seeds {' '.join(map(str, seeds))}"
-    print(f"\n## {results['model']} ({results['image_size']} px, {results['threads']} thread(s){label})\n")
-    print(table(results))
-    paired = pairs(results)
-    if paired:
-        print(f"\nPer seed, against Torch-Pruning at the nearest size:\n\n{paired}")
-    if results["methods"]:
-        suffix = "" if seeds is None else "-seeds" + "-".join(map(str, seeds))
-        plot(results, json_path.with_name(json_path.stem + suffix + ".png"), label)
+def write_results(plan: Plan, path: Path, command: str, wall: float) -> dict:
+    methods = entries(plan)
+    before = json.loads(path.read_text()) if path.is_file() else {}
+    earlier = before.get("wall_seconds", 0.0) if before.get("command") == command else 0.0
+    base = plan.read(plan.base(plan.seeds[0]) / "result-base.json") or {"test": 10000}
+    results = {"config": path.stem, "model": plan.spec["data"]["model"], "image_size": plan.spec["data"]["image_size"],
+               "threads": 1,
+               "command": command, "protocol": PROTOCOL,
+               "protocol_commit": before.get("protocol_commit") or compare.protocol_commit(),
+               "wall_seconds": round(earlier + wall, 1), "machine": compare.machine(), "spec": plan.spec,
+               "groupnorm_regs": GROUPNORM_REGS, "best_peer_on_validation": best_peer(methods), "methods": methods,
+               "paired": paired(methods, base["test"])}
+    write_json(path, results)
+    return results
+
+
+def recipe_choice(plan: Plan) -> dict:
+    """Each candidate's validation figures and the choice: within the budget, then the most MACs removed (within
+    one point of a share, the better validation accuracy)."""
+    rows = {n: plan.read(plan.folder(plan.seeds[0]) / f"result-recipe-{n}.json") for n in RECIPES}
+    ok = {n: r for n, r in rows.items() if r and r["within_budget"]} or {n: r for n, r in rows.items() if r}
+    top = max(r["macs_reduction"] for r in ok.values())
+    pick = max((n for n, r in ok.items() if r["macs_reduction"] >= top - 0.01), key=lambda n: ok[n]["val_accuracy"])
+    return {"seed": plan.seeds[0], "recipes": RECIPES, "rule": recipe_choice.__doc__.split(": ", 1)[1].strip(),
+            "candidates": {n: {k: r[k] for k in ("within_budget", "val_accuracy", "macs_reduction", "epochs",
+                                                 "params", "macs", "command")} for n, r in rows.items() if r},
+            "chosen": pick}
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=[*MODELS, "mobilenet_v2"])
-    p.add_argument("--data", default=str(DATA), help="image folder, one sub-folder per class")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--threads", type=int, default=1, help="training and timing threads (default: 1)")
-    p.add_argument("--seeds", type=int, nargs="+", help=f"seeds to train or time (default: {' '.join(map(str, SEEDS))}); "
-                   "with --report, the seeds reported (default: all in the file; the plot's name then names them)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
-                   help="rows to measure besides dense (default: all); rows already in the results are kept")
-    p.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS), help="Torch-Pruning channel ratios")
-    p.add_argument("--epochs-base", type=int, help="passed to sabr run (default: sabr's)")
-    p.add_argument("--epochs-sabr", type=int, default=SABR_RUN["epochs_sabr"], help="passed to sabr run "
-                   "(default: %(default)s)")
-    p.add_argument("--sabr-finetune-epochs", type=int, default=SABR_RUN["sabr_finetune_epochs"],
-                   help="passed to sabr run as --finetune-epochs (default: %(default)s)")
-    p.add_argument("--unstructured-epochs-sabr", type=int, help="the sabr_unstructured run's --epochs-sabr "
-                   "(default: sabr's)")
-    p.add_argument("--base-from", help="start each sabr run from <this folder>/<model>-s<seed>/base.safetensors, "
-                   "the base of an earlier run of this script (skips phase 1)")
-    p.add_argument("--finetune-epochs", type=int, help="Torch-Pruning fine-tune epochs (default: as many as "
-                   "SABR's phase 2 and fine-tune took for the seed)")
-    p.add_argument("--runs", type=int, default=50, help="timed calls per path and batch size (default: 50)")
-    p.add_argument("--runs-dir", default="runs/structured", help="where the sabr runs go")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", action="store_true", help="decide the default recipe on validation (first seed)")
+    p.add_argument("--quick", action="store_true", help="tiny digits runs: a check of the code")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the protocol's, 0 1 2)")
+    p.add_argument("--jobs", type=int, default=2, help="tasks at a time, each in its own process (1: this one)")
+    p.add_argument("--runs", type=int, default=RUNS, help="timed calls per model, runtime and batch size")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="results folder")
-    p.add_argument("--quick", action="store_true", help="smoke test: " + ", ".join(
-        f"{k} {v}" for k, v in QUICK.items()) + "; results go to quick-* files and <runs-dir>-quick")
-    p.add_argument("--report", action="store_true", help="only print the table and redraw the plot from the JSON")
-    p.add_argument("--merge", nargs="+", metavar="JSON", help="train nothing: add the rows of these results "
-                   "files to those in --out (rows already there are kept), then report")
-    p.add_argument("--retime", action="store_true", help="train nothing: time every row of a seed again in one "
-                   "interleaved measurement (Torch-Pruning's shapes pruned again from the base), then report")
+    p.add_argument("--work", default="runs/structured", help="the tasks' files")
+    p.add_argument("--bases", default="runs/compare", help="compare.py's --work: the bases are shared")
+    p.add_argument("--report", action="store_true", help="train nothing: print the table, draw the plot")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    prefix = "quick-" if args.quick else ""
-    report_seeds = args.seeds  # --report: the seeds asked for, else every seed in the file
-    if args.quick:
-        vars(args).update(QUICK, runs_dir=f"{args.runs_dir}-quick")
-    args.seeds = args.seeds or list(SEEDS)
-    if not (args.report or args.merge) and importlib.util.find_spec("torch_pruning") is None:
-        raise SystemExit("the Torch-Pruning peer needs the torch-pruning package: pip install 'torch-pruning>=1.6'.")
-    torch.set_num_threads(args.threads)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    if args.merge:
-        for results, path in merge([Path(f) for f in args.merge], Path(args.out), args, prefix):
-            report(results, path)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    spec, prefix = _spec(args.quick), "quick-" if args.quick else ""
+    seeds = tuple(args.seeds or spec.get("seeds", SEEDS))
+    work, bases = Path(args.work + ("-quick" if args.quick else "")), Path(args.bases + ("-quick" if args.quick else ""))
+    plan = Plan(spec, work, bases / (CONFIG if not args.quick else "quick"), 1, "cpu", seeds, args.recipe)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{prefix}structured-{CONFIG}.json"
+    if args.report:
+        results = json.loads(path.read_text())
+        print(f"`{results['command']}`, {results['wall_seconds'] / 3600:.2f} h wall\n\n{table(results)}")
+        plot(results, path.with_suffix(".png"))
         return 0
-    for model in args.models:
-        path = Path(args.out) / f"{prefix}structured-{model}.json"
-        if args.report:
-            report(load_results(path, model, args), path, report_seeds)
-            continue
-        if args.retime:
-            results = load_results(path, model, args)
-            retime(results, lambda: write_json(path, results), model, args)
-        else:
-            start = time.perf_counter()
-            results = bench_model(model, args, path)
-            log.info("%s: %.0f s", model, time.perf_counter() - start)
-        report(results, path)
+    command = ("python benchmarks/structured.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    started = time.perf_counter()
+    compare.execute(plan, args.jobs, lambda: None)
+    if args.recipe:
+        choice = recipe_choice(plan)
+        write_json(out / f"{prefix}structured-recipe.json", {"command": command, **choice})
+        print(json.dumps(choice["candidates"], indent=1), f"\nchosen: {choice['chosen']}")
+        return 0
+    for seed in seeds:  # after every task: nothing else of this run is running
+        if not (plan.folder(seed) / "result-timing.json").is_file():
+            write_json(plan.folder(seed) / "result-timing.json", time_seed(plan, seed, spec.get("runs", args.runs)))
+    results = write_results(plan, path, command, time.perf_counter() - started)
+    print(f"`{command}`\n\n{table(results)}")
+    plot(results, path.with_suffix(".png"))
     return 0
 
 
