@@ -42,7 +42,10 @@ from pathlib import Path
 
 import torch
 
-import compare
+try:  # the comparison's bases, scheduler and statistics (compare.py, beside this file)
+    import compare
+except ImportError:  # imported as benchmarks.structured (the tests run from the checkout's root)
+    from benchmarks import compare
 from sabr import RunConfig, count_macs, load_checkpoint, load_model, load_run, save_shrunk, shrink
 from sabr.bench import measure_latency
 from sabr.channel_peers import IMPORTANCES, out_channels, torch_pruning_channels, train_groupnorm

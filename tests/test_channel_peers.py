@@ -46,14 +46,14 @@ def test_each_importance_cuts_every_layer_to_the_shape_of_a_shrunk_model(exp, im
 
 def test_the_importances_choose_different_channels(exp):
     base = _resnet20(exp)
-    with torch.no_grad():  # BatchNorm scales that disagree with the weights' magnitudes
+    with torch.no_grad():  # small BatchNorm scales, largest last: the weights' magnitudes rank by themselves
         for m in base.modules():
             if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.linspace(2.0, 0.1, m.num_features))
+                m.weight.copy_(1e-3 * torch.linspace(0.1, 2.0, m.num_features))
     x = exp.example_input().repeat(2, 1, 1, 1)
     kept = {imp: torch_pruning_channels(base, x, 0.5, imp, exp=exp).conv1.weight for imp in IMPORTANCES}
     assert not torch.equal(kept["magnitude"], kept["bn_scale"])
-    assert torch.equal(kept["bn_scale"], base.conv1.weight[:8])  # the largest |gamma|: the first half
+    assert torch.equal(kept["bn_scale"], base.conv1.weight[8:])  # the largest |gamma|: the last half
 
 
 def test_bad_arguments_are_one_sentence(exp):
@@ -86,7 +86,7 @@ def test_groupnorm_regulariser_pulls_whole_groups_down(exp):
     def norms(reg: float) -> float:
         torch.manual_seed(0)
         model = exp.new_model()
-        train_groupnorm(exp, model, 1, 0.0 + 1e-9, reg=reg, sparse_epochs=1)
-        return float(sum(m.weight.norm() for m in model.modules() if isinstance(m, nn.Conv2d)))
+        train_groupnorm(exp, model, 3, 1e-9, reg=reg, sparse_epochs=3)  # a ratio that cuts nothing
+        return float(sum(m.weight.detach().norm() for m in model.modules() if isinstance(m, nn.Conv2d)))
 
-    assert norms(0.5) < 0.9 * norms(0.0)
+    assert norms(0.5) < 0.85 * norms(0.0)  # measured: 54.9 against 69.6

@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "sabr"
 PROTOCOL = {("_lazy.py", "AttributeError"),  # a module's __getattr__ must raise it
             ("units.py", "KeyError"),  # a Mapping's __getitem__ must raise it
             ("resume.py", "KeyError"),  # _unflatten's missing tensor, which RunState.from_dict turns into one sentence
-            ("baselines.py", "ImportError"),  # a missing optional package, which callers catch as such
+            ("channel_peers.py", "ImportError"),  # a missing optional package, which callers catch as such
             ("fields.py", "TypeError")}  # a settings class declares an unsupported field type: the code's error
 
 
