@@ -353,11 +353,13 @@ def machine() -> dict:
             "cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
 
 
-def protocol_commit() -> str | None:
-    """The last commit that changed this file or docs/benchmarks.md: the one that fixed the protocol."""
+def protocol_commit(*files: str) -> str | None:
+    """The last commit that changed ``files`` (default this file and docs/benchmarks.md): the one that fixed the
+    protocol."""
+    files = files or ("benchmarks/compare.py", "docs/benchmarks.md")
     try:
-        return subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%H", "--", "benchmarks/compare.py",
-                               "docs/benchmarks.md"], capture_output=True, text=True, check=True).stdout.strip() or None
+        return subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%H", "--", *files],
+                              capture_output=True, text=True, check=True).stdout.strip() or None
     except (OSError, subprocess.CalledProcessError):
         return None
 

@@ -332,7 +332,8 @@ def write_results(plan: Plan, path: Path, command: str, wall: float) -> dict:
     results = {"config": path.stem, "model": plan.spec["data"]["model"], "image_size": plan.spec["data"]["image_size"],
                "threads": 1,
                "command": command, "protocol": PROTOCOL,
-               "protocol_commit": before.get("protocol_commit") or compare.protocol_commit(),
+               "protocol_commit": before.get("protocol_commit") or compare.protocol_commit("benchmarks/structured.py",
+                                                                                       "docs/benchmarks.md"),
                "wall_seconds": round(earlier + wall, 1), "machine": compare.machine(), "spec": plan.spec,
                "groupnorm_regs": GROUPNORM_REGS, "best_peer_on_validation": best_peer(methods), "methods": methods,
                "paired": paired(methods, base["test"])}
