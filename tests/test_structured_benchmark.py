@@ -9,18 +9,9 @@ import pytest
 
 from benchmarks import structured  # the checkout's root is on sys.path under pytest: a module, not a path
 
+from .test_compare_benchmark import NoTest
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class NoTest(dict):
-    """A record whose keys holding 'test' fail the test when read."""
-
-    def __getitem__(self, key):
-        assert "test" not in key, f"a choice read the test figure {key!r}"
-        return super().__getitem__(key)
-
-    def get(self, key, default=None):
-        return self[key] if key in self else default
 
 
 def _write(path: Path, record: dict) -> None:
