@@ -341,14 +341,18 @@ def write_results(plan: Plan, path: Path, command: str, wall: float) -> dict:
     return results
 
 
+RECIPE_RULE = ("within the budget on validation, the most MACs removed; within one point of that, the better "
+               "validation accuracy; then the fewer epochs trained")
+
+
 def recipe_choice(plan: Plan) -> dict:
-    """Each candidate's validation figures and the choice: within the budget, then the most MACs removed (within
-    one point of a share, the better validation accuracy)."""
+    """Each candidate's validation figures and the choice by :data:`RECIPE_RULE`."""
     rows = {n: plan.read(plan.folder(plan.seeds[0]) / f"result-recipe-{n}.json") for n in RECIPES}
     ok = {n: r for n, r in rows.items() if r and r["within_budget"]} or {n: r for n, r in rows.items() if r}
     top = max(r["macs_reduction"] for r in ok.values())
-    pick = max((n for n, r in ok.items() if r["macs_reduction"] >= top - 0.01), key=lambda n: ok[n]["val_accuracy"])
-    return {"seed": plan.seeds[0], "recipes": RECIPES, "rule": recipe_choice.__doc__.split(": ", 1)[1].strip(),
+    pick = max((n for n, r in ok.items() if r["macs_reduction"] >= top - 0.01),
+               key=lambda n: (ok[n]["val_accuracy"], -ok[n]["epochs"]))
+    return {"seed": plan.seeds[0], "recipes": RECIPES, "rule": RECIPE_RULE,
             "candidates": {n: {k: r[k] for k in ("within_budget", "val_accuracy", "macs_reduction", "epochs",
                                                  "params", "macs", "command")} for n, r in rows.items() if r},
             "chosen": pick}

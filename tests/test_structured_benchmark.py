@@ -66,6 +66,9 @@ def test_the_recipe_is_decided_on_validation_only(tmp_path):
     choice = structured.recipe_choice(plan)
     # outside the budget does not count; within one point of the most MACs removed, the better validation
     assert choice["chosen"] == "sabr_then_ramp" and "within the budget" in choice["rule"]
+    _write(plan.folder(0) / "result-recipe-sabr.json", NoTest(  # as good on validation, in fewer epochs
+        within_budget=True, val_accuracy=0.84, macs_reduction=0.595, epochs=18, params=1, macs=1, command="c"))
+    assert structured.recipe_choice(plan)["chosen"] == "sabr"
 
 
 def _row(name, seed, val, test):
