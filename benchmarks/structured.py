@@ -380,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{prefix}structured-{CONFIG}.json"
     if args.report:
+        if not path.is_file():
+            raise SystemExit(f"{path} does not exist yet: run python benchmarks/structured.py first.")
         results = json.loads(path.read_text())
         print(f"`{results['command']}`, {results['wall_seconds'] / 3600:.2f} h wall\n\n{table(results)}")
         plot(results, path.with_suffix(".png"))
