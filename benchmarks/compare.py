@@ -114,14 +114,19 @@ def sabr_config(spec: dict, seed: int, folder: Path, name: str, threads: int | N
                      out=str(folder / name), **settings)
 
 
+def run_or_read(cfg: RunConfig) -> dict:
+    """The ``summary.json`` of ``sabr run`` with ``cfg``: read when the run has finished (and was not recorded),
+    else the run, continued when its folder holds a started one."""
+    out = Path(cfg.out)
+    if (out / "summary.json").is_file() and not (out / "resume.safetensors").exists():
+        return json.loads((out / "summary.json").read_text())
+    return run(cfg, progress=False, overwrite=True, resume=(out / "config.yaml").is_file())
+
+
 def task_sabr_run(spec: dict, seed: int, folder: Path, threads: int | None, device: str, name: str) -> dict:
     """One ``sabr run`` (continued when cut off); its result's figures and its command."""
     cfg = sabr_config(spec, seed, folder, name, threads, device)
-    out = Path(cfg.out)
-    if (out / "summary.json").is_file() and not (out / "resume.safetensors").exists():  # finished, not recorded
-        summary = json.loads((out / "summary.json").read_text())
-    else:
-        summary = run(cfg, progress=False, overwrite=True, resume=(out / "config.yaml").is_file())
+    summary = run_or_read(cfg)
     return {"sparsity": summary["pruned"]["sparsity"], "val_accuracy": summary["budget"]["val_accuracy"],
             "within_budget": summary["budget"]["within_budget"], "test_accuracy": summary["pruned"]["test_accuracy"],
             "command": cfg.command() + " --quiet"}
@@ -331,16 +336,18 @@ def verdict(low: float, high: float) -> str:
     return "ahead" if low > 0 else "behind" if high < 0 else "tied"
 
 
-def paired(methods: list[dict], test_images: int) -> list[dict]:
-    """SABR minus each other method, same seed: test accuracy and sparsity, with 95% t intervals."""
-    sabr = {m["seed"]: m for m in methods if m["name"] == "sabr"}
+def paired(methods: list[dict], test_images: int, ours: str = "sabr",
+           keys: tuple[str, ...] = ("test_accuracy", "sparsity")) -> list[dict]:
+    """``ours`` minus each other method, same seed: each of ``keys`` with a 95% t interval and a verdict, the
+    test accuracy also in test images."""
+    sabr = {m["seed"]: m for m in methods if m["name"] == ours}
     out = []
-    for name in dict.fromkeys(m["name"] for m in methods if m["name"] != "sabr"):
+    for name in dict.fromkeys(m["name"] for m in methods if m["name"] != ours):
         mine = {m["seed"]: m for m in methods if m["name"] == name and m["seed"] in sabr}
         if not mine:
             continue
         row = {"method": name, "seeds": sorted(mine)}
-        for key in ("test_accuracy", "sparsity"):
+        for key in keys:
             mean, low, high = t_interval([sabr[s][key] - mine[s][key] for s in sorted(mine)])
             row[key] = {"mean": mean, "low": low, "high": high, "verdict": verdict(low, high)}
         row["test_accuracy"]["images"] = round(row["test_accuracy"]["mean"] * test_images, 1)
@@ -391,8 +398,10 @@ def write_results(plan: Plan, out: Path, command: str, earlier: dict[str, float]
 
 
 # --------------------------------------------------------------------------- report
-def _pm(xs: list[float]) -> str:
-    return f"{100 * statistics.mean(xs):.2f} ± {100 * statistics.stdev(xs) if len(xs) > 1 else 0:.2f}"
+def mean_std(xs: list[float], scale: float = 100, digits: int = 2) -> str:
+    """``mean ± std`` of ``xs`` times ``scale`` (std 0 for one value)."""
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{scale * statistics.mean(xs):.{digits}f} ± {scale * sd:.{digits}f}"
 
 
 def table(results: dict) -> str:
@@ -402,9 +411,9 @@ def table(results: dict) -> str:
         groups.setdefault(m["name"], []).append(m)
     lines = ["| method | target | seeds | sparsity % | val % | test % | drop (pt) |", "|---|---|---|---|---|---|---|"]
     for name, ms in groups.items():
-        lines.append(f"| {name} | {ms[0]['target'] or '-'} | {len(ms)} | {_pm([m['sparsity'] for m in ms])} | "
-                     f"{_pm([m['val_accuracy'] for m in ms])} | {_pm([m['test_accuracy'] for m in ms])} | "
-                     f"{_pm([m['base_test_accuracy'] - m['test_accuracy'] for m in ms])} |")
+        lines.append(f"| {name} | {ms[0]['target'] or '-'} | {len(ms)} | {mean_std([m['sparsity'] for m in ms])} | "
+                     f"{mean_std([m['val_accuracy'] for m in ms])} | {mean_std([m['test_accuracy'] for m in ms])} | "
+                     f"{mean_std([m['base_test_accuracy'] - m['test_accuracy'] for m in ms])} |")
     lines += ["", "| SABR minus | Δ test (pt) [95% CI] | images | Δ sparsity (pt) [95% CI] | verdict (test) |",
               "|---|---|---|---|---|"]
     for p in results["paired"]:

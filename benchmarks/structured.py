@@ -51,7 +51,7 @@ from sabr.bench import measure_latency
 from sabr.channel_peers import IMPORTANCES, out_channels, torch_pruning_channels, train_groupnorm
 from sabr.checkpoint import write_json
 from sabr.phases import finetune_masked
-from sabr.pipeline import evaluate_split, run
+from sabr.pipeline import evaluate_split
 
 log = logging.getLogger("structured")
 
@@ -78,6 +78,11 @@ def _spec(quick: bool) -> dict:
     return QUICK if quick else {**compare.CONFIGS[CONFIG], "flags": {}}
 
 
+def _weights(folder: Path, name: str, reg: float | None = None) -> Path:
+    """Where a row's model is saved: ``<name>.safetensors``, a GroupNormPruner trial's ``<name>-<reg>.safetensors``."""
+    return folder / f"{name}{'' if reg is None else f'-{reg:g}'}.safetensors"
+
+
 def _size(model: torch.nn.Module, side: int) -> dict:
     """Parameters and dense MACs per image of ``model`` at ``side`` pixels."""
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
@@ -92,15 +97,11 @@ def task_sabr(spec: dict, seed: int, folder: Path, threads: int | None, device: 
     continued when cut off; its result made physically smaller and saved as ``<name>.safetensors``."""
     cfg = RunConfig(**spec["data"], structured=True, base_checkpoint=base, seed=seed, threads=threads,
                     device=device, out=str(folder / name), **{**spec["flags"], **(flags or {})})
-    out = Path(cfg.out)
-    if (out / "summary.json").is_file() and not (out / "resume.safetensors").exists():
-        summary = json.loads((out / "summary.json").read_text())
-    else:
-        summary = run(cfg, progress=False, overwrite=True, resume=(out / "config.yaml").is_file())
-    model, meta = load_run(out, "pruned")
+    summary = compare.run_or_read(cfg)
+    model, meta = load_run(cfg.out, "pruned")
     side = meta["model"]["image_size"]
     small = shrink(model.cpu().eval(), torch.zeros(2, meta["model"]["in_chans"], side, side))[0]
-    save_shrunk(small, folder / f"{name}.safetensors", meta)
+    save_shrunk(small, _weights(folder, name), meta)
     return {"val_accuracy": summary["budget"]["val_accuracy"], "within_budget": summary["budget"]["within_budget"],
             "test_accuracy": summary["pruned"]["test_accuracy"], "macs_reduction": summary["pruned"]["macs_reduction"],
             "epochs": summary["sabr"]["epochs"] + int(summary["pruned"].get("finetune_epochs") or 0),
@@ -113,7 +114,7 @@ def task_peer(spec: dict, seed: int, folder: Path, threads: int | None, device: 
     ``reg`` (``test=False``: a trial, validation only). Saved as ``<name>[-<reg>].safetensors``."""
     exp = compare._exp(spec, seed, threads, device)
     start = load_checkpoint(base, exp.device)[0]
-    like = load_model(folder / "sabr_structured.safetensors")[0]
+    like = load_model(_weights(folder, "sabr_structured"))[0]
     torch.manual_seed(seed)
     importance = name.removeprefix("torch_pruning_")
     if importance == "groupnorm":
@@ -125,7 +126,7 @@ def task_peer(spec: dict, seed: int, folder: Path, threads: int | None, device: 
         model = finetune_masked(exp, model.to(exp.device), epochs)[0]
         call = (f"sabr.phases.finetune_masked(exp, sabr.channel_peers.torch_pruning_channels(base, x, "
                 f"importance='{importance}', like=sabr_structured, exp=exp), {epochs})")
-    save_shrunk(model, folder / f"{name}{'' if reg is None else f'-{reg:g}'}.safetensors", exp.metadata("pruned"))
+    save_shrunk(model, _weights(folder, name, reg), exp.metadata("pruned"))
     row = {"val_accuracy": evaluate_split(exp, model, exp.val)[1], "reg": reg, **_size(model, exp.preprocess.image_size), "command": call}
     if test:
         row["test_accuracy"] = evaluate_split(exp, model, exp.test)[1]
@@ -135,7 +136,7 @@ def task_peer(spec: dict, seed: int, folder: Path, threads: int | None, device: 
 def task_final(spec: dict, seed: int, folder: Path, threads: int | None, device: str, trial: dict) -> dict:
     """The chosen GroupNormPruner trial's one test reading."""
     exp = compare._exp(spec, seed, threads, device)
-    model = load_model(folder / f"torch_pruning_groupnorm-{trial['reg']:g}.safetensors", exp.device)[0]
+    model = load_model(_weights(folder, "torch_pruning_groupnorm", trial["reg"]), exp.device)[0]
     return {**trial, "test_accuracy": evaluate_split(exp, model, exp.test)[1]}
 
 
@@ -207,19 +208,18 @@ def time_seed(plan: Plan, seed: int, runs: int) -> dict:
     folder = plan.folder(seed)
     models = {"dense": load_checkpoint(plan.base(seed) / "base.safetensors", "cpu")[0].eval()}
     for name in ("sabr_structured", *(f"torch_pruning_{i}" for i in IMPORTANCES)):
-        models[name] = load_model(folder / f"{name}.safetensors")[0]
-    models["torch_pruning_groupnorm"] = load_model(
-        folder / f"torch_pruning_groupnorm-{plan.read(folder / 'result-torch_pruning_groupnorm.json')['reg']:g}.safetensors")[0]
+        models[name] = load_model(_weights(folder, name))[0]
+    reg = plan.read(folder / "result-torch_pruning_groupnorm.json")["reg"]
+    models["torch_pruning_groupnorm"] = load_model(_weights(folder, "torch_pruning_groupnorm", reg))[0]
     side = plan.spec["data"]["image_size"]
     x = torch.zeros(1, next(models["dense"].parameters()).shape[1], side, side)
     lat = measure_latency(models, x, BATCHES, runs=runs, warmup=max(1, runs // 10), threads=1)["latency"]
     out = {}
-    for name in models:
-        path = name  # measure_latency's eager paths are the keys, its ONNX Runtime paths ort_<key>
-        out[name] = {"latency_ms": {k: {b: 1e3 * lat[b][p + path]["seconds"] for b in lat} for k, p in
-                                    {"eager": "", "onnxruntime": "ort_"}.items() if p + path in lat["1"]},
-                     "speedup": {k: {b: lat[b][p + "dense"]["seconds"] / lat[b][p + path]["seconds"] for b in lat}
-                                 for k, p in {"eager": "", "onnxruntime": "ort_"}.items() if p + path in lat["1"]}}
+    for name in models:  # measure_latency's eager paths are the keys, its ONNX Runtime paths ort_<key>
+        kinds = {k: p for k, p in {"eager": "", "onnxruntime": "ort_"}.items() if p + name in lat["1"]}
+        out[name] = {"latency_ms": {k: {b: 1e3 * lat[b][p + name]["seconds"] for b in lat} for k, p in kinds.items()},
+                     "speedup": {k: {b: lat[b][p + "dense"]["seconds"] / lat[b][p + name]["seconds"] for b in lat}
+                                 for k, p in kinds.items()}}
     return out
 
 
@@ -250,15 +250,8 @@ def entries(plan: Plan) -> list[dict]:
 
 def paired(methods: list[dict], test_images: int) -> list[dict]:
     """sabr_structured minus each Torch-Pruning row, same seed: test accuracy with a 95% t interval."""
-    ours = {m["seed"]: m for m in methods if m["name"] == "sabr_structured"}
-    out = []
-    for name in dict.fromkeys(m["name"] for m in methods if m["name"].startswith("torch_pruning_")):
-        theirs = {m["seed"]: m for m in methods if m["name"] == name and m["seed"] in ours}
-        mean, low, high = compare.t_interval([ours[s]["test_accuracy"] - theirs[s]["test_accuracy"] for s in theirs])
-        out.append({"method": name, "seeds": sorted(theirs), "test_accuracy": {
-            "mean": mean, "low": low, "high": high, "verdict": compare.verdict(low, high),
-            "images": round(mean * test_images, 1)}})
-    return out
+    peers = [m for m in methods if m["name"] != "dense"]
+    return compare.paired(peers, test_images, ours="sabr_structured", keys=("test_accuracy",))
 
 
 def best_peer(methods: list[dict]) -> str | None:
@@ -270,11 +263,6 @@ def best_peer(methods: list[dict]) -> str | None:
     return max(vals, key=lambda n: statistics.mean(vals[n])) if vals else None
 
 
-def _pm(xs: list[float], scale: float = 100, digits: int = 2) -> str:
-    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{scale * statistics.mean(xs):.{digits}f} ± {scale * sd:.{digits}f}"
-
-
 def table(results: dict) -> str:
     """Markdown: mean ± std per row over seeds, then sabr_structured minus each Torch-Pruning row."""
     groups: dict[str, list[dict]] = {}
@@ -284,12 +272,12 @@ def table(results: dict) -> str:
     lines = ["| row | seeds | params (k) | MMACs | val % | test % | drop (pt) | "
              + " | ".join(f"{k} b{b} speed-up" for k, b in cols) + " |", "|---" * (7 + len(cols)) + "|"]
     for name, ms in groups.items():
-        speed = [_pm([m["speedup"][k][b] for m in ms], 1) + "x" if all("speedup" in m for m in ms) else "-"
+        speed = [compare.mean_std([m["speedup"][k][b] for m in ms], 1) + "x" if all("speedup" in m for m in ms) else "-"
                  for k, b in cols]
-        lines.append(f"| {name} | {len(ms)} | {_pm([m['params'] for m in ms], 1e-3, 1)} | "
-                     f"{_pm([m['macs'] for m in ms], 1e-6)} | {_pm([m['val_accuracy'] for m in ms])} | "
-                     f"{_pm([m['test_accuracy'] for m in ms])} | "
-                     f"{_pm([m['base_test_accuracy'] - m['test_accuracy'] for m in ms])} | " + " | ".join(speed) + " |")
+        lines.append(f"| {name} | {len(ms)} | {compare.mean_std([m['params'] for m in ms], 1e-3, 1)} | "
+                     f"{compare.mean_std([m['macs'] for m in ms], 1e-6)} | {compare.mean_std([m['val_accuracy'] for m in ms])} | "
+                     f"{compare.mean_std([m['test_accuracy'] for m in ms])} | "
+                     f"{compare.mean_std([m['base_test_accuracy'] - m['test_accuracy'] for m in ms])} | " + " | ".join(speed) + " |")
     lines += ["", "| sabr_structured minus | Δ test (pt) [95% CI] | images | verdict (test) |", "|---|---|---|---|"]
     for p in results["paired"]:
         a = p["test_accuracy"]
