@@ -48,6 +48,16 @@ def test_finetune_masked_keeps_sparsity():
     assert after.sparsity >= before.sparsity > 0.2
 
 
+def test_the_pruning_ramp_is_on_by_default_only_where_the_budget_chooses_the_factor():
+    from sabr.config import FINETUNE_RAMP_EPOCHS
+
+    assert RunConfig().finetunes == FINETUNE_RAMP_EPOCHS == 10
+    assert RunConfig(finetune_epochs=3).finetunes == 3 and RunConfig(finetune_epochs=0).finetunes == 0
+    for off in (dict(structured=True), dict(prune_teta1=0.2), dict(epsilon=0.01), dict(max_drop=None)):
+        assert RunConfig(**off).finetunes == 0, off
+    assert RunConfig(structured=True, finetune_epochs=4).finetunes == 4
+
+
 @pytest.mark.slow
 def test_run_with_finetune_epochs_fine_tunes_the_pruned_model_and_keeps_its_zeros(tmp_path):
     import json

@@ -113,7 +113,7 @@ def test_a_resumed_run_trains_only_the_epochs_left(tmp_path, monkeypatch):
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     flags = ["--quiet", "--max-per-class", "10", "--epochs-base", "2", "--epochs-sabr", "3", "--patience", "10",
-             "--sweep", "0.2", "--device", "cpu", "--out", str(tmp_path / "run")]
+             "--sweep", "0.2", "--finetune-epochs", "0", "--device", "cpu", "--out", str(tmp_path / "run")]
     save, saved, steps = RunDir.save_resume, [], []
 
     def recording_save(self, state):

@@ -64,6 +64,11 @@ MAX_SEED = 2**32 - 1
 
 BUDGET_FACTORS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.65, 0.8, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 """The pruning factors (``teta1`` of the pruning rule) the budget search tries by default, weakest first."""
+FINETUNE_RAMP_EPOCHS = 10
+"""Phase 4's default epochs when the budget chooses the pruning factor: its ramp prunes one factor further per
+epoch within the budget. Phase 2 often stops gaining well before its limit (every tensor frozen, or no sparser
+model within the budget), and its pruned model gets no training after the cut; ten epochs of the ramp let the
+model recover at each step (docs/spec.md, phase 4: why the ramp is on by default)."""
 
 PRESETS: dict[str, dict] = {
     "reference": dict(teta1=5e-4, scale_teta1=False, accuracy_threshold=0.007, growth_rate=1.15, decrease_rate=1.2,
@@ -156,7 +161,9 @@ class RunConfig:
     epsilon: float | None = _f(None, "pruning: one fixed threshold for every tensor instead (plain mode)", min=0)
     bn_recalibrate: bool | None = _f(None, "re-estimate BatchNorm statistics on training batches after pruning "
                                            "(default: on, off with --structured)")
-    finetune_epochs: int = _f(0, "phase 4 (optional): masked fine-tuning epochs after pruning; zeros stay zero. "
+    finetune_epochs: int | None = _f(None, "phase 4: masked fine-tuning epochs after pruning; zeros stay zero "
+                                 f"(default: {FINETUNE_RAMP_EPOCHS} when the budget chooses the pruning factor, the "
+                                 "pruning ramp; 0 with --structured, --prune-teta1, --epsilon or no budget). "
                                  "Under a budget, every epoch within it prunes one --sweep factor further, one below "
                                  "it returns to the last model within it, which is the result (when no factor fits "
                                  "before, it starts at the weakest; docs/spec.md, phase 4); with "
@@ -219,6 +226,17 @@ class RunConfig:
         channel outputs exactly zero, so it needs none, and re-estimating the statistics costs accuracy even
         with nothing pruned (docs/spec.md, structured mode)."""
         return (not self.structured) if self.bn_recalibrate is None else self.bn_recalibrate
+
+    @property
+    def finetunes(self) -> int:
+        """``finetune_epochs``, or by default :data:`FINETUNE_RAMP_EPOCHS` when the budget chooses the pruning
+        factor (its ramp then prunes further epoch by epoch while validation holds) and 0 otherwise: with
+        ``structured`` (its recipe is SABR's group penalty then the search), a fixed ``prune_teta1`` or
+        ``epsilon``, or no budget (docs/spec.md, phase 4)."""
+        if self.finetune_epochs is not None:
+            return self.finetune_epochs
+        searched = self.max_drop is not None and self.prune_teta1 is None and self.epsilon is None
+        return FINETUNE_RAMP_EPOCHS if searched and not self.structured else 0
 
     def sabr_settings(self) -> SabrSettings:
         """Phase 2's hyper-parameters (``teta1``, ``growth_rate``, ...) as a :class:`SabrSettings`

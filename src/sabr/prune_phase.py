@@ -173,7 +173,7 @@ def prune_chosen(exp: Experiment, folder: RunDir, model: nn.Module, choice: Budg
     pruned, layers, base_pruned = _prune_models(exp, model, choice, recal)
     _, test = evaluate_split(exp, pruned, exp.test)
     result = PrunedResult(pruned, layers, {"test_accuracy": test}, choice.chosen, choice.fits)
-    if cfg.finetune_epochs:
+    if cfg.finetunes:
         result = _finetune(exp, folder, result, choice, recal, progress, board)
     base_report = sparsity_report(base_pruned, cfg.params)
     base_figures = {"prune_teta1": choice.base_chosen.factor, "sparsity": base_report.sparsity,
@@ -193,7 +193,7 @@ def _finetune(exp: Experiment, folder: RunDir, start: PrunedResult, choice: Budg
     kept_zero = choice.units.parameters  # pruned weights (and channels' biases and BatchNorms) stay exactly zero
     on_row = None if board is None else lambda r: board.log_epoch("finetune", {"rows": [r]})  # noqa: E731
     ramp = _ramp(exp, choice, start.model, start.layers, recal)
-    pruned, rows = finetune_masked(exp, start.model, cfg.finetune_epochs, params=kept_zero, on_row=on_row,
+    pruned, rows = finetune_masked(exp, start.model, cfg.finetunes, params=kept_zero, on_row=on_row,
                                    progress=progress and exp.dist.is_main, ramp=ramp)
     test = start.figures["test_accuracy"]
     _, tuned = evaluate_split(exp, pruned, exp.test)
