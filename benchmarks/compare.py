@@ -6,7 +6,9 @@ Per configuration and seed (``PROTOCOL``, fixed before the run):
 * **base**: phase 1 of ``sabr run`` (``epochs_base`` epochs), trained once, cached in ``--work``; every
   method starts from it and gets ``EPOCHS`` epochs after it, Adam and phase 2's LR schedule.
 * **sabr**: ``sabr run`` with the protocol's flags only (data, model, image size, split sizes, the base,
-  ``--epochs-sabr``, seed, threads, device, out): every SABR setting at its default, no trials.
+  ``--epochs-sabr``, seed, threads, device, out): every SABR setting at its default, no trials. Its
+  ``EPOCHS`` are phase 2's ``--epochs-sabr`` and phase 4's default pruning ramp
+  (:data:`sabr.config.FINETUNE_RAMP_EPOCHS`).
 * **ablation_l1_fixed / ablation_l1_ramp**: the same ``sabr run`` with SABR's adaptation off
   (:func:`sabr.baselines.fixed_l1_settings` / ``ramp_l1_settings`` of the defaults: L1 at SABR's default
   starting strength, constant or x1.15 every epoch), so through the same budget tracker and search.
@@ -22,7 +24,7 @@ Each task writes its own JSON in ``--work`` (atomically), so a cut-off run conti
 issue 33's "Done when" and the paired statistics; ``--report`` prints the tables and draws the plots.
 Results of earlier protocols are in ``benchmarks/results/archive/`` (made by this file at commit 7f9d54c).
 
-    python benchmarks/compare.py                 # both configurations, seeds 0-2, two jobs (~2.2 h here)
+    python benchmarks/compare.py                 # both configurations, seeds 3-5, two jobs (~2.2 h here)
     python benchmarks/compare.py --quick         # tiny digits runs: a check of the code, seconds
     python benchmarks/compare.py --report        # tables and plots of what is there
 """
@@ -50,17 +52,19 @@ from sabr import RunConfig, load_checkpoint, save_checkpoint, sparsity_report
 from sabr.baselines import fixed_l1_settings, oneshot_finetune, ramp_l1_settings, train_fixed_l1, train_gmp
 from sabr.budget import val_plateau
 from sabr.checkpoint import write_json
-from sabr.config import SABR_DEFAULTS
+from sabr.config import FINETUNE_RAMP_EPOCHS, SABR_DEFAULTS
 from sabr.pipeline import evaluate_split, prepare, run, train_base
 
 log = logging.getLogger("compare")
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = "/usr/share/datasets/fashion-mnist"
-PROTOCOL = "1.0.0"
-"""1.0.0 (issue 33): peers at SABR's own sparsity, 3 values each tuned on seed 0, the compute-matched L1
-ablation, a 2,000-image validation split, paired t intervals. 0.7.0 and earlier: ``results/archive/``."""
-SEEDS = (0, 1, 2)
+PROTOCOL = "1.1.0"
+"""1.1.0: 1.0.0 on new seeds (3-5) after SABR's default gained phase 4's pruning ramp: SABR's 20 epochs are
+phase 2's 10 and the ramp's default 10. 1.0.0 (issue 33): peers at SABR's own sparsity, 3 values each tuned
+on seed 0, the compute-matched L1 ablation, a 2,000-image validation split, paired t intervals. 0.7.0 and
+earlier: ``results/archive/``."""
+SEEDS = (3, 4, 5)
 EPOCHS = 20
 FT_EPOCHS = 5  # the L1 peers' masked fine-tune, within EPOCHS
 TOLERANCE = 0.005  # a peer's sparsity must be within this of SABR's
@@ -78,9 +82,9 @@ CONFIGS: dict[str, dict] = {
 }
 QUICK: dict[str, dict] = {  # tiny digits runs: a check of the code in seconds, not a figure
     "quick-a": dict(data=dict(data="digits", max_per_class=12), epochs_base=1, peers=list(PEERS), epochs=2,
-                    ft_epochs=1, seeds=(0, 1)),
+                    ft_epochs=1, ramp=1, seeds=(0, 1)),
     "quick-b": dict(data=dict(data="digits", max_per_class=12), epochs_base=1, peers_from="quick-a", epochs=2,
-                    ft_epochs=1, seeds=(0, 1)),
+                    ft_epochs=1, ramp=1, seeds=(0, 1)),
 }
 
 
@@ -109,9 +113,11 @@ def sabr_config(spec: dict, seed: int, folder: Path, name: str, threads: int | N
     if name in ABLATIONS:  # fast_start None is "off"; 1 says the same on the command line
         off = dataclasses.replace(ABLATIONS[name](SABR_DEFAULTS), fast_start=1.0)
         settings = {k: v for k, v in dataclasses.asdict(off).items() if v != getattr(SABR_DEFAULTS, k)}
+    ramp = spec.get("ramp", FINETUNE_RAMP_EPOCHS)  # phase 4's default epochs, within the method's budget
     return RunConfig(**spec["data"], base_checkpoint=str(folder / "base.safetensors"),
-                     epochs_sabr=spec.get("epochs", EPOCHS), seed=seed, threads=threads, device=device,
-                     out=str(folder / name), **settings)
+                     epochs_sabr=spec.get("epochs", EPOCHS) - ramp, seed=seed, threads=threads, device=device,
+                     out=str(folder / name), **settings,
+                     **({} if ramp == FINETUNE_RAMP_EPOCHS else {"finetune_epochs": ramp}))
 
 
 def run_or_read(cfg: RunConfig) -> dict:
@@ -464,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny digits configurations: a check of the code")
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the protocol's, 0 1 2)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the protocol's, 3 4 5)")
     p.add_argument("--jobs", type=int, default=2, help="tasks at a time, each in its own process (1: this one)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per task")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")

@@ -70,7 +70,9 @@ def test_the_ablations_are_sabr_run_with_the_adaptation_off(tmp_path):
     sabr = compare.sabr_config(spec, 0, tmp_path, "sabr", 1, "cpu").command()
     assert sabr.startswith("sabr run --data /usr/share/datasets/fashion-mnist --model lenet5 --image-size 28 "
                            "--train-per-class 1200 --val-per-class 200 --base-checkpoint")
-    assert "--epochs-sabr 20" in sabr and "--teta1" not in sabr and "--fast-start" not in sabr
+    assert "--epochs-sabr 10" in sabr and "--teta1" not in sabr and "--fast-start" not in sabr
+    assert "--finetune-epochs" not in sabr  # phase 4's default ramp takes the other 10 of the method's 20 epochs
+    assert compare.sabr_config(spec, 0, tmp_path, "sabr", 1, "cpu").finetunes == compare.EPOCHS - 10
     fixed = compare.sabr_config(spec, 0, tmp_path, "ablation_l1_fixed", 1, "cpu")
     ramp = compare.sabr_config(spec, 0, tmp_path, "ablation_l1_ramp", 1, "cpu")
     assert (fixed.growth_rate, fixed.decrease_rate, fixed.fast_start, fixed.teta1) == (1.0, 1.0, 1.0, 5e-4)
