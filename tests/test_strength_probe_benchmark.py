@@ -33,8 +33,8 @@ def summary(sparsity, val, within=True):
 
 
 def rows(config, figures):
-    return [{"config": config, "seed": 0, "rate": rate, **probe.val_figures(summary(*fig))}
-            for rate, fig in figures.items()]
+    return [{"config": config, "seed": 0, "value": value, **probe.val_figures(summary(*fig))}
+            for value, fig in figures.items()]
 
 
 def test_the_probe_reads_no_test_figure():
@@ -55,11 +55,28 @@ def test_choose_the_smallest_factor_near_the_best_everywhere():
     assert probe.choose(figures[:-2] + rows("other", {2.0: (0.97, 0.9), 3.0: (0.975, 0.9)})) == 2.0
 
 
+def test_choose_the_ramp_that_keeps_the_most_zeros_everywhere_and_break_a_tie_on_validation():
+    # docs/spec.md, phase 4: 5 and 10 ramp epochs tie on LeNet-5's sparsity; 10 kept more validation accuracy
+    figures = rows("lenet", {0: (0.8649, 0.8750), 5: (0.9315, 0.8700), 10: (0.9315, 0.8800)})
+    assert probe.choose_sparsest(figures) == 10
+    figures += rows("resnet", {0: (0.6185, 0.8815), 5: (0.70, 0.8700, False), 10: (0.6292, 0.8895)})
+    assert probe.choose_sparsest(figures) == 10  # 5 left the budget on one configuration
+    assert probe.choose_sparsest(rows("x", {0: (0.9, 0.8, False)})) is None
+
+
+def test_the_knobs_flags_fix_the_total_or_add_the_ramp_on_top():
+    assert probe.knob_flags("ramp", 5, 20) == ["--epochs-sabr", "15", "--finetune-epochs", "5"]
+    assert probe.knob_flags("ramp", 10, None) == ["--finetune-epochs", "10"]
+    # the fast start was chosen with phase 4 off (its default then)
+    assert probe.knob_flags("fast_start", 2.0, 20) == ["--epochs-sabr", "20", "--finetune-epochs", "0",
+                                                       "--fast-start", "2"]
+
+
 @pytest.mark.slow
 def test_quick_probe_runs_end_to_end(tmp_path):
     out = tmp_path / "probe.json"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "strength_probe.py"), "--quick", "--rates", "1", "2",
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "strength_probe.py"), "--quick", "--values", "1", "2",
                     "--work", str(tmp_path / "runs"), "--json", str(out)], check=True, timeout=900)
     result = json.loads(out.read_text())
-    assert [r["rate"] for r in result["rows"]] == [1.0, 2.0]
+    assert [r["value"] for r in result["rows"]] == [1.0, 2.0]
     assert not any("test" in key for row in result["rows"] for key in row)
