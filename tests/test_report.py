@@ -127,7 +127,9 @@ def test_a_run_on_noise_says_near_chance_first(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_run_outside_its_budget_says_so_first(tmp_path, capsys):
-    args = ["--max-per-class", "20", "--epochs-base", "4", "--epochs-sabr", "1", "--sweep", "0.05", "--max-drop", "0"]
+    # no fine-tune: its ramp can train the pruned model back within even a zero budget
+    args = ["--max-per-class", "20", "--epochs-base", "4", "--epochs-sabr", "1", "--sweep", "0.05", "--max-drop", "0",
+            "--finetune-epochs", "0"]
     assert main(["run", "--quiet", *QUICK, *args, "--out", str(tmp_path / "run")]) == 0
     table, md, status = _first_lines(capsys.readouterr().out, tmp_path / "run")
     assert status == "outside_budget" and table.startswith("OUTSIDE_BUDGET: ") and "(status: outside_budget)" in md
