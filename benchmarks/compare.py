@@ -377,13 +377,20 @@ def protocol_commit(*files: str) -> str | None:
         return None
 
 
+def same_run(before: dict, command: str) -> bool:
+    """Whether ``before`` (a ``<config>.json`` found in ``--out``) was written by an earlier session of this run:
+    the same command under the same protocol. A file of an earlier protocol is not (its wall and commit are its
+    own: counting them made protocol 1.1.0's file say 4.2 hours and 1.0.0's commit)."""
+    return before.get("command") == command and before.get("protocol") == PROTOCOL
+
+
 def earlier_wall(out: Path, configs: dict, command: str) -> dict[str, float]:
-    """The wall seconds earlier sessions of the same command spent on each configuration's file."""
+    """The wall seconds earlier sessions of this run (:func:`same_run`) spent on each configuration's file."""
     walls = {}
     for name in configs:
         path = out / f"{name}.json"
         before = json.loads(path.read_text()) if path.is_file() else {}
-        walls[name] = before.get("wall_seconds", 0.0) if before.get("command") == command else 0.0
+        walls[name] = before.get("wall_seconds", 0.0) if same_run(before, command) else 0.0
     return walls
 
 
@@ -395,6 +402,7 @@ def write_results(plan: Plan, out: Path, command: str, earlier: dict[str, float]
             continue
         path = out / f"{name}.json"
         before = json.loads(path.read_text()) if path.is_file() else {}
+        before = before if same_run(before, command) else {}
         test_images = next(iter(bases.values()))["test"]
         write_json(path, {"config": name, "command": command, "protocol": PROTOCOL,
                           "protocol_commit": before.get("protocol_commit") or protocol_commit(),

@@ -143,3 +143,14 @@ def test_quick_runs_as_a_plain_script(tmp_path):
     assert all(abs(m["sparsity"] - s["sparsity"]) <= compare.TOLERANCE for m in results["methods"]
                for s in results["methods"] if m["target"] == "sabr" and s["name"] == "sabr" and s["seed"] == m["seed"])
     assert (tmp_path / "o" / "quick-a.png").is_file()
+
+
+def test_a_results_file_of_an_earlier_protocol_is_not_a_session_of_this_run(tmp_path):
+    command = "python benchmarks/compare.py"
+    (tmp_path / "fashion-lenet5.json").write_text(json.dumps(
+        {"command": command, "protocol": "1.0.0", "wall_seconds": 7937.6, "protocol_commit": "e394c5d"}))
+    assert compare.earlier_wall(tmp_path, {"fashion-lenet5": {}}, command) == {"fashion-lenet5": 0.0}
+    (tmp_path / "fashion-lenet5.json").write_text(json.dumps(
+        {"command": command, "protocol": compare.PROTOCOL, "wall_seconds": 100.0}))
+    assert compare.earlier_wall(tmp_path, {"fashion-lenet5": {}}, command) == {"fashion-lenet5": 100.0}  # resumed
+    assert compare.earlier_wall(tmp_path, {"fashion-lenet5": {}}, command + " --seeds 3") == {"fashion-lenet5": 0.0}
