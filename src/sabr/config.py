@@ -161,15 +161,15 @@ class RunConfig:
     epsilon: float | None = _f(None, "pruning: one fixed threshold for every tensor instead (plain mode)", min=0)
     bn_recalibrate: bool | None = _f(None, "re-estimate BatchNorm statistics on training batches after pruning "
                                            "(default: on, off with --structured)")
-    finetune_epochs: int | None = _f(None, "phase 4: masked fine-tuning epochs after pruning; zeros stay zero "
-                                 f"(default: {FINETUNE_RAMP_EPOCHS} when the budget chooses the pruning factor, the "
-                                 "pruning ramp; 0 with --structured, --prune-teta1, --epsilon or no budget). "
-                                 "Under a budget, every epoch within it prunes one --sweep factor further, one below "
-                                 "it returns to the last model within it, which is the result (when no factor fits "
-                                 "before, it starts at the weakest; docs/spec.md, phase 4); with "
-                                 "--structured it starts with 87.5%% of every channel group removed, smallest first, "
-                                 "and gives 12.5%% back after --k-epoch epochs below the budget without recovering, "
-                                 "until an epoch is within it", min=0, max=MAX_EPOCHS)
+    finetune_epochs: int | None = _f(
+        None, "phase 4: masked fine-tuning epochs after pruning; zeros stay zero (default: "
+              f"{FINETUNE_RAMP_EPOCHS} when the budget chooses the pruning factor, the pruning ramp; 0 with "
+              "--structured, --prune-teta1, --epsilon or no budget). Under a budget, every epoch within it prunes "
+              "one --sweep factor further, one below it returns to the last model within it, which is the result "
+              "(when no factor fits before, it starts at the weakest; docs/spec.md, phase 4); with --structured "
+              "it starts with 87.5%% of every channel group removed, smallest first, and gives 12.5%% back after "
+              "--k-epoch epochs below the budget without recovering, until an epoch is within it",
+        min=0, max=MAX_EPOCHS)
     sweep: list[float] = _f(list(BUDGET_FACTORS), "pruning factors the budget search tries on validation (and the "
                                                   "accuracy-vs-sparsity chart shows)", nargs="+", min=0)
     # run
