@@ -228,6 +228,12 @@ class RunConfig:
         return (not self.structured) if self.bn_recalibrate is None else self.bn_recalibrate
 
     @property
+    def budget_chooses_factor(self) -> bool:
+        """Whether the budget search chooses the pruning factor: a budget (``max_drop``) and neither a fixed
+        ``prune_teta1`` nor an ``epsilon`` threshold. Only then does phase 4 ramp (docs/spec.md, phase 4)."""
+        return self.max_drop is not None and self.prune_teta1 is None and self.epsilon is None
+
+    @property
     def finetunes(self) -> int:
         """``finetune_epochs``, or by default :data:`FINETUNE_RAMP_EPOCHS` when the budget chooses the pruning
         factor (its ramp then prunes further epoch by epoch while validation holds) and 0 otherwise: with
@@ -235,8 +241,7 @@ class RunConfig:
         ``epsilon``, or no budget (docs/spec.md, phase 4)."""
         if self.finetune_epochs is not None:
             return self.finetune_epochs
-        searched = self.max_drop is not None and self.prune_teta1 is None and self.epsilon is None
-        return FINETUNE_RAMP_EPOCHS if searched and not self.structured else 0
+        return FINETUNE_RAMP_EPOCHS if self.budget_chooses_factor and not self.structured else 0
 
     def sabr_settings(self) -> SabrSettings:
         """Phase 2's hyper-parameters (``teta1``, ``growth_rate``, ...) as a :class:`SabrSettings`

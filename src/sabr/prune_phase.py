@@ -138,7 +138,7 @@ def _ramp(exp: Experiment, choice: BudgetChoice, pruned: nn.Module, layers: list
     :data:`~sabr.budget.CHANNEL_SHARES` on top of it, which cuts ``pruned`` to the top share now and steps one
     share down after ``k_epoch`` epochs below the floor that did not recover."""
     cfg = exp.config
-    if cfg.max_drop is None or cfg.prune_teta1 is not None or cfg.epsilon is not None:
+    if not cfg.budget_chooses_factor:
         return None
     if isinstance(choice.units, ChannelGroupUnits):
         return ShrinkingRamp.start(pruned, choice.floor, CHANNEL_SHARES, choice.chosen.val_accuracy,
