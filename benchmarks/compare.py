@@ -384,14 +384,16 @@ def same_run(before: dict, command: str) -> bool:
     return before.get("command") == command and before.get("protocol") == PROTOCOL
 
 
+def earlier_session(path: Path, command: str) -> dict:
+    """The ``<config>.json`` at ``path`` when an earlier session of this run wrote it (:func:`same_run`), else
+    ``{}``."""
+    before = json.loads(path.read_text()) if path.is_file() else {}
+    return before if same_run(before, command) else {}
+
+
 def earlier_wall(out: Path, configs: dict, command: str) -> dict[str, float]:
-    """The wall seconds earlier sessions of this run (:func:`same_run`) spent on each configuration's file."""
-    walls = {}
-    for name in configs:
-        path = out / f"{name}.json"
-        before = json.loads(path.read_text()) if path.is_file() else {}
-        walls[name] = before.get("wall_seconds", 0.0) if same_run(before, command) else 0.0
-    return walls
+    """The wall seconds earlier sessions of this run spent on each configuration's file."""
+    return {name: earlier_session(out / f"{name}.json", command).get("wall_seconds", 0.0) for name in configs}
 
 
 def write_results(plan: Plan, out: Path, command: str, earlier: dict[str, float], wall: float) -> None:
@@ -401,8 +403,7 @@ def write_results(plan: Plan, out: Path, command: str, earlier: dict[str, float]
         if not bases:
             continue
         path = out / f"{name}.json"
-        before = json.loads(path.read_text()) if path.is_file() else {}
-        before = before if same_run(before, command) else {}
+        before = earlier_session(path, command)
         test_images = next(iter(bases.values()))["test"]
         write_json(path, {"config": name, "command": command, "protocol": PROTOCOL,
                           "protocol_commit": before.get("protocol_commit") or protocol_commit(),
