@@ -272,12 +272,15 @@ def table(results: dict) -> str:
     lines = ["| row | seeds | params (k) | MMACs | val % | test % | drop (pt) | "
              + " | ".join(f"{k} b{b} speed-up" for k, b in cols) + " |", "|---" * (7 + len(cols)) + "|"]
     for name, ms in groups.items():
-        speed = [compare.mean_std([m["speedup"][k][b] for m in ms], 1) + "x" if all("speedup" in m for m in ms) else "-"
-                 for k, b in cols]
-        lines.append(f"| {name} | {len(ms)} | {compare.mean_std([m['params'] for m in ms], 1e-3, 1)} | "
-                     f"{compare.mean_std([m['macs'] for m in ms], 1e-6)} | {compare.mean_std([m['val_accuracy'] for m in ms])} | "
-                     f"{compare.mean_std([m['test_accuracy'] for m in ms])} | "
-                     f"{compare.mean_std([m['base_test_accuracy'] - m['test_accuracy'] for m in ms])} | " + " | ".join(speed) + " |")
+        def over(value, *scale) -> str:  # mean ± std of value(m) over this row's seeds
+            return compare.mean_std([value(m) for m in ms], *scale)
+
+        timed = all("speedup" in m for m in ms)
+        speed = [over(lambda m: m["speedup"][k][b], 1) + "x" if timed else "-" for k, b in cols]
+        figures = [over(lambda m: m["params"], 1e-3, 1), over(lambda m: m["macs"], 1e-6),
+                   over(lambda m: m["val_accuracy"]), over(lambda m: m["test_accuracy"]),
+                   over(lambda m: m["base_test_accuracy"] - m["test_accuracy"])]
+        lines.append(f"| {name} | {len(ms)} | " + " | ".join(figures + speed) + " |")
     lines += ["", "| sabr_structured minus | Δ test (pt) [95% CI] | images | verdict (test) |", "|---|---|---|---|"]
     for p in results["paired"]:
         a = p["test_accuracy"]
